@@ -1,0 +1,1 @@
+"""Packed models and their loaders."""
