@@ -1,0 +1,196 @@
+"""ESM-2 on packed sequences (no padding), numerically the fair-esm model.
+
+State-dict names are fair-esm's (after its "encoder." prefix strip), so a real
+checkpoint loads with a plain ``load_state_dict``; a load hook fuses q/k/v into
+one projection (one GEMM instead of three) and drops the rotary buffer, which
+is recomputed from the packed positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import varlen_attention
+
+__all__ = ["ESM2Config", "PackedESM2", "EsmTokenizer", "ESM2_ARCHS"]
+
+#: fair-esm's published ESM-2 sizes: name -> (layers, dim, heads)
+ESM2_ARCHS: dict[str, tuple[int, int, int]] = {
+    "esm2_t6_8M_UR50D": (6, 320, 20),
+    "esm2_t12_35M_UR50D": (12, 480, 20),
+    "esm2_t30_150M_UR50D": (30, 640, 20),
+    "esm2_t33_650M_UR50D": (33, 1280, 20),
+    "esm2_t36_3B_UR50D": (36, 2560, 40),
+    "esm2_t48_15B_UR50D": (48, 5120, 40),
+}
+
+# fair-esm's "ESM-1b" alphabet
+ESM_TOKENS = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO.-", "<null_1>", "<mask>"]
+CLS, PAD, EOS, UNK, MASK = 0, 1, 2, 3, 32
+VOCAB = len(ESM_TOKENS)  # 33
+
+
+@dataclass(frozen=True)
+class ESM2Config:
+    num_layers: int
+    embed_dim: int
+    attention_heads: int
+    token_dropout: bool = True
+
+    @classmethod
+    def from_name(cls, name: str) -> "ESM2Config":
+        layers, dim, heads = ESM2_ARCHS[name]
+        return cls(layers, dim, heads)
+
+
+class EsmTokenizer:
+    """Residues -> fair-esm token ids with BOS/EOS; truncates like extract.py."""
+
+    def __init__(self, truncation_seq_length: int | None = 1022):
+        self.truncation_seq_length = truncation_seq_length
+        table = np.full(256, UNK, dtype=np.int64)
+        for i, tok in enumerate(ESM_TOKENS):
+            if len(tok) == 1:
+                table[ord(tok)] = i
+                table[ord(tok.lower())] = i  # fair-esm is case-sensitive; lowercase would all be <unk>
+        self._table = table
+
+    def encode(self, seq: str) -> np.ndarray:
+        if self.truncation_seq_length is not None:
+            seq = seq[: self.truncation_seq_length]
+        ids = np.empty(len(seq) + 2, dtype=np.int64)
+        ids[0], ids[-1] = CLS, EOS
+        ids[1:-1] = self._table[np.frombuffer(seq.encode("latin-1", "replace"), dtype=np.uint8)]
+        return ids
+
+    def estimate_tokens(self, length: int) -> int:
+        if self.truncation_seq_length is not None:
+            length = min(length, self.truncation_seq_length)
+        return length + 2
+
+    def is_truncated(self, length: int) -> bool:
+        return self.truncation_seq_length is not None and length > self.truncation_seq_length
+
+
+def rotary_inv_freq(cfg: ESM2Config, device=None) -> torch.Tensor:
+    head_dim = cfg.embed_dim // cfg.attention_heads
+    return 1.0 / (10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+        self._register_load_state_dict_pre_hook(self._fuse_qkv)
+
+    @staticmethod
+    def _fuse_qkv(state_dict, prefix, *args):
+        names = [f"{prefix}{p}_proj" for p in "qkv"]
+        if f"{names[0]}.weight" in state_dict:
+            for kind in ("weight", "bias"):
+                state_dict[f"{prefix}qkv.{kind}"] = torch.cat([state_dict.pop(f"{n}.{kind}") for n in names])
+        state_dict.pop(f"{prefix}rot_emb.inv_freq", None)
+
+    def forward(self, x, cos, sin, cu_seqlens, max_seqlen):
+        t = x.shape[0]
+        q, k, v = self.qkv(x).view(t, 3, self.heads, self.head_dim).unbind(1)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        out = varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale=self.head_dim**-0.5)
+        return self.out_proj(out.reshape(t, -1))
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.self_attn = SelfAttention(dim, heads)
+        self.self_attn_layer_norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 4 * dim)
+        self.fc2 = nn.Linear(4 * dim, dim)
+        self.final_layer_norm = nn.LayerNorm(dim)
+
+    def forward(self, x, cos, sin, cu_seqlens, max_seqlen):
+        x = x + self.self_attn(self.self_attn_layer_norm(x), cos, sin, cu_seqlens, max_seqlen)
+        return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
+
+
+class PackedESM2(nn.Module):
+    """ESM-2 encoder over packed tokens ``[T]`` with ``cu_seqlens``."""
+
+    # checkpoint keys that embeddings never use
+    UNUSED_PREFIXES = ("lm_head.", "contact_head.")
+
+    def __init__(self, cfg: ESM2Config):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(VOCAB, cfg.embed_dim, padding_idx=PAD)
+        self.layers = nn.ModuleList(TransformerLayer(cfg.embed_dim, cfg.attention_heads) for _ in range(cfg.num_layers))
+        self.emb_layer_norm_after = nn.LayerNorm(cfg.embed_dim)
+        self.register_buffer("inv_freq", rotary_inv_freq(cfg), persistent=False)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.cfg.embed_dim
+
+    def resolve_layer(self, repr_layer: int) -> int:
+        n = self.cfg.num_layers
+        layer = repr_layer if repr_layer >= 0 else n + 1 + repr_layer
+        if not 0 <= layer <= n:
+            raise ValueError(f"--repr-layer {repr_layer} is outside this model's layers 0..{n} (or -1..-{n + 1})")
+        return layer
+
+    def forward(self, tokens, positions, seg, cu_seqlens, max_seqlen: int, repr_layer: int = -1) -> torch.Tensor:
+        """Hidden states ``[T, D]`` of ``repr_layer`` (the last layer includes the final LayerNorm)."""
+        layer = self.resolve_layer(repr_layer)
+        x = self.embed_tokens(tokens)
+        if self.cfg.token_dropout:
+            # fair-esm rescales at inference too: x * (1 - 0.15*0.8) / (1 - observed mask ratio)
+            is_mask = tokens == MASK
+            x = x.masked_fill(is_mask[:, None], 0.0)
+            lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(x.dtype)
+            masked = torch.zeros_like(lengths).index_add_(0, seg, is_mask.to(x.dtype))
+            x = x * ((1 - 0.15 * 0.8) / (1 - masked / lengths))[seg, None]
+        if layer == 0:
+            return x
+        freqs = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [T, 1, head_dim]
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        for i in range(layer):
+            x = self.layers[i](x, cos, sin, cu_seqlens, max_seqlen)
+        if layer == self.cfg.num_layers:
+            x = self.emb_layer_norm_after(x)
+        return x
+
+    def embed(self, tokens, positions, seg, cu_seqlens, max_seqlen: int, repr_layer: int = -1) -> torch.Tensor:
+        """Per-sequence mean over residues (BOS/EOS excluded), fp32 ``[B, D]``."""
+        hidden = self.forward(tokens, positions, seg, cu_seqlens, max_seqlen, repr_layer)
+        return residue_mean(hidden, positions, seg, cu_seqlens)
+
+
+def residue_mean(hidden: torch.Tensor, positions, seg, cu_seqlens) -> torch.Tensor:
+    """Segment mean over tokens 1..len-2 of each sequence, summed in fp32, no host sync."""
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    keep = (positions > 0) & (positions < (lengths[seg] - 1))
+    sums = torch.zeros(lengths.numel(), hidden.shape[1], dtype=torch.float32, device=hidden.device)
+    sums.index_add_(0, seg, hidden.float() * keep[:, None])
+    return sums / (lengths - 2).clamp(min=1)[:, None].to(torch.float32)
+
+
+def count_params(cfg: ESM2Config) -> int:
+    d, n = cfg.embed_dim, cfg.num_layers
+    per_layer = 4 * (d * d + d) + 2 * 2 * d + (d * 4 * d + 4 * d) + (4 * d * d + d)
+    return VOCAB * d + n * per_layer + 2 * d
+
+

@@ -1,0 +1,208 @@
+"""Token-budget packing: batches of whole sequences, no padding.
+
+Batches are planned in the main process by :class:`TokenBudgetSampler` (a
+deterministic batch sampler over index positions); DataLoader workers only read
+and tokenize the records they are handed and :func:`collate_packed` concatenates
+them. No state lives in the workers, so nothing can be dropped there, and every
+planned record comes out exactly once (the loader checks the count).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .models.tokenization import SequenceTokenizer
+
+__all__ = ["PackedBatch", "TokenBudgetSampler", "PackedBatchLoader", "collate_packed", "pack_token_arrays"]
+
+
+@dataclass
+class PackedBatch:
+    """Sequences concatenated into one flat token stream.
+
+    tokens/positions/seg: ``[T]`` (seg = slot of the token's sequence in this batch);
+    cu_seqlens: int32 ``[B+1]``; rows: int64 ``[B]`` index positions of the records.
+    """
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    seg: torch.Tensor
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    rows: torch.Tensor
+    n_truncated: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.numel())
+
+    @property
+    def num_seqs(self) -> int:
+        return int(self.rows.numel())
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "PackedBatch":
+        vals = {f.name: getattr(self, f.name) for f in fields(self)}
+        return PackedBatch(**{k: fn(v) if isinstance(v, torch.Tensor) else v for k, v in vals.items()})
+
+    def pin_memory(self) -> "PackedBatch":
+        return self._map(lambda t: t.pin_memory())
+
+    def to(self, device: torch.device | str, non_blocking: bool = True) -> "PackedBatch":
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+
+def pack_token_arrays(arrays: Sequence[np.ndarray], rows: Sequence[int], n_truncated: int = 0) -> PackedBatch:
+    """Concatenate per-sequence token arrays into a :class:`PackedBatch`."""
+    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+    cu = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=cu[1:])
+    total = int(cu[-1])
+    seg = np.repeat(np.arange(len(arrays), dtype=np.int64), lengths)
+    positions = np.arange(total, dtype=np.int64) - np.repeat(cu[:-1].astype(np.int64), lengths)
+    tokens = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+    return PackedBatch(
+        tokens=torch.from_numpy(tokens.astype(np.int64, copy=False)),
+        positions=torch.from_numpy(positions),
+        seg=torch.from_numpy(seg),
+        cu_seqlens=torch.from_numpy(cu),
+        max_seqlen=int(lengths.max()) if len(arrays) else 0,
+        rows=torch.as_tensor(np.asarray(rows, dtype=np.int64)),
+        n_truncated=n_truncated,
+    )
+
+
+class TokenBudgetSampler(Sampler[list[int]]):
+    """Plans batches of index positions whose token counts sum to <= ``budget``.
+
+    Records are taken longest first (similar lengths share a batch, so attention
+    work per batch is even), ties by position; a record longer than the budget
+    gets a batch of its own. Deterministic.
+    """
+
+    def __init__(self, rows: np.ndarray, tokens: np.ndarray, budget: int, max_seqs: int | None = None):
+        if budget <= 0:
+            raise ValueError("token budget must be positive")
+        rows = np.asarray(rows, dtype=np.int64)
+        tokens = np.asarray(tokens, dtype=np.int64)
+        order = np.lexsort((rows, -tokens))
+        self.rows, self.tokens, self.budget = rows[order], tokens[order], int(budget)
+        self.batches = self._plan(max_seqs)
+
+    def _plan(self, max_seqs: int | None) -> list[np.ndarray]:
+        batches, start, fill = [], 0, 0
+        for i, t in enumerate(self.tokens.tolist()):
+            if i > start and (fill + t > self.budget or (max_seqs and i - start >= max_seqs)):
+                batches.append(self.rows[start:i])
+                start, fill = i, 0
+            fill += t
+        if start < len(self.rows):
+            batches.append(self.rows[start:])
+        return batches
+
+    @property
+    def planned_tokens(self) -> int:
+        return int(self.tokens.sum())
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for b in self.batches:
+            yield b.tolist()
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _TokenizedRecords(Dataset):
+    def __init__(self, read: Callable[[int], str], tokenizer: SequenceTokenizer):
+        self.read, self.tokenizer = read, tokenizer
+
+    def __getitem__(self, row: int):
+        seq = self.read(row)
+        ids = self.tokenizer.encode(seq)
+        truncated = bool(getattr(self.tokenizer, "is_truncated", lambda n: False)(len(seq)))
+        return row, ids, truncated
+
+
+def collate_packed(items) -> PackedBatch:
+    rows = [r for r, _, _ in items]
+    return pack_token_arrays([ids for _, ids, _ in items], rows, sum(t for _, _, t in items))
+
+
+class PackedBatchLoader:
+    """A DataLoader of :class:`PackedBatch` over selected records of an index.
+
+    ``read(row) -> str`` fetches one sequence (e.g. ``SequenceIndex.read``) and
+    must be picklable for worker processes. ``lengths`` are sequence lengths,
+    converted to token counts by ``tokenizer.estimate_tokens``.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[int], str],
+        rows: np.ndarray,
+        lengths: np.ndarray,
+        tokenizer: SequenceTokenizer,
+        toks_per_batch: int,
+        *,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        prefetch_factor: int = 4,
+        max_seqs: int | None = None,
+    ):
+        rows = np.asarray(rows, dtype=np.int64)
+        est = np.fromiter((tokenizer.estimate_tokens(int(n)) for n in lengths), dtype=np.int64, count=len(rows))
+        self.sampler = TokenBudgetSampler(rows, est, toks_per_batch, max_seqs)
+        self.toks_per_batch = int(toks_per_batch)
+        self.num_records = len(rows)
+        self.loader = DataLoader(
+            _TokenizedRecords(read, tokenizer),
+            batch_sampler=self.sampler,
+            collate_fn=collate_packed,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            prefetch_factor=prefetch_factor if num_workers > 0 else None,
+            persistent_workers=False,
+        )
+        self.tokens_seen = 0
+        self.batches_seen = 0
+        self.records_seen = 0
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[PackedBatch]:
+        self.tokens_seen = self.batches_seen = self.records_seen = 0
+        for batch in self.loader:
+            self.tokens_seen += batch.num_tokens
+            self.batches_seen += 1
+            self.records_seen += batch.num_seqs
+            yield batch
+        if self.records_seen != self.num_records:
+            raise RuntimeError(f"packing lost records: planned {self.num_records}, produced {self.records_seen}")
+
+    @property
+    def packing_efficiency(self) -> float:
+        """Real tokens over the token capacity of the batches produced (budget x batches)."""
+        if self.batches_seen == 0:
+            return 0.0
+        return self.tokens_seen / (self.batches_seen * self.toks_per_batch)
+
+
+def split_batch(batch: PackedBatch) -> tuple[PackedBatch, PackedBatch]:
+    """Two halves (by sequences) of a host-side batch; used to retry after out-of-memory."""
+    n = batch.num_seqs
+    if n < 2:
+        raise ValueError("cannot split a batch of one sequence")
+    k = n // 2
+    cu = batch.cu_seqlens.to(torch.int64)
+    cut = int(cu[k])
+    first = PackedBatch(batch.tokens[:cut], batch.positions[:cut], batch.seg[:cut], batch.cu_seqlens[:k + 1].clone(),
+                        int((cu[1:k + 1] - cu[:k]).max()), batch.rows[:k], 0)
+    second = PackedBatch(batch.tokens[cut:], batch.positions[cut:], batch.seg[cut:] - k,
+                         (batch.cu_seqlens[k:] - cut).to(torch.int32), int((cu[k + 1:] - cu[k:-1]).max()),
+                         batch.rows[k:], 0)
+    return first, second
