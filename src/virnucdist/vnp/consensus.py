@@ -1,0 +1,264 @@
+"""Stage 6 of VirNucPro: prediction table, per-chunk consensus and a per-read summary.
+
+Formats (``shared/spec/virnucpro-stages.md`` section 6):
+
+- ``prediction_results.txt``: tab-separated, header
+  ``Sequence_ID\\tPrediction\\tscore1\\tscore2``; scores written as
+  ``str(numpy.float32(x))`` (score1 = P(others), score2 = P(virus));
+- ``prediction_results_highestscore.csv`` (tab-separated despite its name), header
+  ``Modified_ID\\tIs_Virus``: Modified_ID = Sequence_ID minus its last two characters
+  (so the decision is per CHUNK), rows sorted as strings (``chunk_10`` before
+  ``chunk_2``), Is_Virus = max(score2) >= max(score1) over the chunk's frames
+  (a tie is True), written ``True``/``False``.
+
+Scores read back from a text file are parsed with ``numpy.float32`` so that the
+comparison uses exactly the values that were written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+__all__ = [
+    "PREDICTION_HEADER",
+    "CONSENSUS_HEADER",
+    "SUMMARY_HEADER",
+    "PredictionRow",
+    "ReadFrames",
+    "ReadSummary",
+    "format_score",
+    "prediction_label",
+    "write_predictions",
+    "read_predictions",
+    "chunk_of",
+    "read_of_chunk",
+    "chunk_is_virus",
+    "consensus",
+    "write_consensus",
+    "read_consensus",
+    "group_by_read",
+    "summarize_read",
+    "write_read_summary",
+]
+
+PREDICTION_HEADER = ("Sequence_ID", "Prediction", "score1", "score2")
+CONSENSUS_HEADER = ("Modified_ID", "Is_Virus")
+SUMMARY_HEADER = ("read_id", "chunks", "kept_frames", "best_virus_score", "call")
+
+
+class PredictionRow(NamedTuple):
+    """One row of ``prediction_results.txt`` (scores as ``numpy.float32``)."""
+
+    seq_id: str
+    prediction: str
+    score1: np.float32
+    score2: np.float32
+
+
+def format_score(x: float) -> str:
+    """A score as the original writes it: ``str(numpy.float32(x))`` (shortest round trip)."""
+    return str(np.float32(x))
+
+
+def prediction_label(score1: float, score2: float) -> str:
+    """``virus`` when class 1 wins the argmax, else ``others`` (a tie goes to index 0)."""
+    return "virus" if np.float32(score2) > np.float32(score1) else "others"
+
+
+def write_predictions(path: str | Path, rows: Iterable[tuple[str, float, float]]) -> int:
+    """Write ``prediction_results.txt`` from ``(seq_id, score1, score2)`` rows; returns the count.
+
+    The ``Prediction`` column is derived with :func:`prediction_label`.
+    """
+    n = 0
+    with open(path, "w", newline="\n") as fh:
+        fh.write("\t".join(PREDICTION_HEADER) + "\n")
+        for seq_id, s1, s2 in rows:
+            fh.write(f"{seq_id}\t{prediction_label(s1, s2)}\t{format_score(s1)}\t{format_score(s2)}\n")
+            n += 1
+    return n
+
+
+def _parse_score(text: str, path: str | Path, lineno: int) -> np.float32:
+    try:
+        return np.float32(text)
+    except ValueError:
+        raise ValueError(f"{path}, line {lineno}: score {text!r} is not a number") from None
+
+
+def read_predictions(path: str | Path) -> Iterator[PredictionRow]:
+    """Rows of a ``prediction_results.txt`` file, scores parsed as ``numpy.float32``."""
+    with open(path, "r", newline=None) as fh:
+        header = fh.readline().rstrip("\r\n")
+        if tuple(header.split("\t")) != PREDICTION_HEADER:
+            raise ValueError(
+                f"{path}, line 1: expected the tab-separated header "
+                f"'Sequence_ID Prediction score1 score2', got {header!r}; is this a prediction_results.txt file?"
+            )
+        for lineno, line in enumerate(fh, 2):
+            line = line.rstrip("\r\n")
+            if not line:
+                continue
+            fields = line.split("\t")
+            if len(fields) != 4:
+                raise ValueError(f"{path}, line {lineno}: expected 4 tab-separated fields, got {len(fields)}")
+            seq_id, pred, s1, s2 = fields
+            yield PredictionRow(seq_id, pred, _parse_score(s1, path, lineno), _parse_score(s2, path, lineno))
+
+
+def chunk_of(seq_id: str) -> str:
+    """Modified_ID of a frame record: its ID minus the last two characters (the frame suffix)."""
+    return seq_id[:-2]
+
+
+def read_of_chunk(chunk_id: str) -> str:
+    """Read ID of ``{read_id}_chunk_{k}`` (split at the last ``_chunk_``)."""
+    head, sep, _ = chunk_id.rpartition("_chunk_")
+    return head if sep else chunk_id
+
+
+def chunk_is_virus(scores: Iterable[tuple[float, float]]) -> bool:
+    """The consensus rule over one chunk's frames: max(score2) >= max(score1) (tie: True)."""
+    s1s, s2s = zip(*((np.float32(a), np.float32(b)) for a, b in scores))
+    return bool(max(s2s) >= max(s1s))
+
+
+def consensus(rows: Iterable[tuple[str, float, float]]) -> list[tuple[str, bool]]:
+    """Per-chunk decisions ``(Modified_ID, Is_Virus)`` sorted by Modified_ID as strings.
+
+    ``rows`` are ``(seq_id, score1, score2)``; :class:`PredictionRow` objects work too.
+    """
+    best: dict[str, list[np.float32]] = {}
+    for row in rows:
+        if isinstance(row, PredictionRow):
+            seq_id, s1, s2 = row.seq_id, row.score1, row.score2
+        else:
+            seq_id, s1, s2 = row
+        s1, s2 = np.float32(s1), np.float32(s2)
+        key = chunk_of(seq_id)
+        cur = best.get(key)
+        if cur is None:
+            best[key] = [s1, s2]
+        else:
+            cur[0] = max(cur[0], s1)
+            cur[1] = max(cur[1], s2)
+    return [(key, bool(best[key][1] >= best[key][0])) for key in sorted(best)]
+
+
+def write_consensus(path: str | Path, decisions: Iterable[tuple[str, bool]]) -> int:
+    """Write ``prediction_results_highestscore.csv`` (tab-separated); returns the row count."""
+    n = 0
+    with open(path, "w", newline="\n") as fh:
+        fh.write("\t".join(CONSENSUS_HEADER) + "\n")
+        for key, is_virus in decisions:
+            fh.write(f"{key}\t{bool(is_virus)}\n")
+            n += 1
+    return n
+
+
+def read_consensus(path: str | Path) -> list[tuple[str, bool]]:
+    """Read back a ``prediction_results_highestscore.csv`` file."""
+    out: list[tuple[str, bool]] = []
+    with open(path, "r", newline=None) as fh:
+        header = fh.readline().rstrip("\r\n")
+        if tuple(header.split("\t")) != CONSENSUS_HEADER:
+            raise ValueError(f"{path}, line 1: expected the header 'Modified_ID<TAB>Is_Virus', got {header!r}")
+        for lineno, line in enumerate(fh, 2):
+            line = line.rstrip("\r\n")
+            if not line:
+                continue
+            key, _, flag = line.rpartition("\t")
+            if flag not in ("True", "False"):
+                raise ValueError(f"{path}, line {lineno}: Is_Virus must be True or False, got {flag!r}")
+            out.append((key, flag == "True"))
+    return out
+
+
+# ---------------------------------------------------------------------------------
+# Per-read summary (an extra output; the per-chunk consensus file stays as it is).
+
+
+@dataclass(frozen=True)
+class ReadFrames:
+    """What the summary needs to know about one read.
+
+    ``frames`` holds ``(chunk_id, score1, score2)`` for each kept, scored frame of the
+    read (``chunk_id`` WITHOUT the frame suffix). ``chunks == 0`` marks an empty read.
+    """
+
+    read_id: str
+    chunks: int
+    frames: Sequence[tuple[str, float, float]] = ()
+
+
+@dataclass(frozen=True)
+class ReadSummary:
+    """One row of ``read_summary.tsv``."""
+
+    read_id: str
+    chunks: int
+    kept_frames: int
+    best_virus_score: np.float32 | None
+    call: str  # "virus" | "others" | "no_frame" | "empty"
+
+    def to_line(self) -> str:
+        best = "NA" if self.best_virus_score is None else format_score(self.best_virus_score)
+        return f"{self.read_id}\t{self.chunks}\t{self.kept_frames}\t{best}\t{self.call}"
+
+
+def summarize_read(read: ReadFrames) -> ReadSummary:
+    """Call a read: ``virus`` if any of its chunks is virus by the consensus rule,
+    ``others`` otherwise, ``no_frame`` when no frame was kept, ``empty`` for an empty read."""
+    if read.chunks == 0:
+        return ReadSummary(read.read_id, 0, 0, None, "empty")
+    if not read.frames:
+        return ReadSummary(read.read_id, read.chunks, 0, None, "no_frame")
+    by_chunk: dict[str, list[tuple[float, float]]] = {}
+    for cid, s1, s2 in read.frames:
+        by_chunk.setdefault(cid, []).append((s1, s2))
+    virus = any(chunk_is_virus(scores) for scores in by_chunk.values())
+    best = max(np.float32(s2) for _, _, s2 in read.frames)
+    return ReadSummary(read.read_id, read.chunks, len(read.frames), best, "virus" if virus else "others")
+
+
+def group_by_read(
+    chunk_counts: Iterable[tuple[str, int]], rows: Iterable[tuple[str, float, float]]
+) -> Iterator[ReadFrames]:
+    """Join per-read chunk counts (input order, empty reads with 0) with scored frame rows.
+
+    ``rows`` are ``(frame_id, score1, score2)`` (or :class:`PredictionRow`); a frame's
+    chunk is ``frame_id[:-2]`` and its read is the chunk ID up to the last ``_chunk_``.
+    Yields one :class:`ReadFrames` per entry of ``chunk_counts``, in that order. A frame
+    whose read is not listed raises ``ValueError`` (it would silently vanish otherwise).
+    """
+    frames: dict[str, list[tuple[str, float, float]]] = {}
+    for row in rows:
+        if isinstance(row, PredictionRow):
+            seq_id, s1, s2 = row.seq_id, row.score1, row.score2
+        else:
+            seq_id, s1, s2 = row
+        cid = chunk_of(seq_id)
+        frames.setdefault(read_of_chunk(cid), []).append((cid, s1, s2))
+    counts = list(chunk_counts)
+    listed = {read_id for read_id, _ in counts}
+    unknown = [r for r in frames if r not in listed]
+    if unknown:
+        raise ValueError(f"scored frames for {len(unknown)} read(s) not in the read list, e.g. {unknown[0]!r}")
+    for read_id, n in counts:
+        yield ReadFrames(read_id, n, tuple(frames.get(read_id, ())))
+
+
+def write_read_summary(path: str | Path, reads: Iterable[ReadFrames]) -> dict[str, int]:
+    """Write ``read_summary.tsv``; returns how many reads got each call."""
+    counts = {"virus": 0, "others": 0, "no_frame": 0, "empty": 0}
+    with open(path, "w", newline="\n") as fh:
+        fh.write("\t".join(SUMMARY_HEADER) + "\n")
+        for read in reads:
+            s = summarize_read(read)
+            counts[s.call] += 1
+            fh.write(s.to_line() + "\n")
+    return counts

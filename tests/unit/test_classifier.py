@@ -1,0 +1,145 @@
+"""MLP classifier and its safe checkpoint loader."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from virnucdist.models.classifier import (
+    MLPClassifier,
+    classifier_chunk_size_hint,
+    load_classifier,
+    random_state_dict,
+    save_random_classifier,
+)
+
+
+@pytest.fixture(scope="module")
+def pickled(tmp_path_factory):
+    """A whole-module pickle written the way train.py does, plus its probe logits."""
+    d = tmp_path_factory.mktemp("clf")
+    path, probe = d / "500_model.pth", d / "probe.pt"
+    save_random_classifier(path, seed=7, fmt="pickle", probe_path=probe)
+    return path, torch.load(probe, weights_only=True)
+
+
+def test_pickle_references_main_class(pickled):
+    path, _ = pickled
+    names = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    assert "__main__.MLPClassifier" in names
+
+
+def test_pickled_module_loads_with_same_outputs(pickled):
+    path, probe = pickled
+    model = load_classifier(path)
+    assert type(model) is MLPClassifier and not model.training
+    with torch.no_grad():
+        logits = model(probe["x"])
+    torch.testing.assert_close(logits, probe["logits"], rtol=0, atol=0)
+    # BN running stats came through (not the defaults 0/1).
+    assert not torch.allclose(model.bn1.running_var, torch.ones(512))
+
+
+@pytest.mark.parametrize("fmt, name", [("state_dict", "w.pth"), ("safetensors", "w.safetensors"), ("safetensors", "w.bin")])
+def test_state_dict_and_safetensors(tmp_path, pickled, fmt, name):
+    _, probe = pickled
+    path = save_random_classifier(tmp_path / name, seed=7, fmt=fmt)
+    model = load_classifier(path)
+    with torch.no_grad():
+        torch.testing.assert_close(model(probe["x"]), probe["logits"], rtol=0, atol=0)
+
+
+def test_state_dict_keys_match_original():
+    keys = set(MLPClassifier().state_dict())
+    assert keys == set(random_state_dict(0)) == {
+        "hidden_layer.weight", "hidden_layer.bias",
+        "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var", "bn1.num_batches_tracked",
+        "output_layer.weight", "output_layer.bias",
+    }
+
+
+def test_forward_is_linear_bn_relu_linear_in_eval():
+    torch.manual_seed(0)
+    model = MLPClassifier()
+    model.load_state_dict(random_state_dict(1))
+    model.eval()
+    x = torch.randn(4, 3328)
+    h = model.hidden_layer(x)
+    bn = model.bn1
+    h = (h - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+    want = model.output_layer(torch.relu(h))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), want)
+
+
+_EVIL = r'''
+import os, sys
+import torch, torch.nn as nn
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch " + sys.argv[2],))
+
+class MLPClassifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hidden_layer = nn.Linear(3328, 512)
+        self.bn1 = nn.BatchNorm1d(512)
+        self.dropout = nn.Dropout(0.5)
+        self.output_layer = nn.Linear(512, 2)
+        self.payload = Payload()
+
+torch.save(MLPClassifier(), sys.argv[1])
+'''
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    evil, marker = tmp_path / "500_model.pth", tmp_path / "PWNED"
+    subprocess.run([sys.executable, "-c", _EVIL, str(evil), str(marker)], check=True)
+    assert not marker.exists()
+    with pytest.raises(ValueError) as err:
+        load_classifier(evil)
+    msg = str(err.value)
+    assert str(evil) in msg and "system" in msg and "refused" in msg
+    assert not marker.exists()
+
+
+def test_wrong_shapes_give_clear_error(tmp_path):
+    state = random_state_dict(0)
+    state["hidden_layer.weight"] = torch.zeros(512, 1024)
+    path = tmp_path / "other.pth"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"other\.pth: these weights do not fit a VirNucPro MLP"):
+        load_classifier(path)
+
+
+def test_other_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        load_classifier(tmp_path / "missing.pth")
+    text = tmp_path / "notes.pth"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match="not a PyTorch checkpoint"):
+        load_classifier(text)
+    lists = tmp_path / "list.pt"
+    torch.save([torch.zeros(2)], lists)
+    with pytest.raises(ValueError, match="holds a list"):
+        load_classifier(lists)
+
+
+def test_wrapped_state_dicts(tmp_path):
+    state = random_state_dict(3)
+    for i, obj in enumerate([{"state_dict": state}, {f"module.{k}": v for k, v in state.items()}]):
+        torch.save(obj, tmp_path / f"{i}.pt")
+        model = load_classifier(tmp_path / f"{i}.pt")
+        torch.testing.assert_close(model.output_layer.bias, state["output_layer.bias"])
+
+
+@pytest.mark.parametrize(
+    "name, size", [("300_model.pth", 300), ("/x/500_model.pth", 500), ("my_300_model_v2.pt", 300), ("model.pth", None)]
+)
+def test_chunk_size_hint(name, size):
+    assert classifier_chunk_size_hint(Path(name)) == size

@@ -1,0 +1,251 @@
+import gzip
+import multiprocessing as mp
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from virnucdist.fasta import FastaError, read_fasta, write_fasta
+from virnucdist.sharding import SequenceIndex, build_index_distributed
+
+
+def _rand_seq(rng, n):
+    return "".join(rng.choice(list("ACGTN"), size=n)) if n else ""
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """Several files: wrapped lines, CRLF, gzip, an empty record, descriptions."""
+    rng = np.random.default_rng(0)
+    a = tmp_path / "a.fa"
+    write_fasta(a, [(f"a{i}", _rand_seq(rng, int(rng.integers(1, 300)))) for i in range(40)], width=60)
+    b = tmp_path / "b.fa"
+    recs = [(f"b{i} some description\twith tab", _rand_seq(rng, int(rng.integers(0, 120)))) for i in range(30)]
+    recs[5] = ("b5 empty one", "")
+    text = "".join(f">{h}\n{s[:50]}\n{s[50:]}\n" for h, s in recs)
+    b.write_bytes(text.replace("\n", "\r\n").encode())
+    c = tmp_path / "c.fa.gz"
+    gz_recs = [(f"c{i}", _rand_seq(rng, int(rng.integers(1, 200)))) for i in range(25)]
+    write_fasta(c, gz_recs, width=33)
+    d = tmp_path / "d.fa"   # no trailing newline, empty last record
+    d.write_bytes(b">d0\nAC\nGT\n>d1")
+    return [a, b, c, d]
+
+
+def _expected(paths):
+    return [r for p in paths for r in read_fasta(p)]
+
+
+def test_build_matches_read_fasta(inputs, tmp_path):
+    idx = SequenceIndex.build(inputs, gzip_dir=tmp_path / "run", block_size=1000)
+    want = _expected(inputs)
+    assert len(idx) == len(want) == 40 + 30 + 25 + 2
+    assert idx.ids == [r.id for r in want]
+    assert idx.length.tolist() == [len(r.seq) for r in want]
+    assert [idx.read(i) for i in range(len(idx))] == [r.seq for r in want]
+    assert idx.read(-1) == ""
+    assert idx.length[idx.position("b5")] == 0
+    assert idx.file_idx.dtype == np.int32 and idx.offset.dtype == np.int64
+    assert idx.sources[2] == str(inputs[2]) and idx.files[2].startswith(str(tmp_path / "run"))
+    assert all(os.path.isabs(f) for f in idx.files)
+    with pytest.raises(KeyError, match="nope"):
+        idx.position("nope")
+
+
+@pytest.mark.parametrize("block_size", [7, 64, 1 << 20])
+def test_block_boundaries_do_not_matter(inputs, tmp_path, block_size):
+    ref = SequenceIndex.build(inputs, gzip_dir=tmp_path)
+    idx = SequenceIndex.build(inputs, gzip_dir=tmp_path, block_size=block_size)
+    assert idx.ids == ref.ids and idx.fingerprint == ref.fingerprint
+    for col in ("file_idx", "offset", "nbytes", "length", "header_line"):
+        np.testing.assert_array_equal(getattr(idx, col), getattr(ref, col))
+
+
+def test_gzip_needs_a_dir(inputs):
+    with pytest.raises(ValueError, match="gzip_dir"):
+        SequenceIndex.build(inputs)
+
+
+def _read_all(idx):
+    return [idx.read(i) for i in range(len(idx))]
+
+
+def test_pickle_and_other_processes(inputs, tmp_path):
+    idx = SequenceIndex.build(inputs, gzip_dir=tmp_path)
+    want = _read_all(idx)                      # opens handles in this process
+    clone = pickle.loads(pickle.dumps(idx))
+    assert clone._fds == {} and _read_all(clone) == want and clone.ids == idx.ids
+    with mp.get_context("spawn").Pool(1) as pool:   # fresh interpreter, pickled index
+        assert pool.map(idx.read, range(len(idx))) == want
+    with mp.get_context("fork").Pool(2) as pool:    # forked with open handles
+        assert pool.map(idx.read, range(len(idx))) == want
+
+
+def test_torch_dataloader_workers(inputs, tmp_path):
+    torch = pytest.importorskip("torch")
+    idx = SequenceIndex.build(inputs, gzip_dir=tmp_path)
+    want = _read_all(idx)
+    got = list(torch.utils.data.DataLoader(_DS(idx), batch_size=None, num_workers=2))
+    assert got == want
+
+
+class _DS:
+    def __init__(self, idx):
+        self.idx = idx
+
+    def __len__(self):
+        return len(self.idx)
+
+    def __getitem__(self, i):
+        return self.idx.read(i)
+
+
+def test_fingerprint_is_content(tmp_path):
+    p = tmp_path / "x.fa"
+    p.write_bytes(b">r1\nACGT\n>r2\nGGCC\n")
+    fp1 = SequenceIndex.build([p]).fingerprint
+    st = os.stat(p)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))      # touch
+    assert SequenceIndex.build([p]).fingerprint == fp1
+    p.write_bytes(b">r1\nACGT\n>r2\nGGCA\n")                        # same size, same path
+    fp2 = SequenceIndex.build([p]).fingerprint
+    assert fp2 != fp1
+    q = tmp_path / "copy.fa"                                      # other path, same content
+    q.write_bytes(p.read_bytes())
+    assert SequenceIndex.build([q]).fingerprint == fp2
+
+
+def test_duplicate_ids_name_both(tmp_path):
+    a, b = tmp_path / "one.fa", tmp_path / "two.fa"
+    a.write_bytes(b">x\nAC\n>dup first\nGG\n")
+    b.write_bytes(b">y\nAC\n>z\nA\n>dup again\nTT\n")
+    with pytest.raises(FastaError) as info:
+        SequenceIndex.build([a, b])
+    msg = str(info.value)
+    assert "'dup'" in msg and "one.fa, line 3" in msg and "two.fa, line 5" in msg
+    assert "unique" in msg
+
+
+@pytest.mark.parametrize("content,line,needle", [
+    (b"", 1, "no FASTA records"),
+    (b"\n\n", 2, "no FASTA records"),
+    (b"\nhello\n>r\nA\n", 2, "'>'"),
+    (b">r\nAC\x00GT\n", 2, "binary"),
+    (b">r\nACGT\n>\nAC\n", 3, "empty header"),
+    (b">r\nACGT\n>  \r\nAC\n", 3, "empty header"),
+    (b">r \xff\nACGT\n", 1, "UTF-8"),
+    (b">r\nAC\n>s\nA\xc3\x89\n", 4, "ASCII"),
+    (b">r\nAC\n>s\nA\xff\n", 4, "UTF-8"),
+    (b"\x89PNG\r\n", 1, "UTF-8"),
+])
+def test_malformed(tmp_path, content, line, needle):
+    p = tmp_path / "bad.fa"
+    p.write_bytes(content)
+    with pytest.raises(FastaError) as info:
+        SequenceIndex.build([p])
+    assert f"bad.fa, line {line}" in str(info.value) and needle in str(info.value)
+    with pytest.raises(FastaError) as info2:     # same verdict as the streaming reader
+        list(read_fasta(p))
+    assert f"bad.fa, line {line}" in str(info2.value)
+
+
+def test_save_load_roundtrip(inputs, tmp_path):
+    idx = SequenceIndex.build(inputs, gzip_dir=tmp_path)
+    cache = tmp_path / "index.npz"
+    idx.save(cache)
+    back = SequenceIndex.load(cache, expected_fingerprint=idx.fingerprint)
+    assert back.ids == idx.ids and back.files == idx.files and back.sources == idx.sources
+    assert back.fingerprint == idx.fingerprint
+    for col in ("file_idx", "offset", "nbytes", "length", "header_line"):
+        np.testing.assert_array_equal(getattr(back, col), getattr(idx, col))
+    assert _read_all(back) == _read_all(idx)
+    with pytest.raises(ValueError, match="different inputs"):
+        SequenceIndex.load(cache, expected_fingerprint="0" * 64)
+
+
+def test_load_or_build(tmp_path, monkeypatch):
+    p = tmp_path / "x.fa"
+    p.write_bytes(b">r1\nACGT\n>r2\nGG\n")
+    gz = tmp_path / "y.fa.gz"
+    gz.write_bytes(gzip.compress(b">g1\nTTT\n"))
+    cache = tmp_path / "run" / "index.npz"
+    cache.parent.mkdir()
+    calls = []
+    real_build = SequenceIndex.build.__func__
+
+    def counting_build(cls, *a, **k):
+        calls.append(1)
+        return real_build(cls, *a, **k)
+
+    monkeypatch.setattr(SequenceIndex, "build", classmethod(counting_build))
+    first = SequenceIndex.load_or_build([p, gz], cache)
+    assert len(calls) == 1 and first.ids == ["r1", "r2", "g1"] and first.read(2) == "TTT"
+    again = SequenceIndex.load_or_build([p, gz], cache)
+    assert len(calls) == 1 and again.fingerprint == first.fingerprint and again.read(2) == "TTT"
+    st = os.stat(p)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))      # touched: rebuild, same fp
+    touched = SequenceIndex.load_or_build([p, gz], cache)
+    assert len(calls) == 2 and touched.fingerprint == first.fingerprint
+    p.write_bytes(b">r1\nACGT\n>r2\nGGA\n")                         # changed: rebuild, new fp
+    changed = SequenceIndex.load_or_build([p, gz], cache)
+    assert len(calls) == 3 and changed.fingerprint != first.fingerprint
+    assert changed.read(1) == "GGA"
+    os.remove(changed.files[1])                                     # decompressed copy lost
+    assert SequenceIndex.load_or_build([p, gz], cache).read(2) == "TTT" and len(calls) == 4
+    cache.write_bytes(b"garbage")                                   # corrupt cache
+    assert SequenceIndex.load_or_build([p, gz], cache).ids == ["r1", "r2", "g1"]
+    assert len(calls) == 5
+
+
+def test_stale_file_detected_on_read(tmp_path):
+    p = tmp_path / "x.fa"
+    p.write_bytes(b">r1\nACGT\n>r2\nGG\n")
+    idx = SequenceIndex.build([p])
+    p.write_bytes(b">r1\nAC\n\n\n>r2\nGG\n")
+    with pytest.raises(RuntimeError, match="changed after"):
+        idx.read(0)
+
+
+def test_distributed_helper(tmp_path):
+    p = tmp_path / "x.fa"
+    p.write_bytes(b">r1\nACGT\n>r2\nGG\n")
+    run = tmp_path / "run"
+    hits = []
+    idx0 = build_index_distributed([p], run, 0, 2, lambda: hits.append(0))
+    idx1 = build_index_distributed([p], run, 1, 2, lambda: hits.append(1))
+    assert hits == [0, 1] and idx1.ids == idx0.ids and idx1.fingerprint == idx0.fingerprint
+    assert (run / "index.npz").exists()
+    bad = tmp_path / "bad.fa"
+    bad.write_bytes(b"not fasta\n")
+    with pytest.raises(FastaError, match="bad.fa"):
+        build_index_distributed([bad], run, 0, 2, lambda: hits.append(0))
+    assert hits[-1] == 0                       # rank 0 still reached the barrier
+    with pytest.raises(RuntimeError, match="bad.fa, line 1"):
+        build_index_distributed([bad], run, 1, 2, lambda: None)
+    build_index_distributed([p], run, 0, 2, lambda: None)   # success clears the error file
+    assert not (run / "index.error").exists()
+
+
+def test_fresh_interpreter_reads_loaded_index(inputs, tmp_path):
+    idx = SequenceIndex.build(inputs, gzip_dir=tmp_path)
+    idx.save(tmp_path / "i.npz")
+    code = ("import sys,pickle; from virnucdist.sharding import SequenceIndex;"
+            "i=SequenceIndex.load(sys.argv[1]); pickle.dump([i.read(k) for k in range(len(i))], sys.stdout.buffer)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "i.npz")], check=True,
+                         capture_output=True).stdout
+    assert pickle.loads(out) == _read_all(idx)
+
+
+def test_utf8_bom_and_leading_blank_lines(tmp_path):
+    p = tmp_path / "bom.fa"
+    p.write_bytes(b"\xef\xbb\xbf>r1 x\nAC\n>r2\nG\n")
+    q = tmp_path / "blank.fa"
+    q.write_bytes(b"\n \n>q1\nAC\n")
+    for f in (p, q):
+        idx = SequenceIndex.build([f])
+        want = list(read_fasta(f))
+        assert idx.ids == [r.id for r in want]
+        assert _read_all(idx) == [r.seq for r in want]
