@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,12 +20,20 @@ import numpy as np
 import torch
 
 from . import __version__
+from .engine import (
+    DTYPES,
+    BatchRunner,
+    check_manifest,
+    prepare_output_dir,
+    resolve_dtype,
+    to_host_async,
+)
 from .errors import UserError
 from .launch.dist import DistContext, init_distributed
 from .launch.entry import run_entrypoint
 from .launch.logs import setup_logging
 from .models.loading import LoadedModel, load_model
-from .packing import PackedBatch, PackedBatchLoader, split_batch
+from .packing import PackedBatchLoader
 from .progress import Progress
 from .sharding.index import SequenceIndex, build_index_distributed
 from .sharding.partition import partition
@@ -37,7 +44,6 @@ __all__ = ["EmbedConfig", "embed", "main"]
 
 log = logging.getLogger("virnucdist")
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_TOKS = {"cpu": 4096, "cuda": 65536}
 
 
@@ -67,14 +73,6 @@ class EmbedResult:
     report: dict = field(default_factory=dict)
 
 
-def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
-    if name is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if device.type == "cpu" and name != "fp32":
-        log.warning("--dtype %s on CPU: half precision is slow and inexact there; using it as asked", name)
-    return DTYPES[name]
-
-
 def run_manifest(cfg: EmbedConfig, index: SequenceIndex, model: LoadedModel, dtype: torch.dtype) -> dict:
     """What must match for shards of an earlier attempt to be reused."""
     return {
@@ -88,97 +86,31 @@ def run_manifest(cfg: EmbedConfig, index: SequenceIndex, model: LoadedModel, dty
     }
 
 
-def check_manifest(out: Path, manifest: dict, overwrite: bool) -> str | None:
-    """Rank 0: refuse to mix outputs of different inputs/models; returns an error message or None."""
-    path = out / "run.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        changed = [k for k in manifest if k != "virnucdist" and old.get(k) != manifest[k]]
-        if changed and not overwrite:
-            return (f"{out} holds a run with a different {', '.join(changed)}; use another output directory, "
-                    f"or --overwrite to discard it")
-        if changed:
-            for p in [out / "shards", out / "embeddings.h5", out / "run_report.json"]:
-                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    tmp = path.with_name("run.json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, path)
-    return None
+def embed(cfg: EmbedConfig, ctx: DistContext | None = None, model: LoadedModel | None = None) -> EmbedResult:
+    """Run one embedding job on this rank (call on every rank under torchrun).
 
-
-class BatchRunner:
-    """Runs packed batches through a model; out-of-memory splits the batch and lowers the cap."""
-
-    def __init__(self, fn, device: torch.device, telemetry: Telemetry):
-        self.fn, self.device, self.tel = fn, device, telemetry
-        self.cap: int | None = None  # tokens per forward after an OOM
-        self._inject = int(os.environ.get("VIRNUCDIST_INJECT_OOM_ABOVE", "0"))  # test hook
-
-    def __call__(self, batch: PackedBatch):
-        """Yields ``(host_batch, device_output)`` pairs covering every sequence of ``batch``."""
-        if self.cap is not None and batch.num_tokens > self.cap and batch.num_seqs > 1:
-            for half in split_batch(batch):
-                yield from self(half)
-            return
-        try:
-            if self._inject and batch.num_tokens > self._inject:
-                raise torch.OutOfMemoryError("injected out-of-memory (VIRNUCDIST_INJECT_OOM_ABOVE)")
-            out = self.fn(batch.to(self.device, non_blocking=True))
-        except torch.OutOfMemoryError:
-            if batch.num_seqs < 2:
-                raise UserError(f"out of GPU memory on a single sequence of {batch.num_tokens} tokens; "
-                                f"lower --truncation-seq-length or use a GPU with more memory") from None
-            self.tel.stats.oom_splits += 1
-            self.cap = batch.num_tokens // 2
-            log.warning("out of memory on a batch of %d tokens: splitting it, token cap now %d",
-                        batch.num_tokens, self.cap)
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            for half in split_batch(batch):
-                yield from self(half)
-            return
-        yield batch, out
-
-
-def to_host_async(t: torch.Tensor):
-    """Start a device->host copy; returns (host tensor, event to wait on or None)."""
-    if t.device.type != "cuda":
-        return t, None
-    host = t.to("cpu", non_blocking=True)
-    ev = torch.cuda.Event()
-    ev.record()
-    return host, ev
-
-
-def embed(cfg: EmbedConfig, ctx: DistContext | None = None) -> EmbedResult:
-    """Run one embedding job on this rank (call on every rank under torchrun)."""
+    ``model``: an already loaded model (e.g. shared between runs, or your own
+    :class:`~virnucdist.models.loading.LoadedModel`); by default ``cfg.model`` is loaded.
+    """
     t_start = time.perf_counter()
     ctx = ctx or init_distributed(cfg.device)
-    out = Path(cfg.output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{ctx.rank}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"output directory {out} is not writable ({e.strerror}); choose another with -o") from None
+    out = prepare_output_dir(cfg.output_dir, ctx.rank, cfg.inputs)
     setup_logging(out, ctx.rank, cfg.quiet)
     tel = Telemetry(ctx.rank, ctx.device)
-    for p in cfg.inputs:
-        if not Path(p).is_file():
-            raise UserError(f"input {p} does not exist or is not a file")
 
     with tel.phase("index"):
         index = build_index_distributed(list(cfg.inputs), out, ctx.rank, ctx.world_size, ctx.barrier)
     dtype = resolve_dtype(cfg.dtype, ctx.device)
     with tel.phase("model_load"):
-        model = load_model(cfg.model, device=ctx.device, dtype=dtype, random_init=cfg.random_init, seed=cfg.seed,
-                           truncation_seq_length=cfg.truncation_seq_length)
+        if model is None:
+            model = load_model(cfg.model, device=ctx.device, dtype=dtype, random_init=cfg.random_init,
+                               seed=cfg.seed, truncation_seq_length=cfg.truncation_seq_length)
     if cfg.repr_layer != -1 and model.kind == "esm2":
         model.module.resolve_layer(cfg.repr_layer)
 
     manifest = run_manifest(cfg, index, model, dtype)
-    err = check_manifest(out, manifest, cfg.overwrite) if ctx.is_main else None
+    err = check_manifest(out, manifest, cfg.overwrite, ["shards", "embeddings.h5", "run_report.json"]) \
+        if ctx.is_main else None
     err = ctx.broadcast_object(err)
     if err:
         raise UserError(err)

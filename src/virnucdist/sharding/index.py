@@ -30,14 +30,13 @@ gzip), in input order; never over paths or modification times.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
 import os
 import shutil
-import gzip
 import zlib
-from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np

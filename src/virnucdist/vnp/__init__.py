@@ -6,7 +6,13 @@
 """
 
 from virnucdist.vnp.chunk import ChunkStats, chunk_records, chunk_spans
-from virnucdist.vnp.consensus import consensus, format_score, read_predictions, write_consensus, write_predictions
+from virnucdist.vnp.consensus import (
+    consensus,
+    format_score,
+    read_predictions,
+    write_consensus,
+    write_predictions,
+)
 from virnucdist.vnp.translate import Frame, six_frame, translate_records
 
 __all__ = [

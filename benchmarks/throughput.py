@@ -1,0 +1,185 @@
+"""Single-GPU throughput: virnucdist vs fair-esm on the same weights, in one process.
+
+    torchrun --standalone --nproc_per_node=1 benchmarks/throughput.py \
+        --model esm2_t36_3B_UR50D --n 10000 --json throughput.json
+
+ESM-2 (random weights unless --model is a real .pt): per workload (a: 20-80 aa,
+b: 100-170 aa) it times fair-esm's own forward with its length-sorted
+``FastaBatchedDataset.get_batch_indices`` batching (bf16, and fp32 on the first
+--fp32-n sequences), then ``virnucdist.embed`` end to end (index, packing
+loader, model, shard writer; the inference phase is timed). It also measures
+the bf16 GEMM peak and reports each rate as a fraction of the GEMM roofline
+(2 x parameters FLOPs per token). Pooling for fair-esm runs on the GPU (mean
+over residues per sequence, as extract.py computes it), which is stricter than
+extract.py's copy of full per-token tensors to the host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    PROTEIN_WORKLOADS,
+    Timer,
+    gemm_peak_tflops,
+    random_proteins,
+    table,
+    write_fasta,
+)
+
+from virnucdist.embed import EmbedConfig, embed  # noqa: E402
+from virnucdist.launch import init_distributed  # noqa: E402
+from virnucdist.models.esm2 import PackedESM2  # noqa: E402
+from virnucdist.models.loading import load_model  # noqa: E402
+from virnucdist.writers import read_embeddings  # noqa: E402
+
+
+def fair_esm_from_packed(packed: PackedESM2, dtype: torch.dtype, device) -> torch.nn.Module:
+    """fair-esm's own ESM2 holding the same weights (q/k/v split back out)."""
+    import esm
+
+    cfg = packed.cfg
+    with torch.device(device):
+        ref = esm.model.esm2.ESM2(num_layers=cfg.num_layers, embed_dim=cfg.embed_dim,
+                                  attention_heads=cfg.attention_heads,
+                                  alphabet=esm.data.Alphabet.from_architecture("ESM-1b"),
+                                  token_dropout=cfg.token_dropout)
+    state = {}
+    for k, v in packed.state_dict().items():
+        if ".self_attn.qkv." in k:
+            for p, t in zip("qkv", v.chunk(3)):
+                state[k.replace(".qkv.", f".{p}_proj.")] = t
+        else:
+            state[k] = v
+    missing, unexpected = ref.load_state_dict(state, strict=False)
+    assert not unexpected, unexpected
+    assert all(k.startswith(("lm_head", "contact_head")) or "rot_emb" in k for k in missing), missing
+    return ref.to(dtype).eval()
+
+
+@torch.inference_mode()
+def run_fair_esm(model, records, toks_per_batch: int, device) -> tuple[float, int, dict]:
+    """fair-esm forward over length-sorted batches; returns (seconds, tokens, {id: mean embedding})."""
+    import esm
+
+    alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
+    ds = esm.data.FastaBatchedDataset([r for r, _ in records], [s for _, s in records])
+    batches = ds.get_batch_indices(toks_per_batch, extra_toks_per_seq=1)
+    loader = torch.utils.data.DataLoader(ds, collate_fn=alphabet.get_batch_converter(1022), batch_sampler=batches)
+    layer = model.num_layers
+    out: dict[str, torch.Tensor] = {}
+    tokens = 0
+    with Timer(device) as t:
+        for labels, strs, toks in loader:
+            toks = toks.to(device, non_blocking=True)
+            rep = model(toks, repr_layers=[layer])["representations"][layer]
+            for i, label in enumerate(labels):
+                n = min(1022, len(strs[i]))
+                out[label] = rep[i, 1:n + 1].float().mean(0)
+                tokens += n + 2
+    return t.seconds, tokens, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="esm2_t36_3B_UR50D", help="ESM-2 name (random weights) or a real .pt")
+    ap.add_argument("--workloads", default="a,b")
+    ap.add_argument("--n", type=int, default=10000, help="sequences per workload")
+    ap.add_argument("--fp32-n", type=int, default=1000, help="sequences for the slow fair-esm fp32 baseline")
+    ap.add_argument("--esm-toks", type=int, default=4096, help="fair-esm toks_per_batch (extract.py default)")
+    ap.add_argument("--toks-per-batch", type=int, default=None, help="virnucdist token budget")
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
+    ap.add_argument("--skip-baselines", action="store_true")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args()
+
+    ctx = init_distributed()
+    dev = ctx.device
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    peak = gemm_peak_tflops(dev)
+    real = args.model.endswith(".pt")
+    lm = load_model(args.model, device=dev, dtype=half, random_init=not real, seed=0)
+    params = sum(p.numel() for p in lm.module.parameters()) - lm.module.embed_tokens.weight.numel()
+    roof_tps = peak * 1e12 / (2 * params) if peak == peak else float("nan")
+    print(f"device {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}; model {lm.name} "
+          f"({params / 1e9:.2f}B non-embedding params); bf16 GEMM peak {peak:.0f} TFLOP/s -> roofline "
+          f"{roof_tps:,.0f} tokens/s", flush=True)
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="vnd-throughput-"))
+    rows, results = [], {"device": str(dev), "gemm_peak_tflops": peak, "roofline_tokens_per_s": roof_tps,
+                         "model": lm.name, "params_non_embedding": params, "workloads": {}}
+    for wl in args.workloads.split(","):
+        lo, hi = PROTEIN_WORKLOADS[wl]
+        recs = random_proteins(args.n, lo, hi, seed=hash(wl) % 1000)
+        fasta = write_fasta(work / f"workload_{wl}.fa", recs)
+        res: dict = {}
+        fair_ref = None
+        if not args.skip_baselines:
+            ref = fair_esm_from_packed(lm.module, half, dev)
+            run_fair_esm(ref, recs[:200], args.esm_toks, dev)  # warm-up
+            torch.cuda.reset_peak_memory_stats(dev) if dev.type == "cuda" else None
+            s, toks, _ = run_fair_esm(ref, recs, args.esm_toks, dev)
+            res["fair_esm_half"] = {"seconds": s, "tokens": toks, "tokens_per_s": toks / s, "seqs_per_s": len(recs) / s,
+                                    "peak_mem_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None}
+            del ref
+            ref32 = fair_esm_from_packed(lm.module, torch.float32, dev)
+            sub = recs[:args.fp32_n]
+            run_fair_esm(ref32, sub[:50], args.esm_toks, dev)
+            s, toks, fair_ref = run_fair_esm(ref32, sub, args.esm_toks, dev)
+            res["fair_esm_fp32"] = {"seconds": s, "tokens": toks, "tokens_per_s": toks / s, "seqs_per_s": len(sub) / s}
+            del ref32
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+        # warm-up run (kernels, allocator), then the timed run
+        warm = EmbedConfig(inputs=(str(write_fasta(work / f"warm_{wl}.fa", recs[:500])),), model=lm.name,
+                           output_dir=str(work / f"warm_{wl}"), toks_per_batch=args.toks_per_batch, quiet=True,
+                           dtype=args.dtype, overwrite=True)
+        embed(warm, ctx, model=lm)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        cfg = EmbedConfig(inputs=(str(fasta),), model=lm.name, output_dir=str(work / f"out_{wl}"),
+                          toks_per_batch=args.toks_per_batch, quiet=True, dtype=args.dtype, overwrite=True)
+        rep = embed(cfg, ctx, model=lm).report
+        r0 = rep["ranks"][0]
+        inf = r0["phases"]["inference"]
+        res["virnucdist"] = {"seconds": inf, "wall_s": rep["summary"]["wall_s"], "tokens": r0["tokens"],
+                             "tokens_per_s": r0["tokens"] / inf, "seqs_per_s": r0["sequences"] / inf,
+                             "packing_efficiency": r0["packing_efficiency"], "toks_per_batch": r0["toks_per_batch"],
+                             "peak_mem_gib": r0["peak_gpu_mem_gib"], "gpu_util_mean": r0["gpu_util_mean"]}
+        if fair_ref is not None:
+            ids, emb = read_embeddings(cfg.output_dir + "/embeddings.h5")
+            pos = {k: i for i, k in enumerate(ids)}
+            a = torch.stack([fair_ref[k].float().cpu() for k in fair_ref])
+            b = torch.from_numpy(emb[[pos[k] for k in fair_ref]])
+            cos = torch.nn.functional.cosine_similarity(a, b)
+            res["cosine_vs_fair_esm_fp32"] = {"min": float(cos.min()), "mean": float(cos.mean()), "n": len(cos)}
+        results["workloads"][wl] = res
+        v = res["virnucdist"]["tokens_per_s"]
+        for name, key in [("fair-esm fp32", "fair_esm_fp32"), (f"fair-esm {args.dtype}", "fair_esm_half"),
+                          (f"virnucdist {args.dtype}", "virnucdist")]:
+            if key in res:
+                r = res[key]
+                rows.append({"wl": f"{wl} ({lo}-{hi} aa)", "impl": name, "tps": r["tokens_per_s"],
+                             "sps": r["seqs_per_s"], "x32": v / res["fair_esm_fp32"]["tokens_per_s"] if "fair_esm_fp32" in res else None,
+                             "xh": v / res["fair_esm_half"]["tokens_per_s"] if "fair_esm_half" in res else None,
+                             "roof": r["tokens_per_s"] / roof_tps, "mem": r.get("peak_mem_gib"),
+                             "pack": r.get("packing_efficiency")})
+        print(f"workload {wl} done: {res}", flush=True)
+    print(table(rows, [("wl", "workload", "s"), ("impl", "implementation", "s"), ("tps", "tokens/s", ",.0f"),
+                       ("sps", "seq/s", ",.0f"), ("x32", "vnd/fp32", ".2f"), ("xh", "vnd/half", ".2f"),
+                       ("roof", "roofline", ".1%"), ("mem", "peak GiB", ".1f"), ("pack", "packing", ".1%")]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    ctx.shutdown()
+
+
+if __name__ == "__main__":
+    main()
