@@ -1,7 +1,7 @@
 """Single-GPU throughput: virnucdist vs fair-esm on the same weights, in one process.
 
     torchrun --standalone --nproc_per_node=1 benchmarks/throughput.py \
-        --model esm2_t36_3B_UR50D --n 10000 --json throughput.json
+        --model esm2_t36_3B_UR50D --num-seqs 10000 --json throughput.json
 
 ESM-2 (random weights unless --model is a real .pt): per workload (a: 20-80 aa,
 b: 100-170 aa) it times fair-esm's own forward with its length-sorted
@@ -91,12 +91,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="esm2_t36_3B_UR50D", help="ESM-2 name (random weights) or a real .pt")
     ap.add_argument("--workloads", default="a,b")
-    ap.add_argument("--n", type=int, default=10000, help="sequences per workload")
+    ap.add_argument("--num-seqs", type=int, default=10000, help="sequences per workload")
     ap.add_argument("--fp32-n", type=int, default=1000, help="sequences for the slow fair-esm fp32 baseline")
     ap.add_argument("--esm-toks", type=int, default=4096, help="fair-esm toks_per_batch (extract.py default)")
     ap.add_argument("--toks-per-batch", type=int, default=None, help="virnucdist token budget")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     ap.add_argument("--skip-baselines", action="store_true")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                    help="torch.compile virnucdist's layers (the default on CUDA)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
@@ -107,6 +109,8 @@ def main() -> None:
     peak = gemm_peak_tflops(dev)
     real = args.model.endswith(".pt")
     lm = load_model(args.model, device=dev, dtype=half, random_init=not real, seed=0)
+    if args.compile:
+        lm.compile()
     params = sum(p.numel() for p in lm.module.parameters()) - lm.module.embed_tokens.weight.numel()
     roof_tps = peak * 1e12 / (2 * params) if peak == peak else float("nan")
     print(f"device {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}; model {lm.name} "
@@ -118,7 +122,7 @@ def main() -> None:
                          "model": lm.name, "params_non_embedding": params, "workloads": {}}
     for wl in args.workloads.split(","):
         lo, hi = PROTEIN_WORKLOADS[wl]
-        recs = random_proteins(args.n, lo, hi, seed=hash(wl) % 1000)
+        recs = random_proteins(args.num_seqs, lo, hi, seed={"a": 1, "b": 2}.get(wl, 3))
         fasta = write_fasta(work / f"workload_{wl}.fa", recs)
         res: dict = {}
         fair_ref = None

@@ -61,6 +61,7 @@ class EmbedConfig:
     repr_layer: int = -1
     truncation_seq_length: int = 1022
     device: str | None = None  # None: CUDA when available
+    compile: bool | None = None  # None: torch.compile the layers on CUDA
     num_workers: int = 2
     flush_every: int = 4096
     overwrite: bool = False
@@ -105,6 +106,8 @@ def embed(cfg: EmbedConfig, ctx: DistContext | None = None, model: LoadedModel |
         if model is None:
             model = load_model(cfg.model, device=ctx.device, dtype=dtype, random_init=cfg.random_init,
                                seed=cfg.seed, truncation_seq_length=cfg.truncation_seq_length)
+            if cfg.compile if cfg.compile is not None else ctx.device.type == "cuda":
+                model.compile()
     if cfg.repr_layer != -1 and model.kind == "esm2":
         model.module.resolve_layer(cfg.repr_layer)
 
@@ -211,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repr-layer", type=int, default=-1, help="ESM-2 layer to pool (default: last)")
     p.add_argument("--truncation-seq-length", type=int, default=1022)
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model's layers (default: on for CUDA)")
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes per rank")
     p.add_argument("--flush-every", type=int, default=4096, help="records per shard flush")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run of other inputs/model")

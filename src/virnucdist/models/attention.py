@@ -47,11 +47,11 @@ def _torch_varlen():
         return None
 
 
-def kernel_name(device: torch.device | str, alibi: bool = False) -> str:
-    """Name of the kernel :func:`varlen_attention` uses on ``device``."""
-    if torch.device(device).type != "cuda":
+def kernel_name(device: torch.device | str, alibi: bool = False, dtype: torch.dtype = torch.bfloat16) -> str:
+    """Name of the kernel :func:`varlen_attention` uses on ``device`` (the flash kernels take fp16/bf16 only)."""
+    if torch.device(device).type != "cuda" or (dtype == torch.float32 and not alibi):
         return "sdpa-padded"
-    if _flash_attn() is not None:
+    if _flash_attn() is not None and dtype != torch.float32:
         return "flash_attn"
     if alibi:
         return "flex_attention"
@@ -76,6 +76,7 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     return torch.tensor(slopes, dtype=torch.float32)
 
 
+@torch.compiler.disable  # compiled model code breaks its graph here: the kernels are already fused
 def varlen_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -91,8 +92,8 @@ def varlen_attention(
     q, k, v: ``[T, H, D]``; cu_seqlens: int32 ``[B+1]``; alibi: optional fp32
     slopes ``[H]`` for a symmetric bias ``-slope * |i - j|``. Returns ``[T, H, D]``.
     """
-    if q.is_cuda:
-        fa = _flash_attn()
+    if q.is_cuda and (alibi is not None or q.dtype in (torch.float16, torch.bfloat16)):
+        fa = _flash_attn() if q.dtype != torch.float32 else None
         if fa is not None:
             return fa(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
                       softmax_scale=scale, alibi_slopes=alibi)
@@ -126,29 +127,67 @@ def _sdpa_padded(q, k, v, cu_seqlens, max_seqlen, scale, alibi):
 
 
 _FLEX_CACHE: dict = {}
+_FLEX_BLOCK = 128
 
 
-def _flex_alibi(q, k, v, cu_seqlens, scale, alibi):
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+def _version(t):
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors have no version counter
+        return None
 
-    total = q.shape[0]
-    doc = torch.repeat_interleave(
-        torch.arange(cu_seqlens.numel() - 1, device=q.device),
-        (cu_seqlens[1:] - cu_seqlens[:-1]).long(), output_size=total)
-    pos = torch.arange(total, device=q.device)
-    slopes = alibi.to(q.device, torch.float32)
+
+def _doc_block_mask(cu_seqlens, total):
+    """Block-diagonal (same-sequence) BlockMask for packed tokens, plus the
+    per-token sequence index. Built at block granularity, O((T/128)^2), instead of
+    ``create_block_mask``'s dense T x T mask (GiBs at 64k tokens). Cached while
+    the same ``cu_seqlens`` tensor comes back (every layer of one forward); do
+    not modify ``cu_seqlens`` in place between calls (inference tensors have no
+    version counter to notice it)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    key = (_version(cu_seqlens), total)
+    hit = _FLEX_CACHE.get("mask")
+    if hit is not None and hit[0] is cu_seqlens and hit[1] == key:
+        return hit[2], hit[3]
+    dev = cu_seqlens.device
+    doc = torch.searchsorted(cu_seqlens[1:].long(), torch.arange(total, device=dev), right=True)
+    nb = (total + _FLEX_BLOCK - 1) // _FLEX_BLOCK
+    first = torch.arange(nb, device=dev) * _FLEX_BLOCK
+    last = (first + _FLEX_BLOCK - 1).clamp(max=total - 1)
+    d0, d1 = doc[first], doc[last]  # sequence range of each block (sorted)
+    touch = (d0[:, None] <= d1[None, :]) & (d0[None, :] <= d1[:, None])
+    whole = (d0 == d1) & (last - first + 1 == _FLEX_BLOCK)  # one sequence, no tail
+    full = touch & whole[:, None] & whole[None, :] & (d0[:, None] == d0[None, :])
+    partial = touch & ~full
+
+    def ordered(dense):
+        num = dense.sum(-1, dtype=torch.int32)
+        idx = torch.argsort(dense.to(torch.int8), dim=-1, descending=True, stable=True)
+        return num[None, None], idx.to(torch.int32)[None, None]
 
     def same_doc(b, h, qi, kv):
         return doc[qi] == doc[kv]
 
+    block_mask = BlockMask.from_kv_blocks(*ordered(partial), *ordered(full), BLOCK_SIZE=_FLEX_BLOCK,
+                                          mask_mod=same_doc, seq_lengths=(total, total))
+    _FLEX_CACHE["mask"] = (cu_seqlens, key, block_mask, doc)
+    return block_mask, doc
+
+
+def _flex_alibi(q, k, v, cu_seqlens, scale, alibi):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    block_mask, _ = _doc_block_mask(cu_seqlens, q.shape[0])
+    slopes = alibi.to(q.device, torch.float32)
+
     def score_mod(score, b, h, qi, kv):
+        # packed positions: qi - kv is the distance within the shared sequence
         return score - slopes[h] * (qi - kv).abs()
 
-    block_mask = create_block_mask(same_doc, None, None, total, total, device=q.device)
     fn = _FLEX_CACHE.get("flex")
     if fn is None:
         fn = _FLEX_CACHE["flex"] = torch.compile(flex_attention, dynamic=True)
     out = fn(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
              score_mod=score_mod, block_mask=block_mask, scale=scale)
-    del pos
     return out[0].transpose(0, 1)

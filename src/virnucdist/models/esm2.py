@@ -87,6 +87,24 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def _attention_in(x, ln_w, ln_b, eps: float, qkv_w, qkv_b, cos, sin, heads: int):
+    """LayerNorm -> fused q/k/v projection -> rotary on q and k."""
+    t = x.shape[0]
+    h = F.layer_norm(x, (x.shape[-1],), ln_w, ln_b, eps)
+    q, k, v = F.linear(h, qkv_w, qkv_b).view(t, 3, heads, -1).unbind(1)
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
+
+
+def _attention_out_and_ffn(x, attn, out_w, out_b, ln_w, ln_b, eps: float, fc1_w, fc1_b, fc2_w, fc2_b):
+    """Output projection + residual, then the pre-LN feed-forward block + residual (exact GELU)."""
+    x = x + F.linear(attn.flatten(1), out_w, out_b)
+    h = F.layer_norm(x, (x.shape[-1],), ln_w, ln_b, eps)
+    return x + F.linear(F.gelu(F.linear(h, fc1_w, fc1_b)), fc2_w, fc2_b)
+
+
+EAGER_FNS = (_attention_in, _attention_out_and_ffn)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -103,16 +121,10 @@ class SelfAttention(nn.Module):
                 state_dict[f"{prefix}qkv.{kind}"] = torch.cat([state_dict.pop(f"{n}.{kind}") for n in names])
         state_dict.pop(f"{prefix}rot_emb.inv_freq", None)
 
-    def forward(self, x, cos, sin, cu_seqlens, max_seqlen):
-        t = x.shape[0]
-        q, k, v = self.qkv(x).view(t, 3, self.heads, self.head_dim).unbind(1)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        out = varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale=self.head_dim**-0.5)
-        return self.out_proj(out.reshape(t, -1))
-
 
 class TransformerLayer(nn.Module):
+    """Pre-LN block; the math lives in two plain functions so one compiled graph serves every layer."""
+
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.self_attn = SelfAttention(dim, heads)
@@ -121,9 +133,13 @@ class TransformerLayer(nn.Module):
         self.fc2 = nn.Linear(4 * dim, dim)
         self.final_layer_norm = nn.LayerNorm(dim)
 
-    def forward(self, x, cos, sin, cu_seqlens, max_seqlen):
-        x = x + self.self_attn(self.self_attn_layer_norm(x), cos, sin, cu_seqlens, max_seqlen)
-        return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
+    def forward(self, x, cos, sin, cu_seqlens, max_seqlen, fns=EAGER_FNS):
+        attn_in, out_ffn = fns
+        a, ln1, ln2 = self.self_attn, self.self_attn_layer_norm, self.final_layer_norm
+        q, k, v = attn_in(x, ln1.weight, ln1.bias, ln1.eps, a.qkv.weight, a.qkv.bias, cos, sin, a.heads)
+        attn = varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale=a.head_dim**-0.5)
+        return out_ffn(x, attn, a.out_proj.weight, a.out_proj.bias, ln2.weight, ln2.bias, ln2.eps,
+                       self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
 
 
 class PackedESM2(nn.Module):
@@ -139,6 +155,16 @@ class PackedESM2(nn.Module):
         self.layers = nn.ModuleList(TransformerLayer(cfg.embed_dim, cfg.attention_heads) for _ in range(cfg.num_layers))
         self.emb_layer_norm_after = nn.LayerNorm(cfg.embed_dim)
         self.register_buffer("inv_freq", rotary_inv_freq(cfg), persistent=False)
+        self.fns = EAGER_FNS
+
+    def compile_layers(self) -> "PackedESM2":
+        """Fuse each layer's elementwise work (rotary, LayerNorm, GELU, residuals) with torch.compile.
+
+        The two per-layer functions are compiled once with dynamic token counts and
+        shared by all layers (weights are inputs), so there is one compilation, not one per layer.
+        """
+        self.fns = tuple(torch.compile(f, dynamic=True) for f in EAGER_FNS)
+        return self
 
     @property
     def embed_dim(self) -> int:
@@ -168,7 +194,7 @@ class PackedESM2(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [T, 1, head_dim]
         cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
         for i in range(layer):
-            x = self.layers[i](x, cos, sin, cu_seqlens, max_seqlen)
+            x = self.layers[i](x, cos, sin, cu_seqlens, max_seqlen, self.fns)
         if layer == self.cfg.num_layers:
             x = self.emb_layer_norm_after(x)
         return x

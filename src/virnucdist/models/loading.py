@@ -45,6 +45,13 @@ class LoadedModel:
     source: str
     attrs: dict = field(default_factory=dict)
 
+    def compile(self) -> "LoadedModel":
+        """Fuse the model's elementwise work with torch.compile where the model supports it."""
+        fn = getattr(self.module, "compile_layers", None)
+        if fn is not None:
+            fn()
+        return self
+
     def embed(self, batch, repr_layer: int = -1) -> torch.Tensor:
         """Pooled fp32 ``[B, D]`` embeddings of a :class:`~virnucdist.packing.PackedBatch` on the model's device."""
         m = self.module
@@ -162,10 +169,14 @@ def read_fair_esm_checkpoint(path: Path) -> tuple[ESM2Config, dict]:
 
 def _load_strict(module: PackedESM2, state: dict, path) -> None:
     state = {k: v for k, v in state.items() if not k.startswith(PackedESM2.UNUSED_PREFIXES)}
-    result = module.load_state_dict(state, strict=False, assign=True)
+    fits = f"{path}: weights do not fit ESM-2 ({module.cfg.num_layers} layers, dim {module.cfg.embed_dim})"
+    try:
+        result = module.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as e:  # size mismatches raise even with strict=False
+        detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise ModelLoadError(f"{fits}: {detail[:300]}. Is this the right model file?") from None
     if result.missing_keys or result.unexpected_keys:
-        raise ModelLoadError(f"{path}: weights do not fit ESM-2 ({module.cfg.num_layers} layers, dim "
-                             f"{module.cfg.embed_dim}); missing {result.missing_keys[:4]}, unexpected "
+        raise ModelLoadError(f"{fits}; missing {result.missing_keys[:4]}, unexpected "
                              f"{result.unexpected_keys[:4]}. Is this the right model file?")
 
 
