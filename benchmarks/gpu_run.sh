@@ -25,10 +25,9 @@ for step in "$@"; do
         torchrun --standalone --nproc_per_node=1 benchmarks/throughput.py --model esm2_t36_3B_UR50D --num-seqs 10000 \
           --workloads a,b --skip-baselines --toks-per-batch $t 2>&1 | grep "virnucdist"
       done
-      torchrun --standalone --nproc_per_node=1 benchmarks/throughput.py --model esm2_t36_3B_UR50D --num-seqs 10000 \
-          --workloads a --skip-baselines --no-compile 2>&1 | grep "virnucdist" ;;
+      ;;
     profile)
-      python3 benchmarks/profile_esm.py --toks-per-batch 65536 --compile 2>&1 | tee "$OUT/profile.txt" | head -45 ;;
+      python3 benchmarks/profile_esm.py --toks-per-batch 65536 2>&1 | tee "$OUT/profile.txt" | head -45 ;;
     *) eval "$step" ;;
   esac
 done

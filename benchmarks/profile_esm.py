@@ -25,12 +25,9 @@ def main() -> None:
     ap.add_argument("--workload", default="a")
     ap.add_argument("--toks-per-batch", type=int, default=65536)
     ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--compile", action="store_true")
     ap.add_argument("--trace", default=None, help="write a chrome trace here")
     args = ap.parse_args()
     lm = load_model(args.model, device="cuda", dtype=torch.bfloat16, random_init=True)
-    if args.compile:
-        lm.compile()
     lo, hi = PROTEIN_WORKLOADS[args.workload]
     recs = random_proteins(20000, lo, hi, seed=1)
     toks = [lm.tokenizer.encode(s) for _, s in recs]

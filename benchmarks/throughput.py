@@ -97,8 +97,6 @@ def main() -> None:
     ap.add_argument("--toks-per-batch", type=int, default=None, help="virnucdist token budget")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     ap.add_argument("--skip-baselines", action="store_true")
-    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                    help="torch.compile virnucdist's layers (the default on CUDA)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
@@ -109,8 +107,6 @@ def main() -> None:
     peak = gemm_peak_tflops(dev)
     real = args.model.endswith(".pt")
     lm = load_model(args.model, device=dev, dtype=half, random_init=not real, seed=0)
-    if args.compile:
-        lm.compile()
     params = sum(p.numel() for p in lm.module.parameters()) - lm.module.embed_tokens.weight.numel()
     roof_tps = peak * 1e12 / (2 * params) if peak == peak else float("nan")
     print(f"device {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}; model {lm.name} "

@@ -61,7 +61,6 @@ class EmbedConfig:
     repr_layer: int = -1
     truncation_seq_length: int = 1022
     device: str | None = None  # None: CUDA when available
-    compile: bool | None = None  # None: torch.compile the layers on CUDA
     num_workers: int = 2
     flush_every: int = 4096
     overwrite: bool = False
@@ -106,8 +105,6 @@ def embed(cfg: EmbedConfig, ctx: DistContext | None = None, model: LoadedModel |
         if model is None:
             model = load_model(cfg.model, device=ctx.device, dtype=dtype, random_init=cfg.random_init,
                                seed=cfg.seed, truncation_seq_length=cfg.truncation_seq_length)
-            if cfg.compile if cfg.compile is not None else ctx.device.type == "cuda":
-                model.compile()
     if cfg.repr_layer != -1 and model.kind == "esm2":
         model.module.resolve_layer(cfg.repr_layer)
 
@@ -151,6 +148,8 @@ def embed(cfg: EmbedConfig, ctx: DistContext | None = None, model: LoadedModel |
     progress = Progress(total_records=len(mine), total_tokens=loader.sampler.planned_tokens,
                         enabled=ctx.is_main and not cfg.quiet, world_size=ctx.world_size)
     s = tel.stats
+    # test hook only (tests/multigpu kill a run mid-inference): seconds to sleep after each batch
+    test_delay_s = float(os.environ.get("VIRNUCDIST_TEST_BATCH_DELAY_S") or 0)
     try:
         with torch.inference_mode(), tel.phase("inference"):
             for batch in loader:
@@ -159,6 +158,8 @@ def embed(cfg: EmbedConfig, ctx: DistContext | None = None, model: LoadedModel |
                     writer.write(part.rows, host, ev)
                 s.truncated += batch.n_truncated
                 progress.update(batch.num_seqs, batch.num_tokens)
+                if test_delay_s:
+                    time.sleep(test_delay_s)
     finally:
         progress.close()
         with tel.phase("write_flush", sync=False):
@@ -214,8 +215,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repr-layer", type=int, default=-1, help="ESM-2 layer to pool (default: last)")
     p.add_argument("--truncation-seq-length", type=int, default=1022)
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the model's layers (default: on for CUDA)")
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes per rank")
     p.add_argument("--flush-every", type=int, default=4096, help="records per shard flush")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run of other inputs/model")

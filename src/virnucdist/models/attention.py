@@ -76,7 +76,6 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     return torch.tensor(slopes, dtype=torch.float32)
 
 
-@torch.compiler.disable  # compiled model code breaks its graph here: the kernels are already fused
 def varlen_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -106,8 +105,7 @@ def varlen_attention(
 
 
 def _sdpa_padded(q, k, v, cu_seqlens, max_seqlen, scale, alibi):
-    total, heads, dim = q.shape
-    n = cu_seqlens.numel() - 1
+    total = q.shape[0]
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     starts = cu_seqlens[:-1].long()
     pos = torch.arange(max_seqlen, device=q.device)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import varlen_attention
+from .rotary import rotary_qk, rotary_tables, uses_triton
 
 __all__ = ["ESM2Config", "PackedESM2", "EsmTokenizer", "ESM2_ARCHS"]
 
@@ -82,29 +83,6 @@ def rotary_inv_freq(cfg: ESM2Config, device=None) -> torch.Tensor:
     return 1.0 / (10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def _attention_in(x, ln_w, ln_b, eps: float, qkv_w, qkv_b, cos, sin, heads: int):
-    """LayerNorm -> fused q/k/v projection -> rotary on q and k."""
-    t = x.shape[0]
-    h = F.layer_norm(x, (x.shape[-1],), ln_w, ln_b, eps)
-    q, k, v = F.linear(h, qkv_w, qkv_b).view(t, 3, heads, -1).unbind(1)
-    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
-
-
-def _attention_out_and_ffn(x, attn, out_w, out_b, ln_w, ln_b, eps: float, fc1_w, fc1_b, fc2_w, fc2_b):
-    """Output projection + residual, then the pre-LN feed-forward block + residual (exact GELU)."""
-    x = x + F.linear(attn.flatten(1), out_w, out_b)
-    h = F.layer_norm(x, (x.shape[-1],), ln_w, ln_b, eps)
-    return x + F.linear(F.gelu(F.linear(h, fc1_w, fc1_b)), fc2_w, fc2_b)
-
-
-EAGER_FNS = (_attention_in, _attention_out_and_ffn)
-
-
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -121,10 +99,14 @@ class SelfAttention(nn.Module):
                 state_dict[f"{prefix}qkv.{kind}"] = torch.cat([state_dict.pop(f"{n}.{kind}") for n in names])
         state_dict.pop(f"{prefix}rot_emb.inv_freq", None)
 
+    def forward(self, x, rope, cu_seqlens, max_seqlen):
+        t = x.shape[0]
+        q, k, v = rotary_qk(self.qkv(x).view(t, 3, self.heads, self.head_dim), *rope)
+        out = varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale=self.head_dim**-0.5)
+        return self.out_proj(out.reshape(t, -1))
+
 
 class TransformerLayer(nn.Module):
-    """Pre-LN block; the math lives in two plain functions so one compiled graph serves every layer."""
-
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.self_attn = SelfAttention(dim, heads)
@@ -133,13 +115,9 @@ class TransformerLayer(nn.Module):
         self.fc2 = nn.Linear(4 * dim, dim)
         self.final_layer_norm = nn.LayerNorm(dim)
 
-    def forward(self, x, cos, sin, cu_seqlens, max_seqlen, fns=EAGER_FNS):
-        attn_in, out_ffn = fns
-        a, ln1, ln2 = self.self_attn, self.self_attn_layer_norm, self.final_layer_norm
-        q, k, v = attn_in(x, ln1.weight, ln1.bias, ln1.eps, a.qkv.weight, a.qkv.bias, cos, sin, a.heads)
-        attn = varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale=a.head_dim**-0.5)
-        return out_ffn(x, attn, a.out_proj.weight, a.out_proj.bias, ln2.weight, ln2.bias, ln2.eps,
-                       self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+    def forward(self, x, rope, cu_seqlens, max_seqlen):
+        x = x + self.self_attn(self.self_attn_layer_norm(x), rope, cu_seqlens, max_seqlen)
+        return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
 
 
 class PackedESM2(nn.Module):
@@ -155,16 +133,6 @@ class PackedESM2(nn.Module):
         self.layers = nn.ModuleList(TransformerLayer(cfg.embed_dim, cfg.attention_heads) for _ in range(cfg.num_layers))
         self.emb_layer_norm_after = nn.LayerNorm(cfg.embed_dim)
         self.register_buffer("inv_freq", rotary_inv_freq(cfg), persistent=False)
-        self.fns = EAGER_FNS
-
-    def compile_layers(self) -> "PackedESM2":
-        """Fuse each layer's elementwise work (rotary, LayerNorm, GELU, residuals) with torch.compile.
-
-        The two per-layer functions are compiled once with dynamic token counts and
-        shared by all layers (weights are inputs), so there is one compilation, not one per layer.
-        """
-        self.fns = tuple(torch.compile(f, dynamic=True) for f in EAGER_FNS)
-        return self
 
     @property
     def embed_dim(self) -> int:
@@ -185,16 +153,15 @@ class PackedESM2(nn.Module):
             # fair-esm rescales at inference too: x * (1 - 0.15*0.8) / (1 - observed mask ratio)
             is_mask = tokens == MASK
             x = x.masked_fill(is_mask[:, None], 0.0)
-            lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(x.dtype)
-            masked = torch.zeros_like(lengths).index_add_(0, seg, is_mask.to(x.dtype))
-            x = x * ((1 - 0.15 * 0.8) / (1 - masked / lengths))[seg, None]
+            lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.float32)
+            masked = torch.zeros_like(lengths).index_add_(0, seg, is_mask.to(torch.float32))
+            x = x * ((1 - 0.15 * 0.8) / (1 - masked / lengths)).to(x.dtype)[seg, None]
         if layer == 0:
             return x
-        freqs = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [T, 1, head_dim]
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        tables = None if uses_triton(x.device) else rotary_tables(positions, self.inv_freq, x.dtype)
+        rope = (positions, self.inv_freq, tables)
         for i in range(layer):
-            x = self.layers[i](x, cos, sin, cu_seqlens, max_seqlen, self.fns)
+            x = self.layers[i](x, rope, cu_seqlens, max_seqlen)
         if layer == self.cfg.num_layers:
             x = self.emb_layer_norm_after(x)
         return x

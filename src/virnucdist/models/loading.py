@@ -45,13 +45,6 @@ class LoadedModel:
     source: str
     attrs: dict = field(default_factory=dict)
 
-    def compile(self) -> "LoadedModel":
-        """Fuse the model's elementwise work with torch.compile where the model supports it."""
-        fn = getattr(self.module, "compile_layers", None)
-        if fn is not None:
-            fn()
-        return self
-
     def embed(self, batch, repr_layer: int = -1) -> torch.Tensor:
         """Pooled fp32 ``[B, D]`` embeddings of a :class:`~virnucdist.packing.PackedBatch` on the model's device."""
         m = self.module
