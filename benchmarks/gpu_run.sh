@@ -26,6 +26,9 @@ for step in "$@"; do
           --workloads a,b --skip-baselines --toks-per-batch $t 2>&1 | grep "virnucdist"
       done
       ;;
+    dnabert)
+      torchrun --standalone --nproc_per_node=1 benchmarks/throughput.py --task dnabert --json "$OUT/dnabert.json" \
+        2>&1 | tee "$OUT/dnabert.log" | grep -v "done:" ;;
     profile)
       python3 benchmarks/profile_esm.py --toks-per-batch 65536 2>&1 | tee "$OUT/profile.txt" | head -45 ;;
     *) eval "$step" ;;

@@ -1,7 +1,14 @@
-"""Single-GPU throughput: virnucdist vs fair-esm on the same weights, in one process.
+"""Single-GPU throughput: virnucdist vs the usual tools on the same weights, in one process.
 
     torchrun --standalone --nproc_per_node=1 benchmarks/throughput.py \
         --model esm2_t36_3B_UR50D --num-seqs 10000 --json throughput.json
+    torchrun --standalone --nproc_per_node=1 benchmarks/throughput.py --task dnabert --json dnabert.json
+
+DNABERT-S (--task dnabert; random weights unless --dnabert-model is a real
+directory): 150-bp and 500-bp random reads, virnucdist packed (bf16) vs the
+original method (one read at a time, fp32) and padded batched inference (bf16,
+--padded-batch reads per batch), both through the same padded reference forward
+(benchmarks/_dnabert_baselines.py); and the two ALiBi attention kernels.
 
 ESM-2 (random weights unless --model is a real .pt): per workload (a: 20-80 aa,
 b: 100-170 aa) it times fair-esm's own forward with its length-sorted
@@ -29,10 +36,12 @@ from _common import (  # noqa: E402
     PROTEIN_WORKLOADS,
     Timer,
     gemm_peak_tflops,
+    random_dna,
     random_proteins,
     table,
     write_fasta,
 )
+from _dnabert_baselines import padded_embed  # noqa: E402
 
 from virnucdist.embed import EmbedConfig, embed  # noqa: E402
 from virnucdist.launch import init_distributed  # noqa: E402
@@ -87,8 +96,79 @@ def run_fair_esm(model, records, toks_per_batch: int, device) -> tuple[float, in
     return t.seconds, tokens, out
 
 
+def bench_dnabert(args, ctx) -> dict:
+    from virnucdist.models import attention
+
+    dev = ctx.device
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    spec = args.dnabert_model or "dnabert-s"
+    lm = load_model(spec, device=dev, dtype=half, random_init=args.dnabert_model is None, seed=0)
+    lm32 = load_model(spec, device=dev, dtype=torch.float32, random_init=args.dnabert_model is None, seed=0)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="vnd-dnabert-"))
+    rows, results = [], {"device": str(dev), "model": "DNABERT-S", "workloads": {}}
+    for length, n in ((150, args.dna_reads), (500, max(1, args.dna_reads // 3))):
+        recs = random_dna(n, length, seed=length)
+        toks = [lm.tokenizer.encode(s) for _, s in recs]
+        res: dict = {}
+        sub = toks[:args.original_n]
+        padded_embed(lm32.module, sub[:5], dev)
+        with Timer(dev) as t:
+            orig = [padded_embed(lm32.module, [x], dev) for x in sub]
+        res["original_fp32_one_at_a_time"] = {"tokens_per_s": sum(map(len, sub)) / t.seconds,
+                                              "seqs_per_s": len(sub) / t.seconds}
+        pb = args.padded_batch
+        padded_embed(lm.module, toks[:pb], dev)
+        sub2 = toks[:min(len(toks), 20 * pb)]
+        with Timer(dev) as t:
+            for i in range(0, len(sub2), pb):
+                padded_embed(lm.module, sub2[i:i + pb], dev)
+        res[f"padded_batched_{args.dtype}"] = {"tokens_per_s": sum(map(len, sub2)) / t.seconds,
+                                               "seqs_per_s": len(sub2) / t.seconds}
+        fasta = write_fasta(work / f"reads_{length}.fa", recs)
+        for kernel in ("flex", "sdpa"):
+            attention.ALIBI_KERNEL = kernel
+            warm = EmbedConfig(inputs=(str(write_fasta(work / f"warm_{length}.fa", recs[:2000])),), model=spec,
+                               output_dir=str(work / f"warm_{length}_{kernel}"), toks_per_batch=args.dna_toks,
+                               quiet=True, dtype=args.dtype, overwrite=True, num_workers=args.workers)
+            embed(warm, ctx, model=lm)
+            cfg = EmbedConfig(inputs=(str(fasta),), model=spec, output_dir=str(work / f"out_{length}_{kernel}"),
+                              toks_per_batch=args.dna_toks, quiet=True, dtype=args.dtype, overwrite=True,
+                              num_workers=args.workers)
+            rep = embed(cfg, ctx, model=lm).report
+            r0 = rep["ranks"][0]
+            inf = r0["phases"]["inference"]
+            res[f"virnucdist_{kernel}"] = {"tokens_per_s": r0["tokens"] / inf, "seqs_per_s": r0["sequences"] / inf,
+                                          "wall_s": rep["summary"]["wall_s"], "gpu_util_mean": r0["gpu_util_mean"],
+                                          "packing_efficiency": r0["packing_efficiency"],
+                                          "peak_mem_gib": r0["peak_gpu_mem_gib"]}
+            ids, emb = read_embeddings(cfg.output_dir + "/embeddings.h5")
+            ref = torch.cat(orig).cpu()
+            cos = torch.nn.functional.cosine_similarity(torch.from_numpy(emb[:len(sub)]), ref)
+            res[f"virnucdist_{kernel}"]["min_cosine_vs_original_fp32"] = float(cos.min())
+        attention.ALIBI_KERNEL = "flex"
+        best = max(res[k]["tokens_per_s"] for k in ("virnucdist_flex", "virnucdist_sdpa"))
+        for name, r in res.items():
+            rows.append({"wl": f"{length} bp", "impl": name, "tps": r["tokens_per_s"], "sps": r["seqs_per_s"],
+                         "xo": best / res["original_fp32_one_at_a_time"]["tokens_per_s"],
+                         "xp": best / res[f"padded_batched_{args.dtype}"]["tokens_per_s"],
+                         "cos": r.get("min_cosine_vs_original_fp32"), "util": r.get("gpu_util_mean")})
+        results["workloads"][f"{length}bp"] = res
+        print(f"{length} bp done: {res}", flush=True)
+    print(table(rows, [("wl", "reads", "s"), ("impl", "implementation", "s"), ("tps", "tokens/s", ",.0f"),
+                       ("sps", "seq/s", ",.0f"), ("xo", "best/original", ".1f"), ("xp", "best/padded", ".2f"),
+                       ("cos", "min cos", ".5f"), ("util", "gpu util %", ".0f")]))
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", choices=["esm2", "dnabert"], default="esm2")
+    ap.add_argument("--dnabert-model", default=None, help="a real DNABERT-S directory (default: random weights)")
+    ap.add_argument("--dna-reads", type=int, default=60000, help="150-bp reads (500-bp: a third of that)")
+    ap.add_argument("--dna-toks", type=int, default=262144, help="virnucdist token budget for DNABERT-S")
+    ap.add_argument("--original-n", type=int, default=500, help="reads for the one-at-a-time fp32 baseline")
+    ap.add_argument("--padded-batch", type=int, default=128)
+    ap.add_argument("--workers", type=int, default=6, help="DataLoader workers")
     ap.add_argument("--model", default="esm2_t36_3B_UR50D", help="ESM-2 name (random weights) or a real .pt")
     ap.add_argument("--workloads", default="a,b")
     ap.add_argument("--num-seqs", type=int, default=10000, help="sequences per workload")
@@ -102,6 +182,12 @@ def main() -> None:
     args = ap.parse_args()
 
     ctx = init_distributed()
+    if args.task == "dnabert":
+        results = bench_dnabert(args, ctx)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+        ctx.shutdown()
+        return
     dev = ctx.device
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     peak = gemm_peak_tflops(dev)

@@ -106,7 +106,10 @@ def embed(cfg: EmbedConfig, ctx: DistContext | None = None, model: LoadedModel |
             model = load_model(cfg.model, device=ctx.device, dtype=dtype, random_init=cfg.random_init,
                                seed=cfg.seed, truncation_seq_length=cfg.truncation_seq_length)
     if cfg.repr_layer != -1 and model.kind == "esm2":
-        model.module.resolve_layer(cfg.repr_layer)
+        try:
+            model.module.resolve_layer(cfg.repr_layer)
+        except ValueError as e:  # a flag out of this model's range: the user's to fix
+            raise UserError(str(e)) from None
 
     manifest = run_manifest(cfg, index, model, dtype)
     err = check_manifest(out, manifest, cfg.overwrite, ["shards", "embeddings.h5", "run_report.json"]) \
@@ -117,15 +120,19 @@ def embed(cfg: EmbedConfig, ctx: DistContext | None = None, model: LoadedModel |
 
     lengths = np.asarray(index.length, dtype=np.int64)
     empty = lengths == 0
+    done, err = None, None
     if ctx.is_main:
-        scan = scan_shards(out / "shards", len(index), index.ids)
-        done = scan.done
-        if scan.corrupt:
-            log.warning("set aside %d unreadable shard(s) (killed mid-write); their records are redone",
-                        len(scan.corrupt))
-    else:
-        done = None
-    done = ctx.broadcast_object(done)
+        try:
+            scan = scan_shards(out / "shards", len(index), index.ids)
+            done = scan.done
+            if scan.corrupt:
+                log.warning("set aside %d unreadable shard(s) (killed mid-write); their records are redone",
+                            len(scan.corrupt))
+        except ValueError as e:  # shards of another input: every rank stops with the message
+            err = str(e)
+    done, err = ctx.broadcast_object((done, err))
+    if err:
+        raise UserError(err)
     shares = partition(np.asarray([model.tokenizer.estimate_tokens(int(n)) for n in lengths], dtype=np.int64),
                        ctx.world_size, skip=done | empty)
     mine = shares[ctx.rank]

@@ -121,10 +121,16 @@ class _TokenizedRecords(Dataset):
         self.read, self.tokenizer = read, tokenizer
 
     def __getitem__(self, row: int):
-        seq = self.read(row)
-        ids = self.tokenizer.encode(seq)
-        truncated = bool(getattr(self.tokenizer, "is_truncated", lambda n: False)(len(seq)))
-        return row, ids, truncated
+        return self.__getitems__([row])[0]
+
+    def __getitems__(self, rows: list[int]):
+        """One planned batch at once (DataLoader calls this with a batch sampler): batched tokenizers
+        (DNABERT-S's BPE) encode the whole batch in one call."""
+        seqs = [self.read(r) for r in rows]
+        batch_encode = getattr(self.tokenizer, "encode_batch", None)
+        ids = batch_encode(seqs) if batch_encode is not None else [self.tokenizer.encode(s) for s in seqs]
+        is_truncated = getattr(self.tokenizer, "is_truncated", None)
+        return [(r, t, bool(is_truncated and is_truncated(len(s)))) for r, s, t in zip(rows, seqs, ids)]
 
 
 def collate_packed(items) -> PackedBatch:

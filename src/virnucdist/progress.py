@@ -15,17 +15,18 @@ log = logging.getLogger("virnucdist")
 
 class Progress:
     def __init__(self, total_records: int, total_tokens: int, enabled: bool = True, world_size: int = 1,
-                 desc: str = "embedding", log_every_s: float = 30.0):
+                 desc: str = "embedding", log_every_s: float = 30.0, unit: str = "tok"):
         self.total_records, self.total_tokens = total_records, total_tokens
         self.enabled, self.world_size, self.desc = enabled, world_size, desc
         self.records = self.tokens = 0
         self.t0 = self._last = time.perf_counter()
         self.log_every_s = log_every_s
+        self.unit = unit  # what ``tokens`` counts (e.g. "bp" for reads)
         self.bar = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, desc=f"{desc} (rank 0 of {world_size})",
+            self.bar = tqdm(total=total_tokens, unit=unit, unit_scale=True, desc=f"{desc} (rank 0 of {world_size})",
                             dynamic_ncols=True, smoothing=0.05)
 
     def update(self, records: int, tokens: int) -> None:
@@ -48,7 +49,7 @@ class Progress:
         left = (self.total_tokens - self.tokens) / rate if rate > 0 else float("nan")
         pct = self.tokens / self.total_tokens if self.total_tokens else 1.0
         return (f"{self.desc}: {pct:6.1%}  {self.records}/{self.total_records} seqs on rank 0, "
-                f"{rate * self.world_size:,.0f} tok/s (all ranks, est.), ETA {left:,.0f} s")
+                f"{rate * self.world_size:,.0f} {self.unit}/s (all ranks, est.), ETA {left:,.0f} s")
 
     def close(self) -> None:
         if self.bar is not None:

@@ -86,8 +86,11 @@ def init_distributed(device: str | None = None, timeout_s: float = 3600.0) -> Di
         torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
-        # share the cores between the ranks of this node instead of oversubscribing
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
+        # share the cores between the ranks of this node instead of oversubscribing, unless the
+        # user (or torchrun) chose a thread count; count the cores this process may run on
+        if not os.environ.get("OMP_NUM_THREADS"):
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            torch.set_num_threads(max(1, cores // max(1, local_world)))
     backend = None
     if world > 1:
         backend = "nccl" if use_cuda else "gloo"

@@ -25,6 +25,11 @@ import torch.nn.functional as F
 __all__ = ["varlen_attention", "kernel_name", "alibi_slopes"]
 
 
+#: ALiBi kernel on CUDA without flash_attn: "flex" (FlexAttention, the measured default) or
+#: "sdpa" (padded SDPA with an additive bias); benchmarks/throughput.py --task dnabert compares them.
+ALIBI_KERNEL = os.environ.get("VIRNUCDIST_ALIBI_KERNEL", "flex")
+
+
 @functools.lru_cache(maxsize=None)
 def _flash_attn():
     if os.environ.get("VIRNUCDIST_NO_FLASH_ATTN"):
@@ -54,7 +59,7 @@ def kernel_name(device: torch.device | str, alibi: bool = False, dtype: torch.dt
     if _flash_attn() is not None and dtype != torch.float32:
         return "flash_attn"
     if alibi:
-        return "flex_attention"
+        return "flex_attention" if ALIBI_KERNEL == "flex" else "sdpa-padded"
     if _torch_varlen() is not None:
         return "torch_varlen"
     return "sdpa-padded"
@@ -91,16 +96,14 @@ def varlen_attention(
     q, k, v: ``[T, H, D]``; cu_seqlens: int32 ``[B+1]``; alibi: optional fp32
     slopes ``[H]`` for a symmetric bias ``-slope * |i - j|``. Returns ``[T, H, D]``.
     """
-    if q.is_cuda and (alibi is not None or q.dtype in (torch.float16, torch.bfloat16)):
-        fa = _flash_attn() if q.dtype != torch.float32 else None
-        if fa is not None:
-            return fa(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
-                      softmax_scale=scale, alibi_slopes=alibi)
-        if alibi is not None:
-            return _flex_alibi(q, k, v, cu_seqlens, scale, alibi)
-        tv = _torch_varlen()
-        if tv is not None:
-            return tv(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale)
+    name = kernel_name(q.device, alibi is not None, q.dtype)
+    if name == "flash_attn":
+        return _flash_attn()(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
+                             softmax_scale=scale, alibi_slopes=alibi)
+    if name == "flex_attention":
+        return _flex_alibi(q, k, v, cu_seqlens, scale, alibi)
+    if name == "torch_varlen":
+        return _torch_varlen()(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale)
     return _sdpa_padded(q, k, v, cu_seqlens, max_seqlen, scale, alibi)
 
 

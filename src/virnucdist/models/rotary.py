@@ -25,14 +25,14 @@ def _kernel():
 
     @triton.jit
     def rotary_inplace(qkv_ptr, pos_ptr, inv_freq_ptr, row_stride, n_heads2,
-                       HALF: tl.constexpr, BLOCK_H: tl.constexpr):
+                       HALF: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr):
         t = tl.program_id(0)
-        d = tl.arange(0, HALF)
-        angle = tl.load(inv_freq_ptr + d) * tl.load(pos_ptr + t).to(tl.float32)
+        d = tl.arange(0, BLOCK_D)  # BLOCK_D >= HALF: head dims like 24 (esm2_t12) are not powers of two
+        angle = tl.load(inv_freq_ptr + d, mask=d < HALF, other=0.0) * tl.load(pos_ptr + t).to(tl.float32)
         c = tl.cos(angle)[None, :]
         s = tl.sin(angle)[None, :]
         h = tl.arange(0, BLOCK_H)[:, None]
-        mask = h < n_heads2
+        mask = (h < n_heads2) & (d[None, :] < HALF)
         ptr = qkv_ptr + t.to(tl.int64) * row_stride + h * (2 * HALF) + d[None, :]
         x1 = tl.load(ptr, mask=mask).to(tl.float32)
         x2 = tl.load(ptr + HALF, mask=mask).to(tl.float32)
@@ -57,8 +57,8 @@ def rotary_qk(qkv: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor
     if kern is not None and qkv.is_contiguous():
         triton, rotary_inplace = kern
         t, _, heads, dim = qkv.shape
-        block_h = triton.next_power_of_2(2 * heads)
-        rotary_inplace[(t,)](qkv, positions, inv_freq, qkv.stride(0), 2 * heads, HALF=dim // 2, BLOCK_H=block_h,
+        rotary_inplace[(t,)](qkv, positions, inv_freq, qkv.stride(0), 2 * heads, HALF=dim // 2,
+                             BLOCK_D=triton.next_power_of_2(dim // 2), BLOCK_H=triton.next_power_of_2(2 * heads),
                              num_warps=4)
         return qkv.unbind(1)
     cos, sin = cos_sin if cos_sin is not None else rotary_tables(positions, inv_freq, qkv.dtype)
