@@ -1,0 +1,120 @@
+"""Multi-GPU scaling: the same workload on N ranks, per-rank telemetry, speedup vs a 1-rank run.
+
+    torchrun --standalone --nproc_per_node=1 benchmarks/scaling.py --json run1.json
+    torchrun --standalone --nproc_per_node=2 benchmarks/scaling.py --baseline run1.json --json run2.json
+
+Workload (default): --reads random 150-bp reads (--read-length 500 for the
+500-bp variant). Tasks: ``esm2`` embeds the reads' stop-free translated frames
+with random-weight ESM-2 (--esm-model, default 3B); ``dnabert`` embeds the reads
+with random-weight DNABERT-S; ``predict`` runs the full VirNucPro pipeline
+(chunk 300/500, both models, random classifier). Every rank's time, tokens,
+sequences and GPU utilisation come from the run reports (all-gathered through
+the process group: NCCL on GPUs, gloo on CPU). Speedup = baseline inference
+time / this inference time, efficiency = speedup / world size; the same for wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import random_dna, table, write_fasta  # noqa: E402
+
+from virnucdist.embed import EmbedConfig, embed  # noqa: E402
+from virnucdist.launch import init_distributed  # noqa: E402
+from virnucdist.models.classifier import save_random_classifier  # noqa: E402
+from virnucdist.predict import PredictConfig, predict  # noqa: E402
+from virnucdist.vnp.chunk import chunk_records  # noqa: E402
+from virnucdist.vnp.translate import translate_records  # noqa: E402
+
+
+def make_workload(work: Path, reads: int, length: int, chunk: int) -> dict[str, str]:
+    recs = random_dna(reads, length, seed=length)
+    frames = list(translate_records(chunk_records(recs, chunk)))
+    paths = {"reads": str(write_fasta(work / "reads.fa", recs)),
+             "proteins": str(write_fasta(work / "proteins.fa", [(f.id, f.protein) for f in frames])),
+             "classifier": str(save_random_classifier(work / f"{chunk}_model.pth", seed=0))}
+    return paths
+
+
+def run_task(task: str, paths: dict, work: Path, ws: int, args, ctx) -> dict:
+    out = str(work / f"{task}_ws{ws}")
+    common = dict(random_init=True, overwrite=True, quiet=True, num_workers=args.workers)
+    if task == "esm2":
+        rep = embed(EmbedConfig(inputs=(paths["proteins"],), model=args.esm_model, output_dir=out,
+                                toks_per_batch=args.toks_per_batch, **common), ctx).report
+    elif task == "dnabert":
+        rep = embed(EmbedConfig(inputs=(paths["reads"],), model="dnabert-s", output_dir=out,
+                                toks_per_batch=args.dna_toks, **common), ctx).report
+    else:
+        rep = predict(PredictConfig(inputs=(paths["reads"],), chunk_size=args.chunk_size,
+                                    classifier=paths["classifier"], esm_model=args.esm_model,
+                                    dnabert_model="dnabert-s", output_dir=out,
+                                    toks_per_batch=args.toks_per_batch, **common), ctx).report
+    return rep
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", default="esm2,dnabert,predict")
+    ap.add_argument("--reads", type=int, default=200000)
+    ap.add_argument("--read-length", type=int, default=150)
+    ap.add_argument("--chunk-size", type=int, default=300, choices=[300, 500])
+    ap.add_argument("--esm-model", default="esm2_t36_3B_UR50D")
+    ap.add_argument("--toks-per-batch", type=int, default=None)
+    ap.add_argument("--dna-toks", type=int, default=262144)
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--workdir", default=None, help="shared directory (default: a temp dir on rank 0's node)")
+    ap.add_argument("--baseline", default=None, help="JSON of an earlier (1-rank) run")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    ctx = init_distributed()
+    ws = ctx.world_size
+    work = Path(ctx.broadcast_object(args.workdir or (tempfile.mkdtemp(prefix="vnd-scaling-") if ctx.is_main else None)))
+    paths = make_workload(work, args.reads, args.read_length, args.chunk_size) if ctx.is_main else None
+    paths = ctx.broadcast_object(paths)
+    base = json.loads(Path(args.baseline).read_text())["tasks"] if args.baseline else {}
+    results = {"world_size": ws, "reads": args.reads, "read_length": args.read_length,
+               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "tasks": {}}
+    for task in args.tasks.split(","):
+        rep = run_task(task, paths, work, ws, args, ctx)
+        if not ctx.is_main:
+            continue
+        ranks, summ = rep["ranks"], rep["summary"]
+        inf = max(r["phases"]["inference"] for r in ranks)
+        entry = {"inference_s": inf, "wall_s": summ["wall_s"], "tokens": summ["tokens"],
+                 "sequences": summ["sequences"], "tokens_per_s": summ["tokens"] / inf,
+                 "token_imbalance": summ["token_imbalance"], "time_spread": summ["inference_time_spread"],
+                 "phases_rank0": ranks[0]["phases"], "ranks": ranks}
+        if task in base:
+            entry["speedup"] = base[task]["inference_s"] / inf
+            entry["efficiency"] = entry["speedup"] / ws
+            entry["wall_speedup"] = base[task]["wall_s"] / summ["wall_s"]
+        results["tasks"][task] = entry
+        rows = [{"rank": r["rank"], "dev": r["device"], "seqs": r["sequences"], "toks": r["tokens"],
+                 "t": r["phases"]["inference"], "tps": r["tokens"] / max(r["phases"]["inference"], 1e-9),
+                 "util": r["gpu_util_mean"], "umin": r["gpu_util_min"]} for r in ranks]
+        print(f"\n== {task}: world size {ws}, {summ['sequences']} sequences, {summ['tokens']} tokens")
+        print(table(rows, [("rank", "rank", "d"), ("dev", "device", "s"), ("seqs", "sequences", "d"),
+                           ("toks", "tokens", "d"), ("t", "infer s", ".2f"), ("tps", "tokens/s", ",.0f"),
+                           ("util", "gpu util %", ".0f"), ("umin", "min util %", ".0f")]))
+        print(f"token imbalance {summ['token_imbalance']:.3%}, inference time spread {summ['inference_time_spread']:.2%}, "
+              f"total {entry['tokens_per_s']:,.0f} tokens/s, wall {summ['wall_s']:.1f} s, phases (rank 0): "
+              + ", ".join(f"{k} {v:.2f}s" for k, v in ranks[0]["phases"].items()))
+        if "speedup" in entry:
+            print(f"speedup vs baseline: {entry['speedup']:.2f}x inference ({entry['efficiency']:.1%} efficiency), "
+                  f"{entry['wall_speedup']:.2f}x wall")
+    if ctx.is_main and args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    ctx.shutdown()
+
+
+if __name__ == "__main__":
+    main()
