@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import random_dna, table, write_fasta  # noqa: E402
 
-from virnucdist.embed import EmbedConfig, embed  # noqa: E402
+from virnucdist.embedding import EmbedConfig, embed  # noqa: E402
 from virnucdist.launch import init_distributed  # noqa: E402
 from virnucdist.models.classifier import save_random_classifier  # noqa: E402
 from virnucdist.predict import PredictConfig, predict  # noqa: E402

@@ -43,7 +43,7 @@ from _common import (  # noqa: E402
 )
 from _dnabert_baselines import padded_embed  # noqa: E402
 
-from virnucdist.embed import EmbedConfig, embed  # noqa: E402
+from virnucdist.embedding import EmbedConfig, embed  # noqa: E402
 from virnucdist.launch import init_distributed  # noqa: E402
 from virnucdist.models.esm2 import PackedESM2  # noqa: E402
 from virnucdist.models.loading import load_model  # noqa: E402

@@ -148,10 +148,26 @@ def _consensus_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="a run directory (OUTDIR) or an .h5 file")
+    p.add_argument("--json", action="store_true", help="print the description as JSON")
+
+
+def _inspect_run(args: argparse.Namespace) -> int:
+    import json
+
+    from virnucdist.inspection import describe, format_description
+
+    d = describe(args.path)
+    print(json.dumps(d, indent=2, default=str) if args.json else format_description(d))
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "chunk": Command("cut reads into VirNucPro chunks (300 or 500 bp)", _chunk_args, _chunk_run),
     "translate": Command("six-frame translate chunks, keep stop-free frames", _translate_args, _translate_run),
     "consensus": Command("per-chunk virus calls from prediction_results.txt", _consensus_args, _consensus_run),
+    "inspect": Command("what a run produced: model, counts, dims, report, resumable state", _inspect_args, _inspect_run),
 }
 
 

@@ -1,0 +1,245 @@
+"""The embedding job behind ``torchrun ... -m virnucdist.embed``: ESM-2 or DNABERT-S.
+
+Every rank: load (rank 0 builds) the index, skip records already in the run's
+shards, take its token-balanced share, pack, embed, append to its shard.
+Rank 0 then merges the shards into ``OUTDIR/embeddings.h5`` in input order and
+writes ``OUTDIR/run_report.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .engine import (
+    DTYPES,
+    BatchRunner,
+    check_manifest,
+    prepare_output_dir,
+    resolve_dtype,
+    to_host_async,
+)
+from .errors import UserError
+from .launch.dist import DistContext, init_distributed
+from .launch.logs import setup_logging
+from .models.loading import LoadedModel, load_model
+from .packing import PackedBatchLoader
+from .progress import Progress
+from .sharding.index import SequenceIndex, build_index_distributed
+from .sharding.partition import partition
+from .telemetry import Telemetry, format_summary, write_run_report
+from .writers import ShardWriter, finalize_embeddings, scan_shards
+
+__all__ = ["EmbedConfig", "embed", "main"]
+
+log = logging.getLogger("virnucdist")
+
+DEFAULT_TOKS = {"cpu": 4096, "cuda": 65536}
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """One embedding run; CLI flags map 1:1 to these fields."""
+
+    inputs: tuple[str, ...]
+    model: str
+    output_dir: str
+    random_init: bool = False
+    seed: int = 0
+    toks_per_batch: int | None = None  # None: a per-device default
+    dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU
+    repr_layer: int = -1
+    truncation_seq_length: int = 1022
+    device: str | None = None  # None: CUDA when available
+    num_workers: int = 2
+    flush_every: int = 4096
+    overwrite: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class EmbedResult:
+    output: Path
+    report: dict = field(default_factory=dict)
+
+
+def run_manifest(cfg: EmbedConfig, index: SequenceIndex, model: LoadedModel, dtype: torch.dtype) -> dict:
+    """What must match for shards of an earlier attempt to be reused."""
+    return {
+        "virnucdist": __version__,
+        "input_fingerprint": index.fingerprint,
+        "records": len(index),
+        "model": {"kind": model.kind, "name": model.name, "source": model.source, "dim": model.embed_dim},
+        "repr_layer": cfg.repr_layer,
+        "dtype": str(dtype).removeprefix("torch."),
+        "truncation_seq_length": cfg.truncation_seq_length,
+    }
+
+
+def embed(cfg: EmbedConfig, ctx: DistContext | None = None, model: LoadedModel | None = None) -> EmbedResult:
+    """Run one embedding job on this rank (call on every rank under torchrun).
+
+    ``model``: an already loaded model (e.g. shared between runs, or your own
+    :class:`~virnucdist.models.loading.LoadedModel`); by default ``cfg.model`` is loaded.
+    """
+    t_start = time.perf_counter()
+    ctx = ctx or init_distributed(cfg.device)
+    out = prepare_output_dir(cfg.output_dir, ctx.rank, cfg.inputs)
+    setup_logging(out, ctx.rank, cfg.quiet)
+    tel = Telemetry(ctx.rank, ctx.device)
+
+    with tel.phase("index"):
+        index = build_index_distributed(list(cfg.inputs), out, ctx.rank, ctx.world_size, ctx.barrier)
+    dtype = resolve_dtype(cfg.dtype, ctx.device)
+    with tel.phase("model_load"):
+        if model is None:
+            model = load_model(cfg.model, device=ctx.device, dtype=dtype, random_init=cfg.random_init,
+                               seed=cfg.seed, truncation_seq_length=cfg.truncation_seq_length)
+    if cfg.repr_layer != -1 and model.kind == "esm2":
+        try:
+            model.module.resolve_layer(cfg.repr_layer)
+        except ValueError as e:  # a flag out of this model's range: the user's to fix
+            raise UserError(str(e)) from None
+
+    manifest = run_manifest(cfg, index, model, dtype)
+    err = check_manifest(out, manifest, cfg.overwrite, ["shards", "embeddings.h5", "run_report.json"]) \
+        if ctx.is_main else None
+    err = ctx.broadcast_object(err)
+    if err:
+        raise UserError(err)
+
+    lengths = np.asarray(index.length, dtype=np.int64)
+    empty = lengths == 0
+    done, err = None, None
+    if ctx.is_main:
+        try:
+            scan = scan_shards(out / "shards", len(index), index.ids)
+            done = scan.done
+            if scan.corrupt:
+                log.warning("set aside %d unreadable shard(s) (killed mid-write); their records are redone",
+                            len(scan.corrupt))
+        except ValueError as e:  # shards of another input: every rank stops with the message
+            err = str(e)
+    done, err = ctx.broadcast_object((done, err))
+    if err:
+        raise UserError(err)
+    shares = partition(np.asarray([model.tokenizer.estimate_tokens(int(n)) for n in lengths], dtype=np.int64),
+                       ctx.world_size, skip=done | empty)
+    mine = shares[ctx.rank]
+    tel.stats.resumed_records = int(done.sum()) if ctx.is_main else 0
+    tel.stats.skipped = {"empty_sequence": int(empty.sum())} if ctx.is_main else {}
+    if ctx.is_main:
+        log.info("%d records in %d file(s); %d already done, %d empty (skipped); %d to embed on %d rank(s) with %s",
+                 len(index), len(index.files), int(done.sum()), int(empty.sum()),
+                 sum(len(s) for s in shares), ctx.world_size, model.name)
+        if empty.any():
+            log.warning("skipping %d empty record(s), e.g. %s", int(empty.sum()),
+                        [index.ids[i] for i in np.flatnonzero(empty)[:3]])
+
+    toks = cfg.toks_per_batch or DEFAULT_TOKS.get(ctx.device.type, 4096)
+    loader = PackedBatchLoader(index.read, mine, lengths[mine], model.tokenizer, toks,
+                               num_workers=cfg.num_workers, pin_memory=ctx.device.type == "cuda")
+    writer = ShardWriter(out / "shards", ctx.rank, model.embed_dim, index.ids, flush_every=cfg.flush_every,
+                         attrs={"model": model.name})
+    runner = BatchRunner(lambda b: model.embed(b, cfg.repr_layer), ctx.device, tel)
+    progress = Progress(total_records=len(mine), total_tokens=loader.sampler.planned_tokens,
+                        enabled=ctx.is_main and not cfg.quiet, world_size=ctx.world_size)
+    s = tel.stats
+    # test hook only (tests/multigpu kill a run mid-inference): seconds to sleep after each batch
+    test_delay_s = float(os.environ.get("VIRNUCDIST_TEST_BATCH_DELAY_S") or 0)
+    try:
+        with torch.inference_mode(), tel.phase("inference"):
+            for batch in loader:
+                for part, emb in runner(batch):
+                    host, ev = to_host_async(emb)
+                    writer.write(part.rows, host, ev)
+                s.truncated += batch.n_truncated
+                progress.update(batch.num_seqs, batch.num_tokens)
+                if test_delay_s:
+                    time.sleep(test_delay_s)
+    finally:
+        progress.close()
+        with tel.phase("write_flush", sync=False):
+            writer.close()
+    s.sequences, s.tokens, s.batches = loader.records_seen, loader.tokens_seen, loader.batches_seen
+    s.packing_efficiency, s.toks_per_batch = loader.packing_efficiency, toks
+    s.planned_tokens = loader.sampler.planned_tokens
+    if s.truncated:
+        log.warning("rank %d: %d sequence(s) longer than %d residues were truncated", ctx.rank, s.truncated,
+                    cfg.truncation_seq_length)
+    ctx.barrier()
+
+    final = out / "embeddings.h5"
+    report: dict = {}
+    with tel.phase("finalize", sync=False):
+        if ctx.is_main:
+            keep = np.flatnonzero(~empty)
+            attrs = {
+                "model": model.name, "model_kind": model.kind, "model_source": model.source,
+                "random_init": cfg.random_init, "dtype": manifest["dtype"], "pooling": model.attrs["pooling"],
+                "repr_layer": cfg.repr_layer, "truncation_seq_length": cfg.truncation_seq_length,
+                "virnucdist_version": __version__, "input_fingerprint": index.fingerprint,
+                "inputs": json.dumps([str(p) for p in cfg.inputs]),
+                "skipped_empty_ids": json.dumps([index.ids[i] for i in np.flatnonzero(empty)]),
+            }
+            finalize_embeddings(out / "shards", final, index.ids, keep, attrs)
+    stats = ctx.all_gather_object(tel.finish())
+    if ctx.is_main:
+        wall = time.perf_counter() - t_start
+        report = write_run_report(out / "run_report.json", stats, wall, {
+            "task": "embed", "config": asdict(cfg), "world_size": ctx.world_size, "output": str(final),
+            "restart_count": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
+            "skipped": {"empty_sequence": [index.ids[i] for i in np.flatnonzero(empty)]},
+        })
+        if not cfg.quiet:
+            log.info("%s", format_summary(stats, wall))
+            log.info("wrote %s", final)
+    ctx.barrier()
+    return EmbedResult(final, report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m virnucdist.embed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", help="FASTA file(s), plain or .gz")
+    p.add_argument("--model", required=True, help="ESM-2 name or .pt path, or a DNABERT-S directory")
+    p.add_argument("-o", "--output-dir", required=True)
+    p.add_argument("--random-init", action="store_true", help="seeded random weights (tests, demos, benchmarks)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--toks-per-batch", type=int, default=None,
+                   help=f"token budget per packed batch (default {DEFAULT_TOKS})")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--repr-layer", type=int, default=-1, help="ESM-2 layer to pool (default: last)")
+    p.add_argument("--truncation-seq-length", type=int, default=1022)
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes per rank")
+    p.add_argument("--flush-every", type=int, default=4096, help="records per shard flush")
+    p.add_argument("--overwrite", action="store_true", help="discard an earlier run of other inputs/model")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def config_from_args(ns: argparse.Namespace) -> EmbedConfig:
+    d = vars(ns).copy()
+    d["inputs"] = tuple(d["inputs"])
+    return EmbedConfig(**d)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = config_from_args(build_parser().parse_args(argv))
+    ctx = init_distributed(cfg.device)
+    try:
+        embed(cfg, ctx)
+    finally:
+        ctx.shutdown()
+    return 0
+
