@@ -26,8 +26,11 @@ def run_entrypoint(main: Callable[[list[str] | None], int | None], argv: list[st
     except SystemExit:
         raise
     except BaseException as e:
-        logging.getLogger("virnucdist").error("failed:\n%s", traceback.format_exc())
-        print(f"virnucdist: rank {rank} failed: {type(e).__name__}: {e}", file=sys.stderr)
+        log = logging.getLogger("virnucdist")
+        log.error("failed:\n%s", traceback.format_exc())
+        files = [h.baseFilename for h in log.handlers if isinstance(h, logging.FileHandler)]
+        where = f" (traceback in {files[0]})" if files else ""
+        print(f"virnucdist: rank {rank} failed: {type(e).__name__}: {e}{where}", file=sys.stderr)
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()

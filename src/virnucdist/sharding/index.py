@@ -653,5 +653,7 @@ def build_index_distributed(paths: Sequence[PathLike], run_dir: PathLike, rank: 
     if os.path.exists(err_path):
         with open(err_path, encoding="utf-8") as fh:
             msg = fh.read()
-        raise RuntimeError(f"rank 0 failed to build the sequence index: {msg}")
+        from ..errors import PeerFailed
+
+        raise PeerFailed(f"rank 0 failed to build the sequence index: {msg}")
     return SequenceIndex.load(cache)
