@@ -23,7 +23,7 @@ from .embedding import EmbedConfig, embed  # noqa: E402
 from .launch.dist import DistContext, init_distributed  # noqa: E402
 from .models.loading import LoadedModel, load_model  # noqa: E402
 from .packing import PackedBatch, PackedBatchLoader  # noqa: E402
-from .predict import PredictConfig, predict  # noqa: E402
+from .prediction import PredictConfig, predict  # noqa: E402
 from .sharding.index import SequenceIndex, build_index_distributed  # noqa: E402
 from .sharding.partition import partition  # noqa: E402
 from .writers import ShardWriter, finalize_embeddings, iter_embeddings, read_embeddings  # noqa: E402

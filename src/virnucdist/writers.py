@@ -28,6 +28,8 @@ import h5py
 import numpy as np
 import torch
 
+from ._testhooks import test_hook
+
 __all__ = ["ShardWriter", "scan_shards", "finalize_embeddings", "ShardScan", "read_embeddings", "iter_embeddings",
            "PredictionShardWriter", "PredictionShard", "open_prediction_shards", "shard_path"]
 
@@ -166,6 +168,7 @@ class ShardWriter(_BackgroundAppender):
         self._ids[n0:n1] = [self.ids[r] for r in rows]
         self._emb[n0:n1] = emb
         self._f.flush()  # data first, then the marker that makes it visible
+        test_hook("flush")
         self._f.attrs["committed"] = n1
         self._f.flush()
         self.committed = n1
@@ -285,6 +288,7 @@ class PredictionShardWriter(_BackgroundAppender):
             self._reads[k].resize(r1, axis=0)
             self._reads[k][r0:r1] = v
         self._f.flush()
+        test_hook("flush")
         self._f.attrs["committed_frames"] = f1
         self._f.attrs["committed"] = r1
         self._f.flush()
@@ -428,6 +432,7 @@ def finalize_embeddings(shard_dir: str | Path, out_path: str | Path, ids: list |
     except BaseException:  # no half-written .tmp left behind
         tmp.unlink(missing_ok=True)
         raise
+    test_hook("finalize")
     os.replace(tmp, out_path)
     return len(rows)
 

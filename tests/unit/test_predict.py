@@ -1,0 +1,297 @@
+"""``virnucdist.predict`` against an independent frame-by-frame reference (tiny models of the real widths)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from _predict_data import make_reads, reference, tiny_models, write_fasta_wrapped
+
+import virnucdist.prediction as predict_mod
+from virnucdist import cli
+from virnucdist.errors import UserError
+from virnucdist.fasta import FastaError
+from virnucdist.launch.entry import run_entrypoint
+from virnucdist.models.esm2 import ESM2Config
+from virnucdist.models.loading import random_esm2, save_fair_esm_checkpoint
+from virnucdist.prediction import PredictConfig, pack_pairs, plan_blocks, predict
+from virnucdist.vnp.chunk import chunk_records
+from virnucdist.vnp.consensus import (
+    PREDICTION_HEADER,
+    ReadFrames,
+    chunk_of,
+    consensus,
+    read_consensus,
+    read_predictions,
+    summarize_read,
+)
+from virnucdist.vnp.translate import translate_records
+from virnucdist.writers import PredictionShardWriter, open_prediction_shards
+
+RESULT_FILES = ("prediction_results.txt", "prediction_results_highestscore.csv", "read_summary.tsv")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    reads = make_reads(seed=0)
+    fasta = write_fasta_wrapped(tmp_path_factory.mktemp("in") / "reads.fa", reads)
+    models = tiny_models()
+    return {"reads": reads, "fasta": fasta, "models": models, "ref": reference(reads, 300, models)}
+
+
+def config(data, out, **kw) -> PredictConfig:
+    m = data["models"]
+    base = dict(inputs=(str(data["fasta"]),), chunk_size=300, classifier=str(m["classifier"]), esm_model=str(m["esm"]),
+                dnabert_model=str(m["dnabert"]), output_dir=str(out), num_workers=2, reads_per_block=7,
+                toks_per_batch=1000, quiet=True, device="cpu")
+    base.update(kw)
+    return PredictConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = predict(config(data, out, keep_intermediate=True))
+    return out, result
+
+
+def test_predictions_match_reference(run, data):
+    out, result = run
+    rows = list(read_predictions(out / "prediction_results.txt"))
+    ref = data["ref"]
+    assert len(ref) > 20  # the ORF reads make sure frames are kept
+    assert [r.seq_id for r in rows] == [f["id"] for f in ref]  # ids and order exactly
+    np.testing.assert_allclose([r.score1 for r in rows], [f["score1"] for f in ref], atol=1e-5, rtol=0)
+    np.testing.assert_allclose([r.score2 for r in rows], [f["score2"] for f in ref], atol=1e-5, rtol=0)
+    assert all(r.prediction == ("virus" if r.score2 > r.score1 else "others") for r in rows)
+    assert (out / "prediction_results.txt").read_text().splitlines()[0] == "\t".join(PREDICTION_HEADER)
+    assert result.counts["frames"] == len(ref)
+
+
+def test_scores_match_reference_with_an_attention_layer(data, tmp_path):
+    """The same check with a 2560-wide ESM-2 layer (attention over packed proteins) on part of the reads."""
+    reads = [(rid, seq[:350]) for rid, seq in data["reads"][:13]]  # ~13 frames: one at a time costs ~0.3 s each
+    models = tiny_models(esm_layers=1)
+    ref = reference(reads, 300, models)
+    assert len(ref) >= 8 and any(f["id"].endswith(("R1", "R2", "R3")) for f in ref)
+    fasta = write_fasta_wrapped(tmp_path / "r.fa", reads)
+    predict(config(data, tmp_path / "out", inputs=(str(fasta),), esm_model=str(models["esm"]), num_workers=0,
+                   reads_per_block=5, toks_per_batch=300))
+    rows = list(read_predictions(tmp_path / "out" / "prediction_results.txt"))
+    assert [r.seq_id for r in rows] == [f["id"] for f in ref]
+    np.testing.assert_allclose([[r.score1, r.score2] for r in rows], [[f["score1"], f["score2"]] for f in ref],
+                               atol=1e-5, rtol=0)
+
+
+def test_consensus_and_read_summary(run, data):
+    out, _ = run
+    rows = list(read_predictions(out / "prediction_results.txt"))
+    assert read_consensus(out / "prediction_results_highestscore.csv") == consensus(rows)
+    assert {k for k, _ in consensus(rows)} == {chunk_of(f["id"]) for f in data["ref"]}
+    lines = (out / "read_summary.tsv").read_text().splitlines()
+    assert lines[0].split("\t") == ["read_id", "chunks", "kept_frames", "best_virus_score", "call"]
+    table = [ln.split("\t") for ln in lines[1:]]
+    assert [t[0] for t in table] == [rid for rid, _ in data["reads"]]  # every read, input order
+    by_read: dict[str, list] = {}
+    for r in rows:
+        by_read.setdefault(chunk_of(r.seq_id).rpartition("_chunk_")[0], []).append(
+            (chunk_of(r.seq_id), r.score1, r.score2))
+    for (rid, seq), t in zip(data["reads"], table):
+        n_chunks = len(list(chunk_records([(rid, seq)], 300)))
+        want = summarize_read(ReadFrames(rid, n_chunks, tuple(by_read.get(rid, ()))))
+        assert "\t".join(t) == want.to_line()
+    calls = {t[0]: t[4] for t in table}
+    assert calls["empty_read"] == "empty"
+    assert "no_frame" in calls.values() and "virus" in calls.values()
+
+
+def test_keep_intermediate_equals_stage_cli(run, data, tmp_path):
+    out, _ = run
+    assert cli.main(["chunk", str(data["fasta"]), "--chunk-size", "300", "-o", str(tmp_path / "c.fa")]) == 0
+    assert cli.main(["translate", str(tmp_path / "c.fa")]) == 0
+    assert (out / "chunked.fa").read_bytes() == (tmp_path / "c.fa").read_bytes()
+    assert (out / "identified_nucleotide.fa").read_bytes() == (tmp_path / "c_identified_nucleotide.fa").read_bytes()
+    assert (out / "identified_protein.faa").read_bytes() == (tmp_path / "c_identified_protein.faa").read_bytes()
+    ref = data["ref"]
+    for name, key, dim in (("nucleotide_embeddings.h5", "nuc", 768), ("protein_embeddings.h5", "prot", 2560)):
+        with h5py.File(out / name, "r") as f:
+            assert f["ids"].asstr()[:].tolist() == [r["id"] for r in ref]
+            assert f["embeddings"].shape == (len(ref), dim)
+            np.testing.assert_allclose(f["embeddings"][:], np.stack([r[key] for r in ref]), atol=1e-4, rtol=1e-4)
+            assert f.attrs["chunk_size"] == 300
+
+
+def test_run_report(run, data):
+    out, _ = run
+    rep = json.loads((out / "run_report.json").read_text())
+    assert rep["task"] == "predict"
+    assert rep["summary"]["sequences"] == len(data["ref"])
+    assert rep["ranks"][0]["batches"] > 1 and rep["ranks"][0]["skipped"] == {"empty_read": 1}
+    assert rep["skipped"]["empty_read"] == ["empty_read"]
+    assert rep["counts"]["empty"] == 1 and rep["counts"]["reads"] == len(data["reads"])
+    eff = rep["packing_efficiency"][0]
+    assert 0 < eff["protein"] <= 1 and 0 < eff["nucleotide"] <= 1
+    assert rep["ranks"][0]["packing_efficiency"] == pytest.approx(eff["protein"])
+
+
+def test_resume_after_crash_and_rerun(run, data, tmp_path, monkeypatch):
+    """A run that dies after some blocks resumes into a second shard; a rerun of a finished run is a no-op;
+    the files are identical to the uninterrupted run's (finalize also in small windows)."""
+    full, _ = run
+    real = predict_mod.make_block
+
+    def dies_at_block_3(number, *a, **k):
+        if number == 3:
+            raise RuntimeError("simulated crash")
+        return real(number, *a, **k)
+
+    monkeypatch.setattr(predict_mod, "make_block", dies_at_block_3)
+    cfg = config(data, tmp_path, num_workers=0)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        predict(cfg)
+    monkeypatch.setattr(predict_mod, "make_block", real)
+    first = open_prediction_shards(tmp_path / "shards", len(data["reads"]), [r for r, _ in data["reads"]])
+    assert [len(s.rows) for s in first] == [21]  # blocks 0-2 of 7 reads were committed
+    predict(cfg)
+    rep = json.loads((tmp_path / "run_report.json").read_text())
+    assert rep["summary"]["resumed_records"] == 21
+    assert len(list((tmp_path / "shards").glob("shard-*.h5"))) == 2
+    for name in RESULT_FILES:
+        assert (tmp_path / name).read_bytes().splitlines()[0] == (full / name).read_bytes().splitlines()[0]
+    _assert_same_results(tmp_path, full)
+    before = {n: (tmp_path / n).read_bytes() for n in RESULT_FILES}
+    predict(cfg)  # everything done: no model loaded, nothing computed, same files
+    rep = json.loads((tmp_path / "run_report.json").read_text())
+    assert rep["summary"]["sequences"] == 0 and "model_load" not in rep["ranks"][0]["phases"]
+    assert {n: (tmp_path / n).read_bytes() for n in RESULT_FILES} == before
+    manifest = json.loads((tmp_path / "run.json").read_text())
+    index = predict_mod.SequenceIndex.load(tmp_path / "index.npz")
+    predict_mod.finalize_predictions(tmp_path, index, cfg, manifest, window=4)
+    assert {n: (tmp_path / n).read_bytes() for n in RESULT_FILES} == before
+
+
+def _assert_same_results(a: Path, b: Path) -> None:
+    ra, rb = list(read_predictions(a / "prediction_results.txt")), list(read_predictions(b / "prediction_results.txt"))
+    assert [r.seq_id for r in ra] == [r.seq_id for r in rb]
+    np.testing.assert_allclose([[r.score1, r.score2] for r in ra], [[r.score1, r.score2] for r in rb], atol=1e-5)
+    assert read_consensus(a / "prediction_results_highestscore.csv") == \
+        read_consensus(b / "prediction_results_highestscore.csv")
+    sa = [ln.split("\t") for ln in (a / "read_summary.tsv").read_text().splitlines()]
+    sb = [ln.split("\t") for ln in (b / "read_summary.tsv").read_text().splitlines()]
+    assert [x[:3] + x[4:] for x in sa] == [x[:3] + x[4:] for x in sb]
+
+
+def _cli(data, fasta, out, *extra):
+    m = data["models"]
+    return ["--classifier", str(m["classifier"]), "--esm-model", str(m["esm"]), "--dnabert-model", str(m["dnabert"]),
+            str(fasta), "-o", str(out), "--num-workers", "0", "--device", "cpu", *extra]
+
+
+def test_cli_other_chunk_size_refused_and_classifier_hint_warns(data, tmp_path, capsys):
+    fasta = write_fasta_wrapped(tmp_path / "few.fa", data["reads"][:6])
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        run_entrypoint(predict_mod.main, _cli(data, fasta, out, "--chunk-size", "300"))
+    assert e.value.code == 0
+    assert "classifier" not in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        run_entrypoint(predict_mod.main, _cli(data, fasta, out, "--chunk-size", "500"))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    [line] = [ln for ln in err.splitlines() if "error" in ln]
+    assert line.startswith("virnucdist: error:") and "chunk_size" in line and "--overwrite" in line
+    with pytest.raises(SystemExit) as e:
+        run_entrypoint(predict_mod.main, _cli(data, fasta, out, "--chunk-size", "500", "--overwrite"))
+    err = capsys.readouterr().err
+    assert e.value.code == 0
+    warn = [ln for ln in err.splitlines() if "300_model.pth" in ln]
+    assert len(warn) == 1 and "300" in warn[0] and "500" in warn[0]
+    assert json.loads((out / "run.json").read_text())["chunk_size"] == 500
+    frames = list(translate_records(chunk_records(data["reads"][:6], 500)))
+    assert [r.seq_id for r in read_predictions(out / "prediction_results.txt")] == [f.id for f in frames]
+
+
+def test_no_kept_frame_gives_empty_results(data, tmp_path):
+    seg = "TAATAATAA"
+    stops = seg + "A" + seg + "A" + seg + "TTATTATTA" + "A" + "TTATTATTA" + "A" + "TTATTATTA"  # a stop in all 6 frames
+    reads = [("stops", stops * 3), ("none", ""), ("ns", "N" * 400), ("tiny", "AC")]
+    assert not list(translate_records(chunk_records(reads, 300)))
+    fasta = write_fasta_wrapped(tmp_path / "r.fa", reads)
+    predict(config(data, tmp_path / "out", inputs=(str(fasta),), keep_intermediate=True, num_workers=0))
+    out = tmp_path / "out"
+    assert (out / "prediction_results.txt").read_text() == "Sequence_ID\tPrediction\tscore1\tscore2\n"
+    assert (out / "prediction_results_highestscore.csv").read_text() == "Modified_ID\tIs_Virus\n"
+    table = [ln.split("\t") for ln in (out / "read_summary.tsv").read_text().splitlines()[1:]]
+    assert [(t[0], t[4]) for t in table] == [("stops", "no_frame"), ("none", "empty"), ("ns", "no_frame"),
+                                            ("tiny", "no_frame")]
+    with h5py.File(out / "protein_embeddings.h5", "r") as f:
+        assert f["embeddings"].shape == (0, 2560)
+
+
+def test_duplicate_read_ids_are_a_clear_error(data, tmp_path):
+    fasta = write_fasta_wrapped(tmp_path / "dup.fa", [("a", "ACGT" * 50), ("b", "ACGT"), ("a", "GGG")])
+    with pytest.raises(FastaError, match="duplicate sequence id 'a'"):
+        predict(config(data, tmp_path / "out", inputs=(str(fasta),)))
+
+
+def test_bad_chunk_size_and_wrong_model_width(data, tmp_path):
+    with pytest.raises(UserError, match="300 or 500"):
+        predict(config(data, tmp_path / "o1", chunk_size=400))
+    fasta = write_fasta_wrapped(tmp_path / "r.fa", data["reads"][:3])
+    small = random_esm2(ESM2Config.from_name("esm2_t6_8M_UR50D"), 0, torch.device("cpu"), torch.float32)
+    esm_320 = save_fair_esm_checkpoint(small, tmp_path / "esm2_t6_8M_UR50D.pt")
+    with pytest.raises(UserError, match="768 \\+ 320"):
+        predict(config(data, tmp_path / "o2", inputs=(str(fasta),), esm_model=str(esm_320), num_workers=0))
+
+
+# ----------------------------------------------------------------------------- pieces, no models
+
+
+def test_pack_pairs_budgets_and_pairing():
+    rng = np.random.default_rng(1)
+    prot = [np.arange(int(n)) for n in rng.integers(3, 120, 50)] + [np.arange(500)]
+    nuc = [np.arange(int(n)) for n in rng.integers(3, 90, 51)]
+    batches = pack_pairs(prot, nuc, 300, 200)
+    rows = np.concatenate([b.protein.rows.numpy() for b in batches])
+    assert rows.tolist() == list(range(51))  # every frame once, in order
+    for b in batches:
+        assert torch.equal(b.protein.rows, b.nucleotide.rows)
+        assert b.protein.num_tokens == sum(len(prot[i]) for i in b.protein.rows.tolist())
+        assert b.nucleotide.num_tokens == sum(len(nuc[i]) for i in b.nucleotide.rows.tolist())
+        if b.protein.num_seqs > 1:
+            assert b.protein.num_tokens <= 300 and b.nucleotide.num_tokens <= 200
+    assert any(b.protein.num_tokens == 500 and b.protein.num_seqs == 1 for b in batches)
+    assert pack_pairs([], [], 10, 10) == []
+
+
+def test_plan_blocks():
+    rows = np.arange(10, 20)
+    lengths = np.array([5, 5, 5, 100, 5, 5, 5, 5, 5, 0])
+    blocks = plan_blocks(rows, lengths, reads_per_block=4, max_bases=50)
+    assert np.concatenate(blocks).tolist() == rows.tolist()
+    assert [b.tolist() for b in blocks] == [[10, 11, 12], [13], [14, 15, 16, 17], [18, 19]]
+    ramped = plan_blocks(np.arange(40), np.full(40, 10), reads_per_block=100, max_bases=160, ramp=True)
+    assert [len(b) for b in ramped] == [2, 4, 8, 16, 10]
+
+
+def test_prediction_writer_refuses_incomplete_block(tmp_path):
+    ids = ["r0", "r1"]
+    w = PredictionShardWriter(tmp_path, 0, ids)
+    w.write_block(np.array([0, 1]), np.array([1, 1]), np.array([2, 1]), ["r0_chunk_1F1", "r0_chunk_1R1", "r1_chunk_1F2"],
+                  [(torch.tensor([0, 2]), torch.rand(2, 2), None)])  # frame 1 never scored
+    with pytest.raises(RuntimeError, match="3 frames planned, 2 scored"):
+        w.close()
+    with h5py.File(w.path, "r") as f:
+        assert f.attrs["committed"] == 0 and f.attrs["committed_frames"] == 0
+    w = PredictionShardWriter(tmp_path, 0, ids)
+    w.write_block(np.array([0, 1]), np.array([1, 0]), np.array([1, 0]), ["r0_chunk_1F1"],
+                  [(torch.tensor([0]), torch.tensor([[0.25, 0.75]]), None)])
+    assert w.close() == 2
+    shards = open_prediction_shards(tmp_path, 2, ids)
+    good = [s for s in shards if s.path == w.path][0]
+    assert good.rows.tolist() == [0, 1] and good.frames(0, 1)["frame_ids"].tolist() == ["r0_chunk_1F1"]
+
