@@ -29,6 +29,12 @@ for step in "$@"; do
     dnabert)
       torchrun --standalone --nproc_per_node=1 benchmarks/throughput.py --task dnabert --json "$OUT/dnabert.json" \
         2>&1 | tee "$OUT/dnabert.log" | grep -v "done:" ;;
+    scaling)
+      W=/tmp/vnd-scaling; mkdir -p $W
+      torchrun --standalone --nproc_per_node=1 benchmarks/scaling.py --reads ${READS:-30000} --workdir $W \
+        --json "$OUT/scaling_ws1.json" 2>&1 | tee "$OUT/scaling_ws1.log" | grep -v "^W1\|\*\*\*"
+      torchrun --standalone --nproc_per_node=2 benchmarks/scaling.py --reads ${READS:-30000} --workdir $W \
+        --baseline "$OUT/scaling_ws1.json" --json "$OUT/scaling_ws2.json" 2>&1 | tee "$OUT/scaling_ws2.log" | grep -v "^W1\|\*\*\*" ;;
     profile)
       python3 benchmarks/profile_esm.py --toks-per-batch 65536 2>&1 | tee "$OUT/profile.txt" | head -45 ;;
     *) eval "$step" ;;

@@ -34,17 +34,17 @@ from virnucdist.vnp.chunk import chunk_records  # noqa: E402
 from virnucdist.vnp.translate import translate_records  # noqa: E402
 
 
-def make_workload(work: Path, reads: int, length: int, chunk: int) -> dict[str, str]:
+def make_workload(work: Path, reads: int, length: int, chunk: int, name: str = "") -> dict[str, str]:
     recs = random_dna(reads, length, seed=length)
     frames = list(translate_records(chunk_records(recs, chunk)))
-    paths = {"reads": str(write_fasta(work / "reads.fa", recs)),
-             "proteins": str(write_fasta(work / "proteins.fa", [(f.id, f.protein) for f in frames])),
+    paths = {"reads": str(write_fasta(work / f"reads{name}.fa", recs)),
+             "proteins": str(write_fasta(work / f"proteins{name}.fa", [(f.id, f.protein) for f in frames])),
              "classifier": str(save_random_classifier(work / f"{chunk}_model.pth", seed=0))}
     return paths
 
 
-def run_task(task: str, paths: dict, work: Path, ws: int, args, ctx) -> dict:
-    out = str(work / f"{task}_ws{ws}")
+def run_task(task: str, paths: dict, work: Path, ws: int, args, ctx, tag: str = "") -> dict:
+    out = str(work / f"{task}_ws{ws}{tag}")
     common = dict(random_init=True, overwrite=True, quiet=True, num_workers=args.workers)
     if task == "esm2":
         rep = embed(EmbedConfig(inputs=(paths["proteins"],), model=args.esm_model, output_dir=out,
@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--dna-toks", type=int, default=262144)
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--workdir", default=None, help="shared directory (default: a temp dir on rank 0's node)")
+    ap.add_argument("--warmup-reads", type=int, default=2000,
+                    help="run every task on this many reads first, untimed (JIT/compile caches, NCCL); 0: none")
     ap.add_argument("--baseline", default=None, help="JSON of an earlier (1-rank) run")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -83,6 +85,12 @@ def main() -> None:
     base = json.loads(Path(args.baseline).read_text())["tasks"] if args.baseline else {}
     results = {"world_size": ws, "reads": args.reads, "read_length": args.read_length,
                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "tasks": {}}
+    if args.warmup_reads:
+        warm = make_workload(work, args.warmup_reads, args.read_length, args.chunk_size, "_warmup") \
+            if ctx.is_main else None
+        warm = ctx.broadcast_object(warm)
+        for task in args.tasks.split(","):
+            run_task(task, warm, work, ws, args, ctx, tag="_warmup")
     for task in args.tasks.split(","):
         rep = run_task(task, paths, work, ws, args, ctx)
         if not ctx.is_main:

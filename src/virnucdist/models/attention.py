@@ -25,9 +25,12 @@ import torch.nn.functional as F
 __all__ = ["varlen_attention", "kernel_name", "alibi_slopes"]
 
 
-#: ALiBi kernel on CUDA without flash_attn: "flex" (FlexAttention, the measured default) or
-#: "sdpa" (padded SDPA with an additive bias); benchmarks/throughput.py --task dnabert compares them.
-ALIBI_KERNEL = os.environ.get("VIRNUCDIST_ALIBI_KERNEL", "flex")
+#: ALiBi kernel on CUDA without flash_attn: "auto" (padded SDPA up to ALIBI_SDPA_MAX_LEN tokens per
+#: sequence, FlexAttention above), "flex" or "sdpa". benchmarks/throughput.py --task dnabert measured
+#: on an H200: 150-bp reads (~35 tokens) SDPA 777k vs Flex 757k tokens/s; 500-bp reads (~110 tokens)
+#: Flex 806k vs SDPA 580k. SDPA also needs no compilation.
+ALIBI_KERNEL = os.environ.get("VIRNUCDIST_ALIBI_KERNEL", "auto")
+ALIBI_SDPA_MAX_LEN = 64
 
 
 @functools.lru_cache(maxsize=None)
@@ -52,14 +55,16 @@ def _torch_varlen():
         return None
 
 
-def kernel_name(device: torch.device | str, alibi: bool = False, dtype: torch.dtype = torch.bfloat16) -> str:
+def kernel_name(device: torch.device | str, alibi: bool = False, dtype: torch.dtype = torch.bfloat16,
+                max_seqlen: int = 0) -> str:
     """Name of the kernel :func:`varlen_attention` uses on ``device`` (the flash kernels take fp16/bf16 only)."""
     if torch.device(device).type != "cuda" or (dtype == torch.float32 and not alibi):
         return "sdpa-padded"
     if _flash_attn() is not None and dtype != torch.float32:
         return "flash_attn"
     if alibi:
-        return "flex_attention" if ALIBI_KERNEL == "flex" else "sdpa-padded"
+        flex = ALIBI_KERNEL == "flex" or (ALIBI_KERNEL == "auto" and max_seqlen > ALIBI_SDPA_MAX_LEN)
+        return "flex_attention" if flex else "sdpa-padded"
     if _torch_varlen() is not None:
         return "torch_varlen"
     return "sdpa-padded"
@@ -96,7 +101,7 @@ def varlen_attention(
     q, k, v: ``[T, H, D]``; cu_seqlens: int32 ``[B+1]``; alibi: optional fp32
     slopes ``[H]`` for a symmetric bias ``-slope * |i - j|``. Returns ``[T, H, D]``.
     """
-    name = kernel_name(q.device, alibi is not None, q.dtype)
+    name = kernel_name(q.device, alibi is not None, q.dtype, max_seqlen)
     if name == "flash_attn":
         return _flash_attn()(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
                              softmax_scale=scale, alibi_slopes=alibi)
@@ -108,12 +113,16 @@ def varlen_attention(
 
 
 def _sdpa_padded(q, k, v, cu_seqlens, max_seqlen, scale, alibi):
+    """Pad to ``[B, H, L, D]`` by a gather, attend, gather back: no host synchronisation."""
     total = q.shape[0]
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     starts = cu_seqlens[:-1].long()
     pos = torch.arange(max_seqlen, device=q.device)
     valid = pos[None, :] < lengths[:, None]  # [B, L]
     src = (starts[:, None] + pos[None, :]).clamp(max=max(total - 1, 0))  # [B, L]
+    # padded slot of every packed token: (its sequence) * L + (its position)
+    seq = torch.repeat_interleave(torch.arange(lengths.numel(), device=q.device), lengths, output_size=total)
+    slot = seq * max_seqlen + torch.arange(total, device=q.device) - starts[seq]
 
     def pad(x):
         return x[src].transpose(1, 2)  # [B, H, L, D]
@@ -124,7 +133,7 @@ def _sdpa_padded(q, k, v, cu_seqlens, max_seqlen, scale, alibi):
         bias = -alibi.to(q.device, torch.float32)[:, None, None] * rel  # [H, L, L]
         mask = torch.where(mask, bias[None].to(q.dtype), torch.finfo(q.dtype).min)
     out = F.scaled_dot_product_attention(pad(q), pad(k), pad(v), attn_mask=mask, scale=scale)
-    return out.transpose(1, 2)[valid]  # [T, H, D]
+    return out.transpose(1, 2).flatten(0, 1)[slot]  # [T, H, D]
 
 
 _FLEX_CACHE: dict = {}
