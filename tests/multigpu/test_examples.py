@@ -1,0 +1,53 @@
+"""The README's quick start and examples/custom_pipeline.py, run as a user would (torchrun, gloo on CPU)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from virnucdist.writers import read_embeddings
+
+pytestmark = pytest.mark.torchrun
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return env
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    p = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-4000:]
+    return p
+
+
+def test_quick_start_and_custom_pipeline(tmp_path):
+    fasta = REPO / "examples" / "proteins.fa"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    # the README's first command, as written (relative paths, from the repo root)
+    readme = (REPO / "README.md").read_text()
+    quick = next(line for line in readme.splitlines() if line.startswith("torchrun --standalone"))
+    assert "-o runs/demo" in quick
+    _run(torchrun + quick.split()[3:-1] + [str(tmp_path / "demo"), "--num-workers", "0"], cwd=REPO)
+    ids, emb = read_embeddings(tmp_path / "demo" / "embeddings.h5")
+    assert ids == [f"protein_{i:04d}" for i in range(1, 257)] and emb.shape == (256, 320)
+
+    _run(torchrun + [str(REPO / "examples" / "custom_pipeline.py"), str(fasta), "-o", str(tmp_path / "custom")],
+         cwd=tmp_path)
+    cids, cemb = read_embeddings(tmp_path / "custom" / "embeddings.h5")
+    assert cids == ids and cemb.shape == (256, 321)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)  # same random model, its own post-processing
+    np.testing.assert_allclose(cemb[:, :320], unit, atol=1e-5)
+    assert np.isfinite(cemb[:, 320]).all() and (cemb[:, 320] >= 0).all()
+
+    out = _run([sys.executable, "-m", "virnucdist.cli", "inspect", str(tmp_path / "demo")], cwd=tmp_path).stdout
+    assert "finished" in out and "256 x 320" in out and "world size 2" in out
