@@ -26,6 +26,7 @@ from .engine import (
     check_manifest,
     prepare_output_dir,
     resolve_dtype,
+    test_hook,
     to_host_async,
 )
 from .errors import UserError
@@ -144,6 +145,13 @@ def embed(cfg: EmbedConfig, ctx: DistContext | None = None, model: LoadedModel |
         if empty.any():
             log.warning("skipping %d empty record(s), e.g. %s", int(empty.sum()),
                         [index.ids[i] for i in np.flatnonzero(empty)[:3]])
+    cap = getattr(model.tokenizer, "truncation_seq_length", None)  # ESM-2's; DNABERT-S has no length cap
+    too_long = np.flatnonzero(lengths > cap) if cap is not None else np.zeros(0, dtype=np.int64)
+    if ctx.is_main and len(too_long):
+        i = int(too_long[0])
+        log.warning("%d record(s) longer than %d residues are embedded from their first %d only (as fair-esm's "
+                    "extract.py does), e.g. %r (%d residues) at %s; --truncation-seq-length changes the cap",
+                    len(too_long), cap, cap, index.ids[i], int(lengths[i]), index.where(i))
 
     toks = cfg.toks_per_batch or DEFAULT_TOKS.get(ctx.device.type, 4096)
     loader = PackedBatchLoader(index.read, mine, lengths[mine], model.tokenizer, toks,
@@ -154,8 +162,6 @@ def embed(cfg: EmbedConfig, ctx: DistContext | None = None, model: LoadedModel |
     progress = Progress(total_records=len(mine), total_tokens=loader.sampler.planned_tokens,
                         enabled=ctx.is_main and not cfg.quiet, world_size=ctx.world_size)
     s = tel.stats
-    # test hook only (tests/multigpu kill a run mid-inference): seconds to sleep after each batch
-    test_delay_s = float(os.environ.get("VIRNUCDIST_TEST_BATCH_DELAY_S") or 0)
     try:
         with torch.inference_mode(), tel.phase("inference"):
             for batch in loader:
@@ -163,9 +169,13 @@ def embed(cfg: EmbedConfig, ctx: DistContext | None = None, model: LoadedModel |
                     host, ev = to_host_async(emb)
                     writer.write(part.rows, host, ev)
                 s.truncated += batch.n_truncated
+                if batch.unknown_rows:
+                    s.records_with_unknown_letters += len(batch.unknown_rows)
+                    s.unknown_letter_examples += [index.ids[r] for r in batch.unknown_rows[:5 - len(
+                        s.unknown_letter_examples)]]
                 progress.update(batch.num_seqs, batch.num_tokens)
-                if test_delay_s:
-                    time.sleep(test_delay_s)
+                # test-only fault injection (delay / crash / kill; see virnucdist._testhooks)
+                test_hook("batch", rank=ctx.rank, batches=loader.batches_seen)
     finally:
         progress.close()
         with tel.phase("write_flush", sync=False):
@@ -173,9 +183,6 @@ def embed(cfg: EmbedConfig, ctx: DistContext | None = None, model: LoadedModel |
     s.sequences, s.tokens, s.batches = loader.records_seen, loader.tokens_seen, loader.batches_seen
     s.packing_efficiency, s.toks_per_batch = loader.packing_efficiency, toks
     s.planned_tokens = loader.sampler.planned_tokens
-    if s.truncated:
-        log.warning("rank %d: %d sequence(s) longer than %d residues were truncated", ctx.rank, s.truncated,
-                    cfg.truncation_seq_length)
     ctx.barrier()
 
     final = out / "embeddings.h5"
@@ -194,17 +201,35 @@ def embed(cfg: EmbedConfig, ctx: DistContext | None = None, model: LoadedModel |
             finalize_embeddings(out / "shards", final, index.ids, keep, attrs)
     stats = ctx.all_gather_object(tel.finish())
     if ctx.is_main:
+        _warn_unknown_letters(stats, index, model)
         wall = time.perf_counter() - t_start
         report = write_run_report(out / "run_report.json", stats, wall, {
             "task": "embed", "config": asdict(cfg), "world_size": ctx.world_size, "output": str(final),
             "restart_count": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
             "skipped": {"empty_sequence": [index.ids[i] for i in np.flatnonzero(empty)]},
+            "truncated_records": {"records": len(too_long), "max_residues": cap,
+                                  "examples": [index.ids[i] for i in too_long[:10]]},
         })
         if not cfg.quiet:
             log.info("%s", format_summary(stats, wall))
             log.info("wrote %s", final)
     ctx.barrier()
     return EmbedResult(final, report)
+
+
+def _warn_unknown_letters(stats: list, index: SequenceIndex, model: LoadedModel) -> None:
+    """Rank 0, once per run: records embedded with the tokenizer's unknown token, one example named."""
+    n = sum(r.records_with_unknown_letters for r in stats)
+    examples = [e for r in stats for e in r.unknown_letter_examples]
+    if not n or not examples:
+        return
+    i = index.ids.index(examples[0])  # a list scan: no id -> row dict for a once-per-run message
+    tok = model.tokenizer
+    bad = sorted(c for c in set(index.read(i)) if (tok.encode(c) == tok.unk_id).any())
+    log.warning("%d record(s) contain letters %s does not know, embedded as its unknown token (counted in "
+                "run_report.json: records_with_unknown_letters), e.g. %r at %s has %s; check that the input is "
+                "%s", n, model.name, examples[0], index.where(i), ", ".join(map(repr, bad)),
+                "protein (ESM-2)" if model.kind == "esm2" else "DNA (A, C, G, T; DNABERT-S)")
 
 
 def build_parser() -> argparse.ArgumentParser:

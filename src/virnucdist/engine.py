@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 
+from ._testhooks import test_hook  # noqa: F401  (test-only fault injection; see _testhooks)
 from .errors import UserError
 from .packing import PackedBatch, split_batch
 from .telemetry import Telemetry

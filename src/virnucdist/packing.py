@@ -27,6 +27,8 @@ class PackedBatch:
 
     tokens/positions/seg: ``[T]`` (seg = slot of the token's sequence in this batch);
     cu_seqlens: int32 ``[B+1]``; rows: int64 ``[B]`` index positions of the records.
+    n_truncated: records cut to the tokenizer's length cap; unknown_rows: index positions
+    of records with letters the tokenizer maps to its unknown token (counted, not dropped).
     """
 
     tokens: torch.Tensor
@@ -36,6 +38,7 @@ class PackedBatch:
     max_seqlen: int
     rows: torch.Tensor
     n_truncated: int = 0
+    unknown_rows: tuple[int, ...] = ()
 
     @property
     def num_tokens(self) -> int:
@@ -56,7 +59,8 @@ class PackedBatch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
 
-def pack_token_arrays(arrays: Sequence[np.ndarray], rows: Sequence[int], n_truncated: int = 0) -> PackedBatch:
+def pack_token_arrays(arrays: Sequence[np.ndarray], rows: Sequence[int], n_truncated: int = 0,
+                      unknown_rows: tuple[int, ...] = ()) -> PackedBatch:
     """Concatenate per-sequence token arrays into a :class:`PackedBatch`."""
     lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
     cu = np.zeros(len(arrays) + 1, dtype=np.int32)
@@ -73,6 +77,7 @@ def pack_token_arrays(arrays: Sequence[np.ndarray], rows: Sequence[int], n_trunc
         max_seqlen=int(lengths.max()) if len(arrays) else 0,
         rows=torch.as_tensor(np.asarray(rows, dtype=np.int64)),
         n_truncated=n_truncated,
+        unknown_rows=tuple(unknown_rows),
     )
 
 
@@ -130,12 +135,15 @@ class _TokenizedRecords(Dataset):
         batch_encode = getattr(self.tokenizer, "encode_batch", None)
         ids = batch_encode(seqs) if batch_encode is not None else [self.tokenizer.encode(s) for s in seqs]
         is_truncated = getattr(self.tokenizer, "is_truncated", None)
-        return [(r, t, bool(is_truncated and is_truncated(len(s)))) for r, s, t in zip(rows, seqs, ids)]
+        unk = getattr(self.tokenizer, "unk_id", None)
+        return [(r, t, bool(is_truncated and is_truncated(len(s))), unk is not None and bool((t == unk).any()))
+                for r, s, t in zip(rows, seqs, ids)]
 
 
 def collate_packed(items) -> PackedBatch:
-    rows = [r for r, _, _ in items]
-    return pack_token_arrays([ids for _, ids, _ in items], rows, sum(t for _, _, t in items))
+    rows = [r for r, _, _, _ in items]
+    return pack_token_arrays([ids for _, ids, _, _ in items], rows, sum(t for _, _, t, _ in items),
+                             tuple(r for r, _, _, u in items if u))
 
 
 class PackedBatchLoader:
@@ -176,14 +184,16 @@ class PackedBatchLoader:
         self.tokens_seen = 0
         self.batches_seen = 0
         self.records_seen = 0
+        self.capacity_seen = 0  # budget per batch, or the tokens of a lone record longer than the budget
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[PackedBatch]:
-        self.tokens_seen = self.batches_seen = self.records_seen = 0
+        self.tokens_seen = self.batches_seen = self.records_seen = self.capacity_seen = 0
         for batch in self.loader:
             self.tokens_seen += batch.num_tokens
+            self.capacity_seen += max(self.toks_per_batch, batch.num_tokens)
             self.batches_seen += 1
             self.records_seen += batch.num_seqs
             yield batch
@@ -192,10 +202,11 @@ class PackedBatchLoader:
 
     @property
     def packing_efficiency(self) -> float:
-        """Real tokens over the token capacity of the batches produced (budget x batches)."""
+        """Real tokens over the token capacity of the batches produced: the budget per batch, or a lone
+        over-budget record's own tokens (so a 20 kb read in a small budget does not read as >100%)."""
         if self.batches_seen == 0:
             return 0.0
-        return self.tokens_seen / (self.batches_seen * self.toks_per_batch)
+        return self.tokens_seen / self.capacity_seen
 
 
 def split_batch(batch: PackedBatch) -> tuple[PackedBatch, PackedBatch]:

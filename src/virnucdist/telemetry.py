@@ -31,6 +31,8 @@ class RankStats:
     packing_efficiency: float = 0.0
     toks_per_batch: int = 0
     truncated: int = 0
+    records_with_unknown_letters: int = 0  # embedded, but with the tokenizer's unknown token for some letters
+    unknown_letter_examples: list[str] = field(default_factory=list)  # a few of their ids
     skipped: dict[str, int] = field(default_factory=dict)
     resumed_records: int = 0
     oom_splits: int = 0
@@ -136,6 +138,7 @@ def summarize(ranks: list[RankStats], wall_s: float) -> dict[str, Any]:
         "token_imbalance": (max(tokens) - min(tokens)) / max(max(tokens), 1) if tokens else 0.0,
         "inference_time_spread": (max(inf) - min(inf)) / max(max(inf), 1e-9) if inf else 0.0,
         "truncated": sum(r.truncated for r in ranks),
+        "records_with_unknown_letters": sum(r.records_with_unknown_letters for r in ranks),
         "oom_splits": sum(r.oom_splits for r in ranks),
         "resumed_records": sum(r.resumed_records for r in ranks),
     }

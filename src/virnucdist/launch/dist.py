@@ -98,5 +98,24 @@ def init_distributed(device: str | None = None, timeout_s: float = 3600.0) -> Di
             kwargs: dict[str, Any] = {"timeout": datetime.timedelta(seconds=timeout_s)}
             if backend == "nccl":
                 kwargs["device_id"] = dev
+            store = _restart_store(world, kwargs["timeout"])
+            if store is not None:
+                kwargs.update(store=store, rank=rank, world_size=world)
             dist.init_process_group(backend=backend, **kwargs)
     return DistContext(rank, world, local_rank, local_world, dev, backend)
+
+
+def _restart_store(world: int, timeout: datetime.timedelta) -> dist.Store | None:
+    """A store of this restart's own for a single-node torchrun restart (``--max-restarts``); None otherwise.
+
+    torchrun's agent keeps one TCPStore for all attempts, so a restarted rank can read the
+    previous attempt's gloo/NCCL addresses and fail to connect (pytorch/pytorch#135712).
+    Keys under a per-attempt prefix fix that. TORCHELASTIC_RESTART_COUNT agrees between
+    ranks only when one agent started them all (one node); multi-node runs keep torch's default.
+    """
+    env = os.environ
+    attempt = int(env.get("TORCHELASTIC_RESTART_COUNT") or 0)
+    if attempt == 0 or env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or env.get("GROUP_WORLD_SIZE") != "1":
+        return None
+    base = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"virnucdist/attempt{attempt}", base)

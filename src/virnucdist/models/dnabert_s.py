@@ -324,7 +324,7 @@ class DnaBertSCheckpointError(ValueError):
 def _how_to_get(what: str) -> str:
     return (f"{what}\nDownload DNABERT-S with:\n"
             f"  huggingface-cli download {HF_REPO_ID} --local-dir DIR\n"
-            f"and pass DIR (or use random weights for testing).")
+            f"and pass DIR (or --random-init for a test run with random weights).")
 
 
 def resolve_model_dir(model_dir: str | os.PathLike) -> Path:

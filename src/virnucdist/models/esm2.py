@@ -52,6 +52,8 @@ class ESM2Config:
 class EsmTokenizer:
     """Residues -> fair-esm token ids with BOS/EOS; truncates like extract.py."""
 
+    unk_id = UNK  # letters outside the alphabet (digits, '*', 'J'...) become <unk>; the loader counts them
+
     def __init__(self, truncation_seq_length: int | None = 1022):
         self.truncation_seq_length = truncation_seq_length
         table = np.full(256, UNK, dtype=np.int64)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from .esm2 import ESM2_ARCHS, ESM2Config, EsmTokenizer, PackedESM2, rotary_inv_freq
@@ -80,7 +81,16 @@ def load_model(
             module, tok = dnabert_s.random_dnabert_s(seed, device=device, dtype=dtype)
             source = f"random-init(seed={seed})"
         else:
-            module, tok = dnabert_s.load_dnabert_s(spec, device=device, dtype=dtype)
+            try:
+                module, tok = dnabert_s.load_dnabert_s(spec, device=device, dtype=dtype)
+            except FileNotFoundError:  # already says where it looked and how to download
+                raise
+            except (ValueError, KeyError, TypeError, OSError, SafetensorError) as e:
+                # weights of another model, a corrupt weights file, a broken config.json
+                raise ModelLoadError(f"DNABERT-S model {spec}: {e}" + (
+                    "" if isinstance(e, dnabert_s.DnaBertSCheckpointError) else
+                    f" ({type(e).__name__}); is this DNABERT-S's directory (config.json, model.safetensors, "
+                    f"tokenizer.json)?")) from None
             source = str(spec)
         return LoadedModel("dnabert_s", "DNABERT-S", module.eval(), tok, module.config.hidden_size, source,
                            {"pooling": "mean over all tokens incl. [CLS]/[SEP]"})

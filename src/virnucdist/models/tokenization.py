@@ -24,3 +24,9 @@ class SequenceTokenizer(Protocol):
         (exact for ESM-2; an upper-bound-ish estimate for BPE). Used to fill
         the token budget before tokenizing."""
         ...
+
+
+# Optional, looked up with getattr by the packing loader:
+#   is_truncated(length) -> bool   the record is cut to a length cap (counted as truncated)
+#   unk_id: int                    the unknown token; records containing it are counted
+#                                  (run_report.json: records_with_unknown_letters)

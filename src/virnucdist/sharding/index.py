@@ -30,6 +30,7 @@ gzip), in input order; never over paths or modification times.
 
 from __future__ import annotations
 
+import glob
 import gzip
 import hashlib
 import json
@@ -41,6 +42,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from .._testhooks import test_hook
 from ..fasta import WHITESPACE, FastaError, is_gzip
 
 __all__ = ["SequenceIndex", "build_index_distributed", "quick_identity"]
@@ -536,6 +538,7 @@ class SequenceIndex:
                      length=self.length, header_line=self.header_line,
                      ids_blob=np.frombuffer(self._blob(), dtype=np.uint8),
                      meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8))
+        test_hook("index")
         os.replace(tmp, path)
 
     @classmethod
@@ -636,6 +639,8 @@ def build_index_distributed(paths: Sequence[PathLike], run_dir: PathLike, rank: 
         os.makedirs(run_dir, exist_ok=True)
         if os.path.exists(err_path):
             os.remove(err_path)
+        for stale in glob.glob(glob.escape(cache) + ".tmp*"):  # left by a process killed while saving
+            os.remove(stale)
         try:
             index = SequenceIndex.load_or_build(paths, cache, gzip_dir=run_dir)
         except BaseException as exc:

@@ -1,0 +1,49 @@
+"""DNABERT-S through ``torchrun -m virnucdist.embed``: 2 ranks == 1 process (gloo on CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from virnucdist.fasta import write_fasta
+from virnucdist.models.dnabert_s import DnaBertSConfig, random_dnabert_s, save_hf_dir
+from virnucdist.writers import read_embeddings
+
+pytestmark = pytest.mark.torchrun
+
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return env
+
+
+def test_dnabert_two_ranks_equal_one(tmp_path):
+    model, _ = random_dnabert_s(3, config=DnaBertSConfig(num_hidden_layers=2))
+    model_dir = save_hf_dir(model, tmp_path / "dnabert-s", fmt="safetensors")
+    rng = np.random.default_rng(0)
+    reads = [(f"read_{i}", "".join(rng.choice(list("ACGTN"), p=[.24, .24, .24, .24, .04], size=int(n))))
+             for i, n in enumerate(rng.integers(60, 700, size=120))]
+    fasta = write_fasta(tmp_path / "reads.fa", reads) and tmp_path / "reads.fa"
+    outs = {}
+    for n in (1, 2):
+        out = tmp_path / f"ws{n}"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+               "-m", "virnucdist.embed", str(fasta), "--model", str(model_dir), "-o", str(out), "--device", "cpu",
+               "--num-workers", "0", "--toks-per-batch", "1024", "--quiet"]
+        p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-4000:]
+        outs[n] = read_embeddings(out / "embeddings.h5")
+        report = json.loads((out / "run_report.json").read_text())
+        assert report["world_size"] == n and all(r["sequences"] > 0 for r in report["ranks"])
+    (ids1, e1), (ids2, e2) = outs[1], outs[2]
+    assert ids1 == ids2 == [r for r, _ in reads]
+    assert e1.shape == (120, 768)
+    cos = (e1 * e2).sum(1) / np.linalg.norm(e1, axis=1) / np.linalg.norm(e2, axis=1)
+    assert cos.min() >= 0.9999
