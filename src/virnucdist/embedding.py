@@ -34,7 +34,7 @@ from .launch.dist import DistContext, init_distributed
 from .launch.logs import setup_logging
 from .models.loading import LoadedModel, load_model
 from .packing import PackedBatchLoader
-from .progress import Progress
+from .progress import Progress, index_progress
 from .sharding.index import SequenceIndex, build_index_distributed
 from .sharding.partition import partition
 from .telemetry import Telemetry, format_summary, write_run_report
@@ -99,7 +99,9 @@ def embed(cfg: EmbedConfig, ctx: DistContext | None = None, model: LoadedModel |
     tel = Telemetry(ctx.rank, ctx.device)
 
     with tel.phase("index"):
-        index = build_index_distributed(list(cfg.inputs), out, ctx.rank, ctx.world_size, ctx.barrier)
+        bar = index_progress(cfg.inputs, ctx.is_main and not cfg.quiet)
+        index = build_index_distributed(list(cfg.inputs), out, ctx.rank, ctx.world_size, ctx.barrier, bar.advance)
+        bar.close()
     dtype = resolve_dtype(cfg.dtype, ctx.device)
     with tel.phase("model_load"):
         if model is None:
@@ -198,7 +200,9 @@ def embed(cfg: EmbedConfig, ctx: DistContext | None = None, model: LoadedModel |
                 "inputs": json.dumps([str(p) for p in cfg.inputs]),
                 "skipped_empty_ids": json.dumps([index.ids[i] for i in np.flatnonzero(empty)]),
             }
-            finalize_embeddings(out / "shards", final, index.ids, keep, attrs)
+            bar = Progress(0, len(keep), enabled=not cfg.quiet, desc=f"writing {final.name}", unit="rec")
+            finalize_embeddings(out / "shards", final, index.ids, keep, attrs, progress=bar.advance)
+            bar.close()
     stats = ctx.all_gather_object(tel.finish())
     if ctx.is_main:
         _warn_unknown_letters(stats, index, model)

@@ -53,7 +53,7 @@ from .models.classifier import (
 from .models.loading import LoadedModel, load_model
 from .models.tokenization import SequenceTokenizer
 from .packing import PackedBatch, pack_token_arrays
-from .progress import Progress
+from .progress import Progress, index_progress
 from .sharding.index import SequenceIndex, build_index_distributed
 from .sharding.partition import partition
 from .telemetry import Telemetry, format_summary, write_run_report
@@ -335,7 +335,9 @@ def predict(cfg: PredictConfig, ctx: DistContext | None = None, models: PredictM
                     "300_model.pth with 300 and 500_model.pth with 500", cfg.classifier, hint, cfg.chunk_size)
 
     with tel.phase("index"):
-        index = build_index_distributed(list(cfg.inputs), out, ctx.rank, ctx.world_size, ctx.barrier)
+        bar = index_progress(cfg.inputs, ctx.is_main and not cfg.quiet)
+        index = build_index_distributed(list(cfg.inputs), out, ctx.rank, ctx.world_size, ctx.barrier, bar.advance)
+        bar.close()
     dtype = resolve_dtype(cfg.dtype, ctx.device)
     manifest = run_manifest(cfg, index, dtype) if ctx.is_main else None
     err = check_manifest(out, manifest, cfg.overwrite, OUTPUTS) if ctx.is_main else None

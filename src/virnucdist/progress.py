@@ -7,6 +7,7 @@ ETA is the job's ETA.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 
@@ -14,7 +15,13 @@ log = logging.getLogger("virnucdist")
 
 
 class Progress:
-    def __init__(self, total_records: int, total_tokens: int, enabled: bool = True, world_size: int = 1,
+    """Counts records and tokens (or bytes, bases: ``unit``) against their totals.
+
+    ``total_records`` 0 means records are not counted (index build, finalize);
+    ``total_tokens`` None means the total is unknown (no percentage or ETA).
+    """
+
+    def __init__(self, total_records: int, total_tokens: int | None, enabled: bool = True, world_size: int = 1,
                  desc: str = "embedding", log_every_s: float = 30.0, unit: str = "tok"):
         self.total_records, self.total_tokens = total_records, total_tokens
         self.enabled, self.world_size, self.desc = enabled, world_size, desc
@@ -36,23 +43,42 @@ class Progress:
             return
         if self.bar is not None:
             self.bar.update(tokens)
-            self.bar.set_postfix(seqs=f"{self.records}/{self.total_records}", refresh=False)
+            if self.total_records:
+                self.bar.set_postfix(seqs=f"{self.records}/{self.total_records}", refresh=False)
             return
         now = time.perf_counter()
         if now - self._last >= self.log_every_s:
             self._last = now
             log.info("%s", self.line())
 
+    def advance(self, tokens: int) -> None:
+        """A callback for loops that only count one quantity (bytes indexed, records merged)."""
+        self.update(0, tokens)
+
     def line(self) -> str:
         el = time.perf_counter() - self.t0
         rate = self.tokens / el if el > 0 else 0.0
-        left = (self.total_tokens - self.tokens) / rate if rate > 0 else float("nan")
-        pct = self.tokens / self.total_tokens if self.total_tokens else 1.0
-        return (f"{self.desc}: {pct:6.1%}  {self.records}/{self.total_records} seqs on rank 0, "
-                f"{rate * self.world_size:,.0f} {self.unit}/s (all ranks, est.), ETA {left:,.0f} s")
+        parts = [f"{self.desc}:"]
+        if self.total_tokens:
+            parts.append(f"{self.tokens / self.total_tokens:6.1%}")
+        if self.total_records:
+            parts.append(f" {self.records}/{self.total_records} seqs on rank 0,")
+        scope = " (all ranks, est.)" if self.world_size > 1 else ""
+        parts.append(f"{rate * self.world_size:,.0f} {self.unit}/s{scope}")
+        if self.total_tokens and rate > 0 and self.tokens < self.total_tokens:
+            parts.append(f", ETA {(self.total_tokens - self.tokens) / rate:,.0f} s")
+        return " ".join(parts).replace(" ,", ",")
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        elif self.enabled and self.records:
+        elif self.enabled and self.tokens:
             log.info("%s", self.line())
+
+
+def index_progress(inputs, enabled: bool) -> Progress:
+    """A bar over the input bytes for the index build (unknown total when an input is gzip)."""
+    from .fasta import is_gzip
+
+    total = None if any(is_gzip(p) for p in inputs) else sum(os.path.getsize(p) for p in inputs)
+    return Progress(0, total, enabled=enabled, desc="indexing", unit="B")

@@ -22,7 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import h5py
 import numpy as np
@@ -390,7 +390,7 @@ def scan_shards(shard_dir: str | Path, n_records: int, ids: np.ndarray | list | 
 
 
 def finalize_embeddings(shard_dir: str | Path, out_path: str | Path, ids: list | np.ndarray, rows: np.ndarray,
-                        attrs: dict, block: int = 65536) -> int:
+                        attrs: dict, block: int = 65536, progress: Callable[[int], None] | None = None) -> int:
     """Merge shards into ``out_path`` with datasets ``ids`` and ``embeddings`` in index order.
 
     ``rows``: the index positions that belong in the output (ascending). Written
@@ -423,6 +423,8 @@ def finalize_embeddings(shard_dir: str | Path, out_path: str | Path, ids: list |
                         order = np.argsort(pos)
                         emb[pos[order]] = vec[order]  # h5py wants increasing indices
                         filled[pos] = True
+                        if progress is not None:
+                            progress(len(pos))
             if not filled.all():
                 missing = [ids[r] for r in rows[~filled][:5]]
                 raise RuntimeError(f"finalize: {int((~filled).sum())} records have no embedding (e.g. {missing}); "

@@ -95,7 +95,8 @@ def _line_text(buf: bytes, pos: int, n: int = 40) -> str:
     return repr(text[:n] + ("..." if len(text) > n else ""))
 
 
-def _scan_file(path: str, shown: str, block_size: int = BLOCK_SIZE) -> _FileScan:
+def _scan_file(path: str, shown: str, block_size: int = BLOCK_SIZE,
+               progress: Callable[[int], None] | None = None) -> _FileScan:
     """Index one plain FASTA file; ``shown`` is the name used in error messages."""
     sha = hashlib.sha256()
     parts: list[tuple] = []     # per chunk: (H, off, C_H, C_off, hline, ids)
@@ -107,6 +108,8 @@ def _scan_file(path: str, shown: str, block_size: int = BLOCK_SIZE) -> _FileScan
     with open(path, "rb", buffering=0) as fh:
         while True:
             block = fh.read(block_size)
+            if progress is not None:
+                progress(len(block))
             if block:
                 sha.update(block)
                 buf = carry + block if carry else block
@@ -348,13 +351,14 @@ class SequenceIndex:
 
     @classmethod
     def build(cls, paths: Sequence[PathLike] | PathLike, *, gzip_dir: PathLike | None = None,
-              block_size: int = BLOCK_SIZE) -> "SequenceIndex":
+              block_size: int = BLOCK_SIZE, progress: Callable[[int], None] | None = None) -> "SequenceIndex":
         """Scan ``paths`` (plain or gzip FASTA) and return the index.
 
         Gzip inputs are decompressed once into ``gzip_dir`` (required when any input
         is gzip; pass the run directory) and indexed as plain files. Raises
         :class:`FastaError` for malformed input and for duplicate ids (naming both
         occurrences). Records with an empty sequence are kept with ``length == 0``.
+        ``progress(nbytes)`` is called as the (decompressed) inputs are scanned.
         """
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
@@ -378,7 +382,7 @@ class SequenceIndex:
             else:
                 plain = p
             files.append(plain)
-            scans.append(_scan_file(plain, p, block_size))
+            scans.append(_scan_file(plain, p, block_size, progress))
         counts = [len(s.offset) for s in scans]
         file_idx = np.repeat(np.arange(len(files), dtype=np.int32), counts)
         ids = [x for s in scans for x in s.ids] if len(scans) > 1 else scans[0].ids
@@ -563,8 +567,8 @@ class SequenceIndex:
 
     @classmethod
     def load_or_build(cls, paths: Sequence[PathLike] | PathLike, cache_path: PathLike, *,
-                      gzip_dir: PathLike | None = None,
-                      expected_fingerprint: str | None = None) -> "SequenceIndex":
+                      gzip_dir: PathLike | None = None, expected_fingerprint: str | None = None,
+                      progress: Callable[[int], None] | None = None) -> "SequenceIndex":
         """Load ``cache_path`` when the inputs' quick identity (path, size, mtime) is
         unchanged (and decompressed copies are intact), else build and save it.
 
@@ -587,7 +591,7 @@ class SequenceIndex:
             if reason is None:
                 return cached
             log.info("rebuilding sequence index %s: %s", cache_path, reason)
-        index = cls.build(paths, gzip_dir=gzip_dir)
+        index = cls.build(paths, gzip_dir=gzip_dir, progress=progress)
         index.save(cache_path)
         return index
 
@@ -623,7 +627,8 @@ def _pread(fd: int, size: int, off: int) -> bytes:
 
 
 def build_index_distributed(paths: Sequence[PathLike], run_dir: PathLike, rank: int,
-                            world_size: int, barrier: Callable[[], None]) -> SequenceIndex:
+                            world_size: int, barrier: Callable[[], None],
+                            progress: Callable[[int], None] | None = None) -> SequenceIndex:
     """Rank 0 loads-or-builds ``run_dir/index.npz`` (atomic save); the others wait
     at ``barrier()`` and load it.
 
@@ -642,7 +647,7 @@ def build_index_distributed(paths: Sequence[PathLike], run_dir: PathLike, rank: 
         for stale in glob.glob(glob.escape(cache) + ".tmp*"):  # left by a process killed while saving
             os.remove(stale)
         try:
-            index = SequenceIndex.load_or_build(paths, cache, gzip_dir=run_dir)
+            index = SequenceIndex.load_or_build(paths, cache, gzip_dir=run_dir, progress=progress)
         except BaseException as exc:
             tmp = f"{err_path}.tmp"
             with open(tmp, "w", encoding="utf-8") as fh:
