@@ -26,6 +26,7 @@ from .engine import (
     check_manifest,
     prepare_output_dir,
     resolve_dtype,
+    run_job,
     test_hook,
     to_host_async,
 )
@@ -257,18 +258,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(ns: argparse.Namespace) -> EmbedConfig:
-    d = vars(ns).copy()
-    d["inputs"] = tuple(d["inputs"])
-    return EmbedConfig(**d)
-
-
 def main(argv: list[str] | None = None) -> int:
-    cfg = config_from_args(build_parser().parse_args(argv))
-    ctx = init_distributed(cfg.device)
-    try:
-        embed(cfg, ctx)
-    finally:
-        ctx.shutdown()
-    return 0
+    return run_job(build_parser(), EmbedConfig, embed, argv)
 

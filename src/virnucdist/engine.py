@@ -3,6 +3,7 @@ manifest, dtype choice, out-of-memory splitting and asynchronous result copies."
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -109,3 +110,18 @@ def to_host_async(t: torch.Tensor):
     ev = torch.cuda.Event()
     ev.record()
     return host, ev
+
+
+def run_job(parser: argparse.ArgumentParser, config_cls, job, argv: list[str] | None) -> int:
+    """``main()`` of an entrypoint: flags -> frozen config (1:1) -> ``job(cfg, ctx)`` on this rank."""
+    fields = vars(parser.parse_args(argv))
+    fields["inputs"] = tuple(fields["inputs"])
+    cfg = config_cls(**fields)
+    from .launch.dist import init_distributed
+
+    ctx = init_distributed(cfg.device)
+    try:
+        job(cfg, ctx)
+    finally:
+        ctx.shutdown()
+    return 0

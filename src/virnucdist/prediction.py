@@ -38,6 +38,7 @@ from .engine import (
     check_manifest,
     prepare_output_dir,
     resolve_dtype,
+    run_job,
     to_host_async,
 )
 from .errors import UserError
@@ -637,18 +638,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(ns: argparse.Namespace) -> PredictConfig:
-    d = vars(ns).copy()
-    d["inputs"] = tuple(d["inputs"])
-    return PredictConfig(**d)
-
-
 def main(argv: list[str] | None = None) -> int:
-    cfg = config_from_args(build_parser().parse_args(argv))
-    ctx = init_distributed(cfg.device)
-    try:
-        predict(cfg, ctx)
-    finally:
-        ctx.shutdown()
-    return 0
+    return run_job(build_parser(), PredictConfig, predict, argv)
 
