@@ -158,6 +158,7 @@ class Block:
     bases: int
     protein_tokens: int
     nucleotide_tokens: int
+    unknown_frames: list[str] = field(default_factory=list)  # frames whose nucleotides hold [UNK] (N, IUPAC)
 
     @property
     def num_frames(self) -> int:
@@ -166,7 +167,7 @@ class Block:
     def pin_memory(self) -> "Block":
         return Block(self.number, self.rows, self.n_chunks, self.n_frames, self.frame_ids,
                      [b.pin_memory() for b in self.batches], self.bases, self.protein_tokens,
-                     self.nucleotide_tokens)
+                     self.nucleotide_tokens, self.unknown_frames)
 
 
 def pack_pairs(protein: list[np.ndarray], nucleotide: list[np.ndarray], protein_budget: int,
@@ -216,9 +217,11 @@ def make_block(number: int, rows: np.ndarray, index: SequenceIndex, chunk_size: 
     prot = [esm_tokenizer.encode(p) for p in proteins]
     batch_encode = getattr(dna_tokenizer, "encode_batch", None)
     nuc = batch_encode(nucleotides) if batch_encode and nucleotides else [dna_tokenizer.encode(s) for s in nucleotides]
+    unk = getattr(dna_tokenizer, "unk_id", None)
+    unknown = [f for f, t in zip(frame_ids, nuc) if unk is not None and (t == unk).any()]
     return Block(number, np.asarray(rows, dtype=np.int64), n_chunks, n_frames, frame_ids,
                  pack_pairs(prot, nuc, protein_budget, nucleotide_budget), bases,
-                 sum(len(t) for t in prot), sum(len(t) for t in nuc))
+                 sum(len(t) for t in prot), sum(len(t) for t in nuc), unknown)
 
 
 class _BlockDataset(Dataset):
@@ -383,6 +386,11 @@ def predict(cfg: PredictConfig, ctx: DistContext | None = None, models: PredictM
     stats = ctx.all_gather_object((tel.finish(), packing))
     if ctx.is_main:
         ranks = [r for r, _ in stats]
+        n_unknown = sum(r.records_with_unknown_letters for r in ranks)
+        if n_unknown:
+            example = next(e for r in ranks for e in r.unknown_letter_examples)
+            log.warning("%d frame(s) have nucleotides DNABERT-S does not know (N or IUPAC codes; embedded as [UNK], "
+                        "counted in run_report.json: records_with_unknown_letters), e.g. %s", n_unknown, example)
         wall = time.perf_counter() - t_start
         report = write_run_report(out / "run_report.json", ranks, wall, {
             "task": "predict", "config": asdict(cfg), "world_size": ctx.world_size,
@@ -443,6 +451,8 @@ def _run_share(cfg, ctx, tel, index, mine, lengths, models: PredictModels, toks:
                 ptoks += block.protein_tokens
                 ntoks += block.nucleotide_tokens
                 empty_reads += int((block.n_chunks == 0).sum())
+                s.records_with_unknown_letters += len(block.unknown_frames)
+                s.unknown_letter_examples += block.unknown_frames[:5 - len(s.unknown_letter_examples)]
                 progress.update(len(block.rows), block.bases)
     finally:
         progress.close()

@@ -136,6 +136,11 @@ def test_run_report(run, data):
     eff = rep["packing_efficiency"][0]
     assert 0 < eff["protein"] <= 1 and 0 < eff["nucleotide"] <= 1
     assert rep["ranks"][0]["packing_efficiency"] == pytest.approx(eff["protein"])
+    # frames whose nucleotide record holds N (DNABERT-S [UNK]) are counted, not dropped
+    frames = list(translate_records(chunk_records(data["reads"], 300)))
+    with_n = [f.id for f in frames if set(f.nucleotide) - set("ACGT")]
+    assert with_n and rep["summary"]["records_with_unknown_letters"] == len(with_n)
+    assert set(rep["ranks"][0]["unknown_letter_examples"]) <= set(with_n)
 
 
 def test_resume_after_crash_and_rerun(run, data, tmp_path, monkeypatch):
