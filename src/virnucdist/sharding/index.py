@@ -458,11 +458,7 @@ class SequenceIndex:
 
     def _fd(self, f: int) -> int:
         if self._pid != os.getpid():          # forked without pickling: don't share fds
-            for fd in self._fds.values():
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            _close_all(self._fds)
             self._fds = {}
             self._pid = os.getpid()
         fd = self._fds.get(f)
@@ -500,11 +496,7 @@ class SequenceIndex:
 
     def close(self) -> None:
         if self._pid == os.getpid():
-            for fd in self._fds.values():
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            _close_all(self._fds)
         self._fds = {}
 
     def __del__(self):
@@ -608,6 +600,14 @@ class SequenceIndex:
             if not os.path.exists(f) or os.path.getsize(f) != size:
                 return f"{f} is missing or changed"
         return None
+
+
+def _close_all(fds: dict[int, int]) -> None:
+    for fd in fds.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _pread(fd: int, size: int, off: int) -> bytes:
