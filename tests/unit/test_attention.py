@@ -16,8 +16,9 @@ def test_kernel_choice(monkeypatch):
     assert kernel_name("cuda", dtype=torch.bfloat16) == "torch_varlen"
     assert kernel_name("cuda", dtype=torch.float32) == "sdpa-padded"  # flash kernels take half precision only
     monkeypatch.setattr(attention, "ALIBI_KERNEL", "auto")
-    assert kernel_name("cuda", alibi=True, max_seqlen=40) == "sdpa-padded"  # short reads: measured faster
-    assert kernel_name("cuda", alibi=True, max_seqlen=120) == "flex_attention"
+    assert kernel_name("cuda", alibi=True, max_seqlen=40) == "sdpa-padded"  # 150/500-bp reads: measured faster
+    assert kernel_name("cuda", alibi=True, max_seqlen=120) == "sdpa-padded"
+    assert kernel_name("cuda", alibi=True, max_seqlen=129) == "flex_attention"  # long reads
     monkeypatch.setattr(attention, "ALIBI_KERNEL", "flex")
     assert kernel_name("cuda", alibi=True, max_seqlen=40) == "flex_attention"
     monkeypatch.setattr(attention, "_flash_attn", lambda: object())

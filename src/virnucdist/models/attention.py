@@ -26,11 +26,12 @@ __all__ = ["varlen_attention", "kernel_name", "alibi_slopes"]
 
 
 #: ALiBi kernel on CUDA without flash_attn: "auto" (padded SDPA up to ALIBI_SDPA_MAX_LEN tokens per
-#: sequence, FlexAttention above), "flex" or "sdpa". benchmarks/throughput.py --task dnabert measured
-#: on an H200: 150-bp reads (~35 tokens) SDPA 777k vs Flex 757k tokens/s; 500-bp reads (~110 tokens)
-#: Flex 806k vs SDPA 580k. SDPA also needs no compilation.
+#: sequence, FlexAttention above, where padding to the longest sequence and a [B, H, L, L] bias
+#: stop paying), "flex" or "sdpa". benchmarks/throughput.py --task dnabert on an H200, 120k reads:
+#: 150-bp reads (~35 tokens) SDPA 940k vs Flex 926k tokens/s; 500-bp reads (~110 tokens) SDPA 964k
+#: vs Flex 952k. SDPA also needs no compilation.
 ALIBI_KERNEL = os.environ.get("VIRNUCDIST_ALIBI_KERNEL", "auto")
-ALIBI_SDPA_MAX_LEN = 64
+ALIBI_SDPA_MAX_LEN = 128
 
 
 @functools.lru_cache(maxsize=None)
