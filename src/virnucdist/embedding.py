@@ -29,6 +29,7 @@ from .engine import (
     run_job,
     test_hook,
     to_host_async,
+    to_host_async_all,
 )
 from .errors import UserError
 from .launch.dist import DistContext, init_distributed
@@ -60,6 +61,7 @@ class EmbedConfig:
     toks_per_batch: int | None = None  # None: a per-device default
     dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU
     repr_layer: int = -1
+    include: tuple[str, ...] = ("mean",)  # "mean" always; "per_tok" adds the ragged per-token states
     truncation_seq_length: int = 1022
     device: str | None = None  # None: CUDA when available
     num_workers: int = 2
@@ -84,6 +86,7 @@ def run_manifest(cfg: EmbedConfig, index: SequenceIndex, model: LoadedModel, dty
         "repr_layer": cfg.repr_layer,
         "dtype": str(dtype).removeprefix("torch."),
         "truncation_seq_length": cfg.truncation_seq_length,
+        "per_token": "per_tok" in cfg.include,
     }
 
 
@@ -159,18 +162,24 @@ def embed(cfg: EmbedConfig, ctx: DistContext | None = None, model: LoadedModel |
     toks = cfg.toks_per_batch or DEFAULT_TOKS.get(ctx.device.type, 4096)
     loader = PackedBatchLoader(index.read, mine, lengths[mine], model.tokenizer, toks,
                                num_workers=cfg.num_workers, pin_memory=ctx.device.type == "cuda")
+    per_tok = "per_tok" in cfg.include
     writer = ShardWriter(out / "shards", ctx.rank, model.embed_dim, index.ids, flush_every=cfg.flush_every,
-                         attrs={"model": model.name})
-    runner = BatchRunner(lambda b: model.embed(b, cfg.repr_layer), ctx.device, tel)
+                         attrs={"model": model.name}, per_token=per_tok)
+    forward = model.embed_with_tokens if per_tok else model.embed
+    runner = BatchRunner(lambda b: forward(b, cfg.repr_layer), ctx.device, tel)
     progress = Progress(total_records=len(mine), total_tokens=loader.sampler.planned_tokens,
                         enabled=ctx.is_main and not cfg.quiet, world_size=ctx.world_size)
     s = tel.stats
     try:
         with torch.inference_mode(), tel.phase("inference"):
             for batch in loader:
-                for part, emb in runner(batch):
-                    host, ev = to_host_async(emb)
-                    writer.write(part.rows, host, ev)
+                for part, out_ in runner(batch):
+                    if per_tok:
+                        (emb, tok, tok_len), ev = to_host_async_all(*out_)
+                        writer.write(part.rows, emb, ev, tokens=tok, token_lengths=tok_len)
+                    else:
+                        host, ev = to_host_async(out_)
+                        writer.write(part.rows, host, ev)
                 s.truncated += batch.n_truncated
                 if batch.unknown_rows:
                     s.records_with_unknown_letters += len(batch.unknown_rows)
@@ -197,12 +206,14 @@ def embed(cfg: EmbedConfig, ctx: DistContext | None = None, model: LoadedModel |
                 "model": model.name, "model_kind": model.kind, "model_source": model.source,
                 "random_init": cfg.random_init, "dtype": manifest["dtype"], "pooling": model.attrs["pooling"],
                 "repr_layer": cfg.repr_layer, "truncation_seq_length": cfg.truncation_seq_length,
+                "include": json.dumps(list(cfg.include)),
                 "virnucdist_version": __version__, "input_fingerprint": index.fingerprint,
                 "inputs": json.dumps([str(p) for p in cfg.inputs]),
                 "skipped_empty_ids": json.dumps([index.ids[i] for i in np.flatnonzero(empty)]),
             }
             bar = Progress(0, len(keep), enabled=not cfg.quiet, desc=f"writing {final.name}", unit="rec")
-            finalize_embeddings(out / "shards", final, index.ids, keep, attrs, progress=bar.advance)
+            finalize_embeddings(out / "shards", final, index.ids, keep, attrs, progress=bar.advance,
+                                per_token=per_tok)
             bar.close()
     stats = ctx.all_gather_object(tel.finish())
     if ctx.is_main:
@@ -249,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"token budget per packed batch (default {DEFAULT_TOKS})")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--repr-layer", type=int, default=-1, help="ESM-2 layer to pool (default: last)")
+    p.add_argument("--include", nargs="+", choices=["mean", "per_tok"], default=["mean"],
+                   help="mean: pooled embeddings (always written); per_tok: also every token's state "
+                        "(ESM-2: residues only), ragged in embeddings.h5 /per_token")
     p.add_argument("--truncation-seq-length", type=int, default=1022)
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes per rank")

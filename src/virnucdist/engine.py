@@ -104,18 +104,24 @@ class BatchRunner:
 
 def to_host_async(t: torch.Tensor):
     """Start a device->host copy; returns (host tensor, event to wait on or None)."""
-    if t.device.type != "cuda":
-        return t, None
-    host = t.to("cpu", non_blocking=True)
+    (host,), ev = to_host_async_all(t)
+    return host, ev
+
+
+def to_host_async_all(*tensors: torch.Tensor):
+    """Device->host copies of several tensors behind one event: ``((host, ...), event or None)``."""
+    if not tensors or tensors[0].device.type != "cuda":
+        return tensors, None
+    hosts = tuple(t.to("cpu", non_blocking=True) for t in tensors)
     ev = torch.cuda.Event()
     ev.record()
-    return host, ev
+    return hosts, ev
 
 
 def run_job(parser: argparse.ArgumentParser, config_cls, job, argv: list[str] | None) -> int:
     """``main()`` of an entrypoint: flags -> frozen config (1:1) -> ``job(cfg, ctx)`` on this rank."""
     fields = vars(parser.parse_args(argv))
-    fields["inputs"] = tuple(fields["inputs"])
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}  # frozen: lists -> tuples
     cfg = config_cls(**fields)
     from .launch.dist import init_distributed
 

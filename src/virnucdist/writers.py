@@ -31,6 +31,7 @@ import torch
 from ._testhooks import test_hook
 
 __all__ = ["ShardWriter", "scan_shards", "finalize_embeddings", "ShardScan", "read_embeddings", "iter_embeddings",
+           "read_token_embeddings",
            "PredictionShardWriter", "PredictionShard", "open_prediction_shards", "shard_path"]
 
 STR = h5py.string_dtype("utf-8")
@@ -120,10 +121,13 @@ class ShardWriter(_BackgroundAppender):
 
     :meth:`write` takes device tensors too: pass a CUDA event recorded after a
     non-blocking copy and the thread waits on it, so the compute loop never syncs.
+    With ``per_token``, each record also carries its per-token states: ragged, as
+    ``tok_lengths`` [n] and ``tok_embeddings`` [sum of lengths, D] (``committed_tokens`` valid).
     """
 
     def __init__(self, shard_dir: str | Path, rank: int, dim: int, ids: np.ndarray | list, *,
-                 flush_every: int = 4096, flush_seconds: float = 10.0, attrs: dict | None = None):
+                 flush_every: int = 4096, flush_seconds: float = 10.0, attrs: dict | None = None,
+                 per_token: bool = False):
         self.dir = Path(shard_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = shard_path(self.dir, rank)
@@ -138,26 +142,41 @@ class ShardWriter(_BackgroundAppender):
         self._ids = self._f.create_dataset("ids", (0,), maxshape=(None,), dtype=STR, chunks=(chunk * 4,))
         self._emb = self._f.create_dataset("embeddings", (0, dim), maxshape=(None, dim), dtype="f4",
                                            chunks=(chunk, dim))
+        self.per_token = per_token
+        if per_token:
+            self._f.attrs["committed_tokens"] = 0
+            self._tok_len = self._f.create_dataset("tok_lengths", (0,), maxshape=(None,), dtype="i8",
+                                                   chunks=(chunk * 4,))
+            self._tok = self._f.create_dataset("tok_embeddings", (0, dim), maxshape=(None, dim), dtype="f4",
+                                               chunks=(chunk, dim))
         self._f.flush()
-        self.committed = 0
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.committed = self.committed_tokens = 0
+        self._pending: list[tuple] = []
         self._start(f"shard-writer-{rank}", flush_every, flush_seconds)
 
-    def write(self, rows: np.ndarray | torch.Tensor, embeddings: np.ndarray | torch.Tensor, event=None) -> None:
-        self._put((rows, embeddings, event))
+    def write(self, rows: np.ndarray | torch.Tensor, embeddings: np.ndarray | torch.Tensor, event=None,
+              tokens: np.ndarray | torch.Tensor | None = None,
+              token_lengths: np.ndarray | torch.Tensor | None = None) -> None:
+        if self.per_token and (tokens is None or token_lengths is None):
+            raise ValueError("this shard stores per-token states: pass tokens and token_lengths")
+        self._put((rows, embeddings, event, tokens, token_lengths))
 
     def _take(self, item) -> int:
-        rows, emb, event = item
+        rows, emb, event, tok, tok_len = item
         if event is not None:
             event.synchronize()
-        rows = rows.numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
-        emb = emb.numpy() if isinstance(emb, torch.Tensor) else np.asarray(emb)
-        self._pending.append((rows.astype(np.int64, copy=False), emb.astype(np.float32, copy=False)))
+        rows, emb = _np(rows, np.int64), _np(emb, np.float32)
+        if self.per_token:
+            tok, tok_len = _np(tok, np.float32), _np(tok_len, np.int64)
+            if len(tok_len) != len(rows) or int(tok_len.sum()) != len(tok):
+                raise ValueError(f"per-token states do not match their records ({len(tok)} rows for "
+                                 f"{int(tok_len.sum())} tokens of {len(rows)} records)")
+        self._pending.append((rows, emb, tok, tok_len))
         return len(rows)
 
     def _flush(self) -> None:
-        rows = np.concatenate([r for r, _ in self._pending])
-        emb = np.concatenate([e for _, e in self._pending])
+        rows = np.concatenate([p[0] for p in self._pending])
+        emb = np.concatenate([p[1] for p in self._pending])
         if not np.isfinite(emb).all():
             bad = rows[~np.isfinite(emb).all(axis=1)]
             raise FloatingPointError(f"non-finite embeddings for rows {bad[:5].tolist()}")
@@ -167,12 +186,27 @@ class ShardWriter(_BackgroundAppender):
         self._rows[n0:n1] = rows
         self._ids[n0:n1] = [self.ids[r] for r in rows]
         self._emb[n0:n1] = emb
-        self._f.flush()  # data first, then the marker that makes it visible
+        if self.per_token:
+            tok = np.concatenate([p[2] for p in self._pending])
+            t0, t1 = self.committed_tokens, self.committed_tokens + len(tok)
+            self._tok_len.resize(n1, axis=0)
+            self._tok.resize(t1, axis=0)
+            self._tok_len[n0:n1] = np.concatenate([p[3] for p in self._pending])
+            self._tok[t0:t1] = tok
+        self._f.flush()  # data first, then the markers that make it visible
         test_hook("flush")
+        if self.per_token:
+            self._f.attrs["committed_tokens"] = t1
+            self.committed_tokens = t1
         self._f.attrs["committed"] = n1
         self._f.flush()
         self.committed = n1
         self._pending = []
+
+
+def _np(x, dtype) -> np.ndarray:
+    x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return x.astype(dtype, copy=False)
 
 
 class PredictionShardWriter(_BackgroundAppender):
@@ -390,12 +424,15 @@ def scan_shards(shard_dir: str | Path, n_records: int, ids: np.ndarray | list | 
 
 
 def finalize_embeddings(shard_dir: str | Path, out_path: str | Path, ids: list | np.ndarray, rows: np.ndarray,
-                        attrs: dict, block: int = 65536, progress: Callable[[int], None] | None = None) -> int:
+                        attrs: dict, block: int = 65536, progress: Callable[[int], None] | None = None,
+                        per_token: bool = False) -> int:
     """Merge shards into ``out_path`` with datasets ``ids`` and ``embeddings`` in index order.
 
     ``rows``: the index positions that belong in the output (ascending). Written
     to a temporary name and renamed, so a reader never sees a half-written file.
-    Each vector is copied once: shard block -> its final position.
+    Each vector is copied once: shard block -> its final position. With ``per_token``,
+    the group ``per_token`` holds ``offsets`` [N+1] and ``embeddings`` [offsets[-1], D]:
+    record i's token states are ``embeddings[offsets[i]:offsets[i+1]]``.
     """
     rows = np.asarray(rows, dtype=np.int64)
     where = np.full(len(ids), -1, dtype=np.int64)
@@ -405,12 +442,14 @@ def finalize_embeddings(shard_dir: str | Path, out_path: str | Path, ids: list |
     scan = scan_shards(shard_dir, len(ids), quarantine=False)
     dim = scan.dim or 0
     filled = np.zeros(len(rows), dtype=bool)
+    src_shard = np.full(len(rows), -1, dtype=np.int64)  # which shard, and which record of it, fills each position
+    src_rec = np.zeros(len(rows), dtype=np.int64)
     try:
         with h5py.File(tmp, "w") as out:
             out.create_dataset("ids", data=np.asarray([ids[r] for r in rows], dtype=object), dtype=STR)
             emb = out.create_dataset("embeddings", (len(rows), dim), dtype="f4",
                                      chunks=(max(1, min(len(rows), 4096)), dim) if len(rows) and dim else None)
-            for path, n in zip(scan.paths, scan.committed):
+            for i, (path, n) in enumerate(zip(scan.paths, scan.committed)):
                 with h5py.File(path, "r") as f:
                     for s in range(0, n, block):
                         r = f["rows"][s:min(n, s + block)]
@@ -419,16 +458,20 @@ def finalize_embeddings(shard_dir: str | Path, out_path: str | Path, ids: list |
                         if not keep.any():
                             continue
                         vec = f["embeddings"][s:min(n, s + block)][keep]
+                        src_rec[pos[keep]] = s + np.flatnonzero(keep)
                         pos = pos[keep]
                         order = np.argsort(pos)
                         emb[pos[order]] = vec[order]  # h5py wants increasing indices
                         filled[pos] = True
+                        src_shard[pos] = i
                         if progress is not None:
                             progress(len(pos))
             if not filled.all():
                 missing = [ids[r] for r in rows[~filled][:5]]
                 raise RuntimeError(f"finalize: {int((~filled).sum())} records have no embedding (e.g. {missing}); "
                                    f"rerun the same command to compute them")
+            if per_token:
+                _merge_per_token(out, scan, src_shard, src_rec, dim)
             for k, v in attrs.items():
                 out.attrs[k] = v
     except BaseException:  # no half-written .tmp left behind
@@ -439,10 +482,53 @@ def finalize_embeddings(shard_dir: str | Path, out_path: str | Path, ids: list |
     return len(rows)
 
 
+def _merge_per_token(out: h5py.File, scan: ShardScan, src_shard: np.ndarray, src_rec: np.ndarray, dim: int,
+                     records_per_read: int = 4096) -> None:
+    """Ragged per-token states into ``out['per_token']`` in output order (each state copied once)."""
+    lengths = np.zeros(len(src_shard), dtype=np.int64)
+    shard_offsets = []
+    for i, (path, n) in enumerate(zip(scan.paths, scan.committed)):
+        with h5py.File(path, "r") as f:
+            if "tok_lengths" not in f:
+                raise RuntimeError(f"{path} has no per-token states (written without --include per_tok); "
+                                   f"rerun with --overwrite")
+            tl = f["tok_lengths"][:n]
+        shard_offsets.append(np.concatenate([[0], np.cumsum(tl)]))
+        sel = src_shard == i
+        lengths[sel] = tl[src_rec[sel]]
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    g = out.create_group("per_token")
+    g.create_dataset("offsets", data=offsets)
+    te = g.create_dataset("embeddings", (int(offsets[-1]), dim), dtype="f4",
+                          chunks=(max(1, min(int(offsets[-1]), 4096)), dim) if offsets[-1] and dim else None)
+    for i, path in enumerate(scan.paths):
+        mine = np.flatnonzero(src_shard == i)
+        mine = mine[np.argsort(src_rec[mine])]  # read the shard sequentially
+        so = shard_offsets[i]
+        with h5py.File(path, "r") as f:
+            ds = f["tok_embeddings"]
+            for c in range(0, len(mine), records_per_read):
+                part = mine[c:c + records_per_read]
+                a, b = so[src_rec[part[0]]], so[src_rec[part[-1]] + 1]
+                data = ds[a:b]
+                for p in part:
+                    r = src_rec[p]
+                    te[offsets[p]:offsets[p + 1]] = data[so[r] - a:so[r + 1] - a]
+
+
 def read_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
     """``(ids, embeddings)`` of a finalized ``embeddings.h5`` (whole file in memory)."""
     with h5py.File(path, "r") as f:
         return f["ids"].asstr()[:].tolist(), f["embeddings"][:]
+
+
+def read_token_embeddings(path: str | Path, i: int) -> np.ndarray:
+    """Per-token states ``[L, D]`` of record ``i`` of an ``embeddings.h5`` written with ``--include per_tok``."""
+    with h5py.File(path, "r") as f:
+        if "per_token" not in f:
+            raise KeyError(f"{path} has no per-token states (embed with --include mean per_tok)")
+        a, b = f["per_token/offsets"][i:i + 2]
+        return f["per_token/embeddings"][a:b]
 
 
 def iter_embeddings(path: str | Path, block: int = 65536) -> Iterable[tuple[list[str], np.ndarray]]:

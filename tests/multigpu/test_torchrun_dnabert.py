@@ -1,4 +1,4 @@
-"""DNABERT-S through ``torchrun -m virnucdist.embed``: 2 ranks == 1 process (gloo on CPU)."""
+"""DNABERT-S through ``torchrun -m virnucdist.embed``: 2 ranks == 1 process (gloo on CPU), per-token states too."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import h5py
 import numpy as np
 import pytest
 
@@ -31,15 +32,17 @@ def test_dnabert_two_ranks_equal_one(tmp_path):
     reads = [(f"read_{i}", "".join(rng.choice(list("ACGTN"), p=[.24, .24, .24, .24, .04], size=int(n))))
              for i, n in enumerate(rng.integers(60, 700, size=120))]
     fasta = write_fasta(tmp_path / "reads.fa", reads) and tmp_path / "reads.fa"
-    outs = {}
+    outs, per_tok = {}, {}
     for n in (1, 2):
         out = tmp_path / f"ws{n}"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
                "-m", "virnucdist.embed", str(fasta), "--model", str(model_dir), "-o", str(out), "--device", "cpu",
-               "--num-workers", "0", "--toks-per-batch", "1024", "--quiet"]
+               "--num-workers", "0", "--toks-per-batch", "1024", "--quiet", "--include", "mean", "per_tok"]
         p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr[-4000:]
         outs[n] = read_embeddings(out / "embeddings.h5")
+        with h5py.File(out / "embeddings.h5") as f:
+            per_tok[n] = f["per_token/offsets"][:], f["per_token/embeddings"][:]
         report = json.loads((out / "run_report.json").read_text())
         assert report["world_size"] == n and all(r["sequences"] > 0 for r in report["ranks"])
     (ids1, e1), (ids2, e2) = outs[1], outs[2]
@@ -47,3 +50,5 @@ def test_dnabert_two_ranks_equal_one(tmp_path):
     assert e1.shape == (120, 768)
     cos = (e1 * e2).sum(1) / np.linalg.norm(e1, axis=1) / np.linalg.norm(e2, axis=1)
     assert cos.min() >= 0.9999
+    np.testing.assert_array_equal(per_tok[1][0], per_tok[2][0])  # same ragged layout, input order
+    np.testing.assert_allclose(per_tok[1][1], per_tok[2][1], atol=1e-4)

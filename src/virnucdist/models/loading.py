@@ -53,6 +53,24 @@ class LoadedModel:
             return m.embed(batch.tokens, batch.positions, batch.seg, batch.cu_seqlens, batch.max_seqlen, repr_layer)
         return m.embed(batch.tokens, batch.cu_seqlens, batch.max_seqlen)
 
+    def embed_with_tokens(self, batch, repr_layer: int = -1):
+        """``(pooled [B, D], per-token [M, D], tokens per sequence [B])``, fp32, one forward pass.
+
+        Per-token states are the pooled ones: residues only for ESM-2 (BOS/EOS excluded, as
+        fair-esm's extract.py writes them), every token for DNABERT-S.
+        """
+        from .dnabert_s import segment_mean
+        from .esm2 import residue_mean
+
+        m, cu = self.module, batch.cu_seqlens
+        lengths = (cu[1:] - cu[:-1]).to(torch.int64)
+        if self.kind == "esm2":
+            hidden = m(batch.tokens, batch.positions, batch.seg, cu, batch.max_seqlen, repr_layer)
+            keep = (batch.positions > 0) & (batch.positions < lengths[batch.seg] - 1)
+            return residue_mean(hidden, batch.positions, batch.seg, cu), hidden[keep].float(), lengths - 2
+        hidden = m(batch.tokens, cu, batch.max_seqlen)
+        return segment_mean(hidden, cu), hidden.float(), lengths
+
 
 def esm_hub_path(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / f"{name}.pt"

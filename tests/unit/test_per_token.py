@@ -1,0 +1,91 @@
+"""``--include mean per_tok``: ragged per-token states in embeddings.h5, in input order, resumable."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from virnucdist import EmbedConfig, embed
+from virnucdist.errors import UserError
+from virnucdist.fasta import write_fasta
+from virnucdist.models.dnabert_s import DnaBertSConfig, random_dnabert_s, save_hf_dir
+from virnucdist.models.loading import load_model
+from virnucdist.packing import TokenBudgetSampler, pack_token_arrays
+from virnucdist.writers import read_embeddings, read_token_embeddings
+
+AA = list("ACDEFGHIKLMNPQRSTVWY")
+
+
+def _proteins(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(f"p{i}", "".join(rng.choice(AA, size=int(L)))) for i, L in enumerate(rng.integers(1, 90, size=n))]
+
+
+def _cfg(inputs, out, model="esm2_t6_8M_UR50D", **kw):
+    base = dict(inputs=(str(inputs),), model=model, output_dir=str(out), random_init=True, device="cpu",
+                num_workers=0, quiet=True, toks_per_batch=300, flush_every=8, include=("mean", "per_tok"))
+    base.update(kw)
+    return EmbedConfig(**base)
+
+
+def _per_token(path):
+    with h5py.File(path) as f:
+        return f["per_token/offsets"][:], f["per_token/embeddings"][:]
+
+
+def test_esm_per_token_matches_model_and_mean(tmp_path):
+    recs = _proteins() + [("long", "M" * 70)]
+    fa = write_fasta(tmp_path / "p.fa", recs) and tmp_path / "p.fa"
+    embed(_cfg(fa, tmp_path / "out", truncation_seq_length=50))
+    final = tmp_path / "out" / "embeddings.h5"
+    ids, mean = read_embeddings(final)
+    offsets, tok = _per_token(final)
+    assert ids == [r for r, _ in recs]
+    assert np.diff(offsets).tolist() == [min(len(s), 50) for _, s in recs]  # residues only, truncated like fair-esm
+    lm = load_model("esm2_t6_8M_UR50D", random_init=True, truncation_seq_length=50)
+    for i, (_, seq) in enumerate(recs):
+        states = tok[offsets[i]:offsets[i + 1]]
+        np.testing.assert_allclose(states.mean(0), mean[i], atol=1e-5)
+        b = pack_token_arrays([lm.tokenizer.encode(seq)], [0])
+        with torch.no_grad():
+            h = lm.module(b.tokens, b.positions, b.seg, b.cu_seqlens, b.max_seqlen)
+        np.testing.assert_allclose(states, h[1:-1].numpy(), atol=1e-5)
+    np.testing.assert_array_equal(read_token_embeddings(final, 3), tok[offsets[3]:offsets[4]])
+
+
+def test_per_token_resume_is_identical_and_include_is_part_of_the_run(tmp_path):
+    recs = _proteins(seed=1)
+    fa = write_fasta(tmp_path / "p.fa", recs) and tmp_path / "p.fa"
+    out = tmp_path / "out"
+    embed(_cfg(fa, out, flush_every=1))  # one flush per batch
+    want = _per_token(out / "embeddings.h5")
+    (out / "embeddings.h5").unlink()
+    plan = TokenBudgetSampler(np.arange(len(recs)), np.array([len(s) + 2 for _, s in recs]), 300).batches
+    cut = len(plan[0]) + len(plan[1])  # as if killed after the second flush: the rest is re-planned alike
+    shard = next((out / "shards").glob("shard-*.h5"))
+    with h5py.File(shard, "r+") as f:
+        f.attrs["committed"] = cut
+        f.attrs["committed_tokens"] = int(f["tok_lengths"][:cut].sum())
+    rep = embed(_cfg(fa, out, flush_every=1)).report
+    assert rep["summary"]["resumed_records"] == cut
+    got = _per_token(out / "embeddings.h5")
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    with pytest.raises(UserError, match="per_token"):
+        embed(_cfg(fa, out, include=("mean",)))
+
+
+def test_dnabert_per_token_covers_all_tokens(tmp_path):
+    model, tok = random_dnabert_s(1, config=DnaBertSConfig(num_hidden_layers=1))
+    mdir = save_hf_dir(model, tmp_path / "dnabert")
+    rng = np.random.default_rng(2)
+    reads = [(f"r{i}", "".join(rng.choice(list("ACGT"), size=int(n)))) for i, n in enumerate(rng.integers(20, 300, 25))]
+    fa = write_fasta(tmp_path / "r.fa", reads) and tmp_path / "r.fa"
+    embed(_cfg(fa, tmp_path / "out", model=str(mdir), random_init=False))
+    ids, mean = read_embeddings(tmp_path / "out" / "embeddings.h5")
+    offsets, states = _per_token(tmp_path / "out" / "embeddings.h5")
+    assert np.diff(offsets).tolist() == [len(tok.encode(s)) for _, s in reads]  # [CLS] ... [SEP] included
+    for i in range(len(reads)):
+        np.testing.assert_allclose(states[offsets[i]:offsets[i + 1]].mean(0), mean[i], atol=1e-5)
