@@ -13,10 +13,12 @@ Points (where the library calls the hook):
 ``flush``     ``ShardWriter`` / ``PredictionShardWriter``: a flush's rows written and flushed,
               ``committed`` not yet raised
 ``finalize``  ``finalize_embeddings``: ``embeddings.h5.tmp`` complete, not yet renamed
+``forward``   ``engine.BatchRunner``, before each model forward (``tokens`` = the batch's tokens)
 
 Variables:
 
 ``VIRNUCDIST_TEST_KILL_AT=POINT[:N]``   SIGKILL this process the N-th time (default 1st) it reaches POINT
+``VIRNUCDIST_INJECT_OOM_ABOVE=T``      a forward of more than T tokens raises ``torch.OutOfMemoryError``
 ``VIRNUCDIST_TEST_BATCH_DELAY_S=S``     sleep S seconds after each batch (so a test can kill mid-run)
 ``VIRNUCDIST_TEST_CRASH_RANK=R`` with ``VIRNUCDIST_TEST_CRASH_AFTER_BATCHES=N``
     rank R raises ``RuntimeError("injected crash")`` after its N-th batch, only in the
@@ -34,7 +36,7 @@ __all__ = ["test_hook"]
 _reached: dict[str, int] = {}
 
 
-def test_hook(point: str, *, rank: int = 0, batches: int = 0) -> None:
+def test_hook(point: str, *, rank: int = 0, batches: int = 0, tokens: int = 0) -> None:
     """Test-only: act on the ``VIRNUCDIST_TEST_*`` variables at ``point`` (see the module docstring)."""
     env = os.environ
     kill_at = env.get("VIRNUCDIST_TEST_KILL_AT")
@@ -44,6 +46,13 @@ def test_hook(point: str, *, rank: int = 0, batches: int = 0) -> None:
             _reached[point] = _reached.get(point, 0) + 1
             if _reached[point] == int(nth or 1):
                 os.kill(os.getpid(), signal.SIGKILL)
+    if point == "forward":
+        oom_above = int(env.get("VIRNUCDIST_INJECT_OOM_ABOVE") or 0)
+        if oom_above and tokens > oom_above:
+            import torch
+
+            raise torch.OutOfMemoryError("injected out-of-memory (VIRNUCDIST_INJECT_OOM_ABOVE)")
+        return
     if point != "batch":
         return
     delay = float(env.get("VIRNUCDIST_TEST_BATCH_DELAY_S") or 0)

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from ._testhooks import test_hook  # noqa: F401  (test-only fault injection; see _testhooks)
+from ._testhooks import test_hook  # test-only fault injection; see _testhooks
 from .errors import UserError
 from .packing import PackedBatch, split_batch
 from .telemetry import Telemetry
@@ -74,7 +74,6 @@ class BatchRunner:
     def __init__(self, fn, device: torch.device, telemetry: Telemetry):
         self.fn, self.device, self.tel = fn, device, telemetry
         self.cap: int | None = None  # tokens per forward after an OOM
-        self._inject = int(os.environ.get("VIRNUCDIST_INJECT_OOM_ABOVE", "0"))  # test hook
 
     def __call__(self, batch: PackedBatch):
         """Yields ``(host_batch, device_output)`` pairs covering every sequence of ``batch``."""
@@ -83,8 +82,7 @@ class BatchRunner:
                 yield from self(half)
             return
         try:
-            if self._inject and batch.num_tokens > self._inject:
-                raise torch.OutOfMemoryError("injected out-of-memory (VIRNUCDIST_INJECT_OOM_ABOVE)")
+            test_hook("forward", tokens=batch.num_tokens)
             out = self.fn(batch.to(self.device, non_blocking=True))
         except torch.OutOfMemoryError:
             if batch.num_seqs < 2:

@@ -48,15 +48,6 @@ class DistContext:
         dist.all_gather_object(out, obj)
         return out
 
-    def all_gather_tensor(self, t: torch.Tensor) -> list[torch.Tensor]:
-        """All-gather a same-shaped tensor through the process group's backend."""
-        if not self.distributed:
-            return [t]
-        t = t.to(self.device)
-        out = [torch.empty_like(t) for _ in range(self.world_size)]
-        dist.all_gather(out, t)
-        return [o.cpu() for o in out]
-
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         if not self.distributed:
             return obj

@@ -174,18 +174,16 @@ class PackedESM2(nn.Module):
         return residue_mean(hidden, positions, seg, cu_seqlens)
 
 
+def residue_mask(positions, seg, cu_seqlens) -> torch.Tensor:
+    """True for residues, False for each sequence's BOS and EOS."""
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    return (positions > 0) & (positions < (lengths[seg] - 1))
+
+
 def residue_mean(hidden: torch.Tensor, positions, seg, cu_seqlens) -> torch.Tensor:
     """Segment mean over tokens 1..len-2 of each sequence, summed in fp32, no host sync."""
     lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-    keep = (positions > 0) & (positions < (lengths[seg] - 1))
+    keep = residue_mask(positions, seg, cu_seqlens)
     sums = torch.zeros(lengths.numel(), hidden.shape[1], dtype=torch.float32, device=hidden.device)
     sums.index_add_(0, seg, hidden.float() * keep[:, None])
     return sums / (lengths - 2).clamp(min=1)[:, None].to(torch.float32)
-
-
-def count_params(cfg: ESM2Config) -> int:
-    d, n = cfg.embed_dim, cfg.num_layers
-    per_layer = 4 * (d * d + d) + 2 * 2 * d + (d * 4 * d + 4 * d) + (4 * d * d + d)
-    return VOCAB * d + n * per_layer + 2 * d
-
-

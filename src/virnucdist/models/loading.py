@@ -60,13 +60,13 @@ class LoadedModel:
         fair-esm's extract.py writes them), every token for DNABERT-S.
         """
         from .dnabert_s import segment_mean
-        from .esm2 import residue_mean
+        from .esm2 import residue_mask, residue_mean
 
         m, cu = self.module, batch.cu_seqlens
         lengths = (cu[1:] - cu[:-1]).to(torch.int64)
         if self.kind == "esm2":
             hidden = m(batch.tokens, batch.positions, batch.seg, cu, batch.max_seqlen, repr_layer)
-            keep = (batch.positions > 0) & (batch.positions < lengths[batch.seg] - 1)
+            keep = residue_mask(batch.positions, batch.seg, cu)
             return residue_mean(hidden, batch.positions, batch.seg, cu), hidden[keep].float(), lengths - 2
         hidden = m(batch.tokens, cu, batch.max_seqlen)
         return segment_mean(hidden, cu), hidden.float(), lengths
