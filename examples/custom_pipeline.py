@@ -1,22 +1,49 @@
-"""Using virnucdist's pieces inside your own torchrun program.
+"""A third task on virnucdist's engine, in one small file: your own output from a model.
 
     torchrun --standalone --nproc_per_node=2 examples/custom_pipeline.py examples/proteins.fa -o runs/custom
 
-Here the "own" part is the post-processing: L2-normalised ESM-2 embeddings plus a
-per-sequence score (distance to the batch centroid), written through virnucdist's
-per-rank shards and merged in input order. Swap in your own model by building a
-``LoadedModel`` (any module with ``embed(batch) -> [B, D]``) instead of ``load_model``.
+The engine does the rank loop (index, resume, dedup, contiguous token-balanced
+partition, packing in DataLoader workers, out-of-memory splitting, shards in input
+order, finalize, run report); a task says only what is its own. This one reuses the
+embed task's reading and packing and changes two things: what a record's result is
+(an L2-normalised ESM-2 embedding plus its distance to its batch's centroid) and the
+final file. To run your own model, override ``prepare`` (load it; give it
+``embed(batch, layers, per_token)`` and a ``tokenizer``) the same way.
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 
 import virnucdist as vd
+from virnucdist.runner import to_host_async
+from virnucdist.writers import finalize_embeddings
+
+
+class NormalisedTask(vd.EmbedTask):
+    name = "normalised-embeddings"
+
+    def schema(self) -> vd.ShardSchema:
+        return vd.ShardSchema(self.name, (vd.Column("value", "f4", (self.model.dim + 1,)),))
+
+    def run_block(self, block: vd.Block) -> list[vd.Part]:
+        parts = []
+        for batch in block.batches:  # packed longest-first by the embed task's block maker
+            for part, out in self.runners[0](batch):  # part: the records that ran (split after an OOM)
+                emb = F.normalize(out.pooled[0], dim=1)
+                score = (emb - emb.mean(0, keepdim=True)).norm(dim=1, keepdim=True)
+                (host,), event = to_host_async(torch.cat([emb, score], dim=1))
+                parts.append(vd.Part(part.rows, {"value": host}, event=event))
+        return parts
+
+    def finalize(self, out, index, results, plan: vd.RunPlan) -> dict:
+        n = finalize_embeddings(out / "shards", out / "embeddings.h5", index.ids, plan.rows, plan.source,
+                                {"model": self.model.name, "postprocessing": "l2-normalised + centroid distance"},
+                                column="value", fingerprint=plan.fingerprint)
+        return {"records": n}
 
 
 def main() -> None:
@@ -25,32 +52,15 @@ def main() -> None:
     ap.add_argument("-o", "--output-dir", required=True)
     ap.add_argument("--model", default="esm2_t6_8M_UR50D")
     args = ap.parse_args()
-
+    cfg = vd.EmbedConfig(inputs=tuple(args.fasta), model=args.model, output_dir=args.output_dir,
+                         random_init=True, toks_per_batch=2048, num_workers=0)  # or a real checkpoint path
     ctx = vd.init_distributed()  # RANK/WORLD_SIZE from torchrun; NCCL on GPUs, gloo on CPU
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    index = vd.build_index_distributed(args.fasta, out, ctx.rank, ctx.world_size, ctx.barrier)
-    model = vd.load_model(args.model, device=ctx.device, random_init=True)  # or a real checkpoint path
-
-    costs = np.array([model.tokenizer.estimate_tokens(int(n)) for n in index.length])
-    mine = vd.partition(costs, ctx.world_size)[ctx.rank]
-    loader = vd.PackedBatchLoader(index.read, mine, index.length[mine], model.tokenizer, toks_per_batch=2048,
-                                  num_workers=0)
-    writer = vd.ShardWriter(out / "shards", ctx.rank, model.embed_dim + 1, index.ids)
-    with torch.inference_mode():
-        for batch in loader:
-            emb = model.embed(batch.to(ctx.device))
-            emb = torch.nn.functional.normalize(emb, dim=1)
-            score = (emb - emb.mean(0, keepdim=True)).norm(dim=1, keepdim=True)
-            writer.write(batch.rows, torch.cat([emb, score], dim=1).cpu())
-    writer.close()
-    ctx.barrier()
-    if ctx.is_main:
-        n = vd.finalize_embeddings(out / "shards", out / "embeddings.h5", index.ids, np.arange(len(index)),
-                                   {"model": model.name, "postprocessing": "l2-normalised + centroid distance"})
-        print(f"wrote {n} records to {out / 'embeddings.h5'}")
-    ctx.barrier()
-    ctx.shutdown()
+    try:
+        result = vd.run(NormalisedTask(cfg), ctx)
+        if ctx.is_main:
+            print(f"wrote {result.output}")
+    finally:
+        ctx.shutdown()
 
 
 if __name__ == "__main__":

@@ -3,22 +3,21 @@
 The library calls :func:`test_hook` at a few named points so that tests can kill or
 crash a real process exactly there; nothing else in the library depends on it.
 A leaf module (no imports from the package) so that the small utilities
-(``writers``, ``sharding.index``) can call it without importing the engine;
-:mod:`virnucdist.engine` re-exports it.
+(``writers``, ``runner``) can call it without importing the engine.
 
 Points (where the library calls the hook):
 
 ``index``     ``SequenceIndex.save``: ``index.npz.tmp*`` written, not yet renamed
-``batch``     the embed loop, after each batch (``rank``, ``batches`` = batches done on this rank)
-``flush``     ``ShardWriter`` / ``PredictionShardWriter``: a flush's rows written and flushed,
+``batch``     the engine's loop, after each window (``rank``, ``batches`` = windows done on this rank)
+``flush``     ``ShardWriter``: a flush's rows written and flushed,
               ``committed`` not yet raised
 ``finalize``  ``finalize_embeddings``: ``embeddings.h5.tmp`` complete, not yet renamed
-``forward``   ``engine.BatchRunner``, before each model forward (``tokens`` = the batch's tokens)
+``forward``   ``runner.BatchRunner``, before each model forward (``tokens`` = the batch's tokens)
 
 Variables:
 
 ``VIRNUCDIST_TEST_KILL_AT=POINT[:N]``   SIGKILL this process the N-th time (default 1st) it reaches POINT
-``VIRNUCDIST_INJECT_OOM_ABOVE=T``      a forward of more than T tokens raises ``torch.OutOfMemoryError``
+``VIRNUCDIST_TEST_OOM_ABOVE=T``        a forward of more than T tokens raises ``torch.OutOfMemoryError``
 ``VIRNUCDIST_TEST_BATCH_DELAY_S=S``     sleep S seconds after each batch (so a test can kill mid-run)
 ``VIRNUCDIST_TEST_CRASH_RANK=R`` with ``VIRNUCDIST_TEST_CRASH_AFTER_BATCHES=N``
     rank R raises ``RuntimeError("injected crash")`` after its N-th batch, only in the
@@ -31,7 +30,14 @@ import os
 import signal
 import time
 
-__all__ = ["test_hook"]
+__all__ = ["test_hook", "active_test_hooks"]
+
+PREFIX = "VIRNUCDIST_TEST_"
+
+
+def active_test_hooks() -> dict[str, str]:
+    """The fault-injection variables set in this process (recorded in the run report)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(PREFIX) and v}
 
 _reached: dict[str, int] = {}
 
@@ -47,11 +53,11 @@ def test_hook(point: str, *, rank: int = 0, batches: int = 0, tokens: int = 0) -
             if _reached[point] == int(nth or 1):
                 os.kill(os.getpid(), signal.SIGKILL)
     if point == "forward":
-        oom_above = int(env.get("VIRNUCDIST_INJECT_OOM_ABOVE") or 0)
+        oom_above = int(env.get("VIRNUCDIST_TEST_OOM_ABOVE") or 0)
         if oom_above and tokens > oom_above:
             import torch
 
-            raise torch.OutOfMemoryError("injected out-of-memory (VIRNUCDIST_INJECT_OOM_ABOVE)")
+            raise torch.OutOfMemoryError("injected out-of-memory (VIRNUCDIST_TEST_OOM_ABOVE)")
         return
     if point != "batch":
         return

@@ -1,5 +1,18 @@
-"""Pieces every entrypoint's rank loop shares: output directory checks, the run
-manifest, dtype choice, out-of-memory splitting and asynchronous result copies."""
+"""The rank loop: one engine for every task (embed, predict, a user's own).
+
+On every rank, in this order::
+
+    run directory + manifest (rank 0; no side effect before the run is accepted)
+      -> index (rank 0 builds or reuses OUTDIR/index.npz, the others load it)
+      -> resume scan of the shards, dedup (one computation per distinct sequence)
+      -> partition: one contiguous, token-balanced run of the remaining records per rank
+      -> windows of that run -> DataLoader workers make blocks (task.block_maker)
+      -> task.run_block on the device -> ShardWriter (each window committed in input order)
+      -> barrier -> rank 0: task.finalize from the shards -> run report -> shards removed
+
+A task (see :mod:`virnucdist.tasks.base`) says what is specific to it; everything
+else, resume, balance, durability, progress and reporting, is written once here.
+"""
 
 from __future__ import annotations
 
@@ -8,124 +21,382 @@ import json
 import logging
 import os
 import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
+import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
-from ._testhooks import test_hook  # test-only fault injection; see _testhooks
-from .errors import UserError
-from .packing import PackedBatch, split_batch
-from .telemetry import Telemetry
+from . import __version__
+from ._testhooks import active_test_hooks, test_hook
+from .errors import PeerFailed, UserError
+from .launch.dist import DistContext, init_distributed
+from .launch.logs import setup_logging
+from .progress import Progress, index_progress
+from .sharding.index import SequenceIndex, quick_identity
+from .sharding.partition import partition, plan_windows
+from .tasks.base import Block, Counters, RunPlan, Task
+from .telemetry import Telemetry, format_summary, write_run_report
+from .writers import Results, ShardWriter, fsync_dir, scan_shards
+
+__all__ = ["run", "run_main", "RunResult", "WINDOW_BATCHES", "DEFAULT_TOKS"]
 
 log = logging.getLogger("virnucdist")
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_TOKS = {"cpu": 4096, "cuda": 65536}
+WINDOW_BATCHES = 32  # a window holds about this many batch budgets of tokens: packing stays high inside it
+MANIFEST = "run.json"
 
 
-def prepare_output_dir(path: str | Path, rank: int, inputs: Sequence[str] = ()) -> Path:
-    """Create ``path`` and check it is writable and the inputs exist; clear errors otherwise."""
+@dataclass
+class RunResult:
+    """What a run left: ``output`` is the task's main file (e.g. ``embeddings.h5``)."""
+
+    output_dir: Path
+    output: Path
+    report: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+    already_complete: bool = False
+
+
+# ----------------------------------------------------------------------------- the run directory (rank 0)
+
+
+def _check_inputs(inputs) -> None:
+    if not inputs:
+        raise UserError("no input files given")
     for p in inputs:
+        if Path(p).is_dir():
+            raise UserError(f"input {p} is a directory, not a FASTA/FASTQ file")
         if not Path(p).is_file():
             raise UserError(f"input {p} does not exist or is not a file")
-    out = Path(path)
+
+
+def _writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{rank}"
+        probe = out / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
         raise UserError(f"output directory {out} is not writable ({e.strerror}); choose another with -o") from None
-    return out
 
 
-def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
-    if name is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if device.type == "cpu" and name != "fp32":
-        log.warning("--dtype %s on CPU: half precision is slow and inexact there; using it as asked", name)
-    return DTYPES[name]
+def _cached_index(cache: Path, inputs) -> SequenceIndex | None:
+    """The saved index when it was built from these inputs (same paths, sizes, modification times)."""
+    if not cache.exists():
+        return None
+    try:
+        idx = SequenceIndex.load(cache)
+        return idx if idx.identity == quick_identity(inputs) else None
+    except (OSError, ValueError, KeyError):
+        return None
 
 
-def check_manifest(out: Path, manifest: dict, overwrite: bool, outputs: list[str]) -> str | None:
-    """Rank 0: refuse to mix outputs of different inputs/models; returns an error message or None.
+def _remove(paths) -> None:
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink()
 
-    With ``overwrite``, a mismatching earlier run's ``outputs`` (names under ``out``) are deleted.
+
+def _open_run(task: Task, out: Path, progress: bool) -> dict:
+    """Rank 0: accept or refuse the run before touching anything an earlier run left.
+
+    Returns ``{"complete": bool, "fingerprint": str}``; raises UserError to refuse. A refused run
+    leaves every file of the earlier run as it was (a gzip input is decompressed into a staging
+    folder that is removed again).
     """
-    path = out / "run.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        changed = [k for k in manifest if k != "virnucdist" and old.get(k) != manifest[k]]
-        if changed and not overwrite:
-            return (f"{out} holds a run with a different {', '.join(changed)}; use another output directory, "
-                    f"or --overwrite to discard it")
-        if changed:
-            for p in [out / name for name in outputs]:
-                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    tmp = path.with_name("run.json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
+    cfg = task.config
+    inputs = [str(p) for p in cfg.inputs]
+    path = out / MANIFEST
+    old = json.loads(path.read_text()) if path.exists() else None
+    cached = _cached_index(out / "index.npz", inputs)
+    staging = out / f".staging-{uuid.uuid4().hex[:8]}"
+    try:
+        index = None
+        if cached is None:
+            bar = index_progress(inputs, progress)
+            index = SequenceIndex.build(inputs, gzip_dir=staging, progress=bar.advance)
+            bar.close()
+        ref = index or cached
+        manifest = {"virnucdist": __version__, "task": task.name, "input_fingerprint": ref.fingerprint,
+                    "records": len(ref), **task.identity()}
+        outputs = [out / n for n in (*task.outputs, "shards", "inputs", "run_report.json", "report.html")]
+        if old is not None:
+            changed = [k for k in manifest if k != "virnucdist" and old.get(k) != manifest[k]]
+            if changed and not cfg.overwrite:
+                raise UserError(f"{out} holds a run with a different {', '.join(changed)}; use another output "
+                                f"directory, or --overwrite to discard it")
+            if not changed and old.get("complete") and all((out / n).exists() for n in task.outputs[:1]):
+                return {"complete": True, "fingerprint": ref.fingerprint}
+            if changed:
+                _remove(outputs + [out / "index.npz", path])
+        task.check(ref)
+        if index is None and cached._stale_reason(inputs, None) is not None:  # e.g. gzip copy removed
+            bar = index_progress(inputs, progress)
+            index = SequenceIndex.build(inputs, gzip_dir=staging, progress=bar.advance)
+            bar.close()
+        if index is not None:
+            if staging.exists():  # decompressed gzip inputs: into OUTDIR/inputs for the run's reads
+                final = out / "inputs"
+                final.mkdir(exist_ok=True)
+                for f in staging.iterdir():
+                    os.replace(f, final / f.name)
+                index.close()
+                index.files = [str(final / Path(f).name) if Path(f).parent == staging else f for f in index.files]
+            index.save(out / "index.npz")
+        manifest["complete"] = False
+        tmp = path.with_name(MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2))
+        os.replace(tmp, path)
+        fsync_dir(out)
+        return {"complete": False, "fingerprint": ref.fingerprint}
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _mark_complete(out: Path) -> None:
+    path = out / MANIFEST
+    m = json.loads(path.read_text())
+    m["complete"] = True
+    tmp = path.with_name(MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(m, indent=2))
     os.replace(tmp, path)
-    return None
+    fsync_dir(out)
 
 
-class BatchRunner:
-    """Runs packed batches through a model; out-of-memory splits the batch and lowers the cap."""
-
-    def __init__(self, fn, device: torch.device, telemetry: Telemetry):
-        self.fn, self.device, self.tel = fn, device, telemetry
-        self.cap: int | None = None  # tokens per forward after an OOM
-
-    def __call__(self, batch: PackedBatch):
-        """Yields ``(host_batch, device_output)`` pairs covering every sequence of ``batch``."""
-        if self.cap is not None and batch.num_tokens > self.cap and batch.num_seqs > 1:
-            for half in split_batch(batch):
-                yield from self(half)
-            return
+def _agree(ctx: DistContext, fn, *args):
+    """Rank 0 runs ``fn``; every rank gets its result, or raises its user error (one message everywhere)."""
+    result, err, user = None, None, True
+    if ctx.is_main:
         try:
-            test_hook("forward", tokens=batch.num_tokens)
-            out = self.fn(batch.to(self.device, non_blocking=True))
-        except torch.OutOfMemoryError:
-            if batch.num_seqs < 2:
-                raise UserError(f"out of GPU memory on a single sequence of {batch.num_tokens} tokens; "
-                                f"lower --truncation-seq-length or use a GPU with more memory") from None
-            self.tel.stats.oom_splits += 1
-            self.cap = batch.num_tokens // 2
-            log.warning("out of memory on a batch of %d tokens: splitting it, token cap now %d",
-                        batch.num_tokens, self.cap)
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            for half in split_batch(batch):
-                yield from self(half)
-            return
-        yield batch, out
+            result = fn(*args)
+        except UserError as e:
+            err = str(e)
+        except BaseException as e:  # a bug or an OS error: rank 0 raises it, the peers stop quietly
+            err, user = f"{type(e).__name__}: {e}", False
+            if not ctx.distributed:
+                raise
+            ctx.broadcast_object((None, err, user))
+            raise
+    result, err, user = ctx.broadcast_object((result, err, user))
+    if err is not None:
+        raise UserError(err) if user else PeerFailed(f"rank 0 failed: {err}")
+    return result
 
 
-def to_host_async(t: torch.Tensor):
-    """Start a device->host copy; returns (host tensor, event to wait on or None)."""
-    (host,), ev = to_host_async_all(t)
-    return host, ev
+# ----------------------------------------------------------------------------- the loop
 
 
-def to_host_async_all(*tensors: torch.Tensor):
-    """Device->host copies of several tensors behind one event: ``((host, ...), event or None)``."""
-    if not tensors or tensors[0].device.type != "cuda":
-        return tensors, None
-    hosts = tuple(t.to("cpu", non_blocking=True) for t in tensors)
-    ev = torch.cuda.Event()
-    ev.record()
-    return hosts, ev
+class _Windows(Dataset):
+    """DataLoader items: one window of records -> one Block (made in a worker process)."""
+
+    def __init__(self, windows: list[np.ndarray], index: SequenceIndex, make):
+        self.windows, self.index, self.make = windows, index, make
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> Block:
+        block = self.make(self.index, i, self.windows[i])
+        if not np.array_equal(block.rows, self.windows[i]):
+            raise RuntimeError(f"window {i}: the task's block holds other records than planned")
+        return block
 
 
-def run_job(parser: argparse.ArgumentParser, config_cls, job, argv: list[str] | None) -> int:
-    """``main()`` of an entrypoint: flags -> frozen config (1:1) -> ``job(cfg, ctx)`` on this rank."""
+def _as_is(x):
+    return x
+
+
+def run(task: Task, ctx: DistContext | None = None) -> RunResult:
+    """Run ``task`` on this rank (call on every rank under torchrun); rank 0 writes the final files."""
+    t_start = time.perf_counter()
+    cfg = task.config
+    ctx = ctx or init_distributed(cfg.device)
+    out = Path(cfg.output_dir)
+    setup_logging(None, ctx.rank, cfg.quiet)
+    _check_inputs(cfg.inputs)
+    if ctx.is_main:
+        _writable(out)
+    opened = _agree(ctx, _open_run, task, out, ctx.is_main and not cfg.quiet)
+    setup_logging(out, ctx.rank, cfg.quiet)
+    if opened["complete"]:
+        if ctx.is_main:
+            log.info("%s is complete for this input and these settings; nothing to do (--overwrite redoes it)", out)
+        ctx.barrier()
+        return RunResult(out, out / task.outputs[0], already_complete=True)
+    fingerprint = opened["fingerprint"]
+    tel = Telemetry(ctx.rank, ctx.device)
+    with tel.phase("index", sync=False):
+        index = SequenceIndex.load(out / "index.npz")
+    n = len(index)
+
+    # what is left to do: not done, not empty, the first of its sequence
+    scan = _agree(ctx, _scan, out, n, fingerprint) if n else {"done": np.zeros(0, bool), "bad": {}, "corrupt": 0}
+    done, bad = scan["done"], scan["bad"]
+    empty = np.asarray(index.length) == 0
+    with tel.phase("model_load"):  # every rank: costs come from the task's tokenizer
+        task.prepare(ctx, index)
+    costs = np.asarray(task.costs(index), dtype=np.int64)
+    use_dedup = task.dedup and getattr(cfg, "dedup", True)
+    source = np.asarray(index.representatives(), dtype=np.int64) if use_dedup else np.arange(n, dtype=np.int64)
+    first = source == np.arange(n)
+    work = first & ~empty & ~done
+    shares = partition(costs, ctx.world_size, skip=~work)
+    mine = shares[ctx.rank]
+    if ctx.is_main:
+        distinct = int((first & ~empty).sum())
+        log.info("%d records in %d file(s): %d distinct non-empty, %d served from a duplicate, %d empty; %d already "
+                 "done; %d to compute on %d rank(s)", n, len(index.files), distinct, int((~first & ~empty).sum()),
+                 int(empty.sum()), int((done & first).sum()), int(work.sum()), ctx.world_size)
+        if scan["corrupt"]:
+            log.warning("set aside %d unreadable shard(s) (killed mid-write); their records are redone",
+                        scan["corrupt"])
+
+    toks = cfg.toks_per_batch or DEFAULT_TOKS.get(ctx.device.type, 4096)
+    counters = Counters()
+    if len(mine):
+        _loop(task, ctx, tel, index, mine, costs, toks, out, fingerprint, counters)
+    else:
+        tel.stats.toks_per_batch = toks
+    tel.stats.resumed_records = int(done.sum()) if ctx.is_main else 0
+    ctx.barrier()
+
+    # rank 0: the final files from the shards
+    report: dict = {}
+    counts: dict = {}
+    all_counters = ctx.all_gather_object(counters)
+    merged = Counters().merge(all_counters)
+    with tel.phase("finalize", sync=False):
+        if ctx.is_main:
+            counts = _finalize(task, out, index, source, empty, fingerprint)
+    stats = ctx.all_gather_object(tel.finish())
+    if ctx.is_main:
+        wall = time.perf_counter() - t_start
+        served = int((~first & ~empty).sum())
+        report = write_run_report(out / "run_report.json", stats, wall, {
+            "task": task.name, "config": _plain(cfg), "world_size": ctx.world_size, "output_dir": str(out),
+            "restart_count": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
+            "records": n, "counts": counts, "counters": merged.counts, "examples": merged.examples,
+            "dedup": {"enabled": use_dedup, "distinct": int((first & ~empty).sum()), "served_from_duplicate": served},
+            "skipped": {"empty": [index.ids[i] for i in np.flatnonzero(empty)[:1000]],
+                        "empty_count": int(empty.sum()),
+                        **{reason: ids for reason, ids in counts.get("bad", {}).items()}},
+            "test_hooks": active_test_hooks(),
+        })
+        _warn(merged, task)
+        if not cfg.keep_shards:
+            _remove([out / "shards", out / "inputs"])
+        _mark_complete(out)
+        if not cfg.quiet:
+            log.info("%s", format_summary(stats, wall))
+            if served:
+                log.info("dedup: %d records served from %d distinct sequences", served, int((first & ~empty).sum()))
+            log.info("wrote %s", ", ".join(str(out / n) for n in task.outputs[:3]))
+    ctx.barrier()
+    return RunResult(out, out / task.outputs[0], report, counts)
+
+
+def _scan(out: Path, n: int, fingerprint: str) -> dict:
+    try:
+        scan = scan_shards(out / "shards", n, fingerprint=fingerprint)
+    except ValueError as e:  # shards of another input
+        raise UserError(str(e)) from None
+    return {"done": scan.done, "bad": dict(zip(scan.bad_rows.tolist(), scan.bad_reasons)), "corrupt": len(scan.corrupt)}
+
+
+def _loop(task, ctx, tel, index, mine, costs, toks, out, fingerprint, counters) -> None:
+    """This rank's share: windows through the workers, blocks through the task, results to the shard."""
+    cfg = task.config
+    windows = plan_windows(mine, costs[mine], WINDOW_BATCHES * toks, max_rows=getattr(cfg, "window_records", None),
+                           ramp=getattr(cfg, "window_records", None) is None)
+    workers = cfg.num_workers
+    loader = DataLoader(_Windows(windows, index, task.block_maker()), batch_size=None, collate_fn=_as_is,
+                        num_workers=workers, pin_memory=ctx.device.type == "cuda",
+                        prefetch_factor=2 if workers > 0 else None)
+    writer = ShardWriter(out / "shards", ctx.rank, task.schema(), fingerprint=fingerprint,
+                         flush_every=getattr(cfg, "flush_every", 4096))
+    progress = Progress(total_records=len(mine), total_tokens=int(costs[mine].sum()),
+                        enabled=ctx.is_main and not cfg.quiet, world_size=ctx.world_size)
+    s = tel.stats
+    s.toks_per_batch = toks
+    blocks = 0
+    try:
+        with torch.inference_mode(), tel.phase("inference"):
+            for block in loader:
+                writer.write(block.rows, task.run_block(block))
+                blocks += 1
+                s.sequences += len(block.rows)
+                s.tokens += block.tokens
+                s.batches += len(block.batches)
+                counters.add(block.counters, block.examples)
+                progress.update(len(block.rows), int(costs[block.rows].sum()))
+                test_hook("batch", rank=ctx.rank, batches=blocks)  # test-only fault injection
+    finally:
+        progress.close()
+        with tel.phase("write_flush", sync=False):
+            writer.close()
+    c = counters.counts
+    s.planned_tokens = int(costs[mine].sum())
+    s.truncated = c.get("truncated", 0)
+    s.records_with_unknown_letters = c.get("unknown_letters", 0)
+    s.unknown_letter_examples = counters.examples.get("unknown_letters", [])
+    if c.get("packed_capacity"):
+        s.packing_efficiency = c.get("packed_tokens", 0) / c["packed_capacity"]
+    s.oom_splits = sum(r.oom_splits for r in task.runners)
+    counters.add({"oom_skipped": sum(r.skipped for r in task.runners)})
+
+
+def _finalize(task: Task, out: Path, index, source: np.ndarray, empty: np.ndarray, fingerprint: str) -> dict:
+    results = Results(out / "shards", len(index), fingerprint=fingerprint)
+    bad_rows = np.asarray(results.bad_rows, dtype=np.int64)
+    is_bad = np.zeros(len(index), dtype=bool)
+    is_bad[bad_rows] = True
+    reasons = dict(zip(bad_rows.tolist(), results.bad_reasons))
+    bad_out = is_bad[source] & ~empty  # a duplicate of a skipped record is skipped too
+    plan = RunPlan(rows=np.flatnonzero(~empty & ~bad_out), source=source[~empty & ~bad_out], empty=np.flatnonzero(empty),
+                   bad={int(i): reasons[int(source[i])] for i in np.flatnonzero(bad_out)}, fingerprint=fingerprint)
+    counts = task.finalize(out, index, results, plan) or {}
+    by_reason: dict[str, list[str]] = {}
+    for i, why in plan.bad.items():
+        by_reason.setdefault(why, []).append(index.ids[i])
+    if by_reason:
+        counts["bad"] = by_reason
+        for why, ids in by_reason.items():
+            log.warning("%d record(s) skipped (%s), e.g. %r; they are listed in run_report.json", len(ids), why, ids[0])
+    return counts
+
+
+def _warn(c: Counters, task: Task) -> None:
+    for key, what in (("truncated", "longer than the model's length cap were embedded from their start"),
+                      ("unknown_letters", "hold letters the model does not know (embedded as its unknown token)"),
+                      ("terminal_stops", "ended with '*' (a stop codon); it was removed before embedding"),
+                      ("oom_skipped", "did not fit in GPU memory even alone and were skipped")):
+        n = c.counts.get(key, 0)
+        if n:
+            ex = c.examples.get(key, [])
+            log.warning("%d record(s) %s%s (counted in run_report.json: counters.%s)", n, what,
+                        f", e.g. {ex[0]!r}" if ex else "", key)
+
+
+def _plain(cfg: Any) -> Any:
+    return asdict(cfg) if is_dataclass(cfg) else dict(vars(cfg))
+
+
+def run_main(parser: argparse.ArgumentParser, config_cls, make_task, argv: list[str] | None) -> int:
+    """``main()`` of an entrypoint: flags -> frozen config (1:1) -> ``run(make_task(cfg), ctx)`` on this rank."""
     fields = vars(parser.parse_args(argv))
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}  # frozen: lists -> tuples
     cfg = config_cls(**fields)
-    from .launch.dist import init_distributed
-
     ctx = init_distributed(cfg.device)
     try:
-        job(cfg, ctx)
+        run(make_task(cfg), ctx)
     finally:
         ctx.shutdown()
     return 0

@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .models.tokenization import SequenceTokenizer
 
-__all__ = ["PackedBatch", "TokenBudgetSampler", "PackedBatchLoader", "collate_packed", "pack_token_arrays"]
+__all__ = ["PackedBatch", "TokenBudgetSampler", "PackedBatchLoader", "collate_packed", "pack_token_arrays",
+           "plan_batches", "pack_longest_first", "split_batch", "PairedBatch", "pack_pairs"]
 
 
 @dataclass
@@ -81,6 +82,62 @@ def pack_token_arrays(arrays: Sequence[np.ndarray], rows: Sequence[int], n_trunc
     )
 
 
+def plan_batches(tokens: np.ndarray, budget: int, max_seqs: int | None = None) -> list[tuple[int, int]]:
+    """Greedy cuts of a sequence of token counts into ``[a, b)`` runs of at most ``budget`` tokens
+    (and ``max_seqs`` records); a record longer than the budget gets a run of its own."""
+    cuts, start, fill = [], 0, 0
+    for i, t in enumerate(np.asarray(tokens).tolist()):
+        if i > start and (fill + t > budget or (max_seqs and i - start >= max_seqs)):
+            cuts.append((start, i))
+            start, fill = i, 0
+        fill += t
+    if start < len(tokens):
+        cuts.append((start, len(tokens)))
+    return cuts
+
+
+def pack_longest_first(arrays: Sequence[np.ndarray], budget: int) -> list[PackedBatch]:
+    """Pack token arrays into batches of at most ``budget`` tokens, longest first (similar lengths
+    share a batch), ties in input order. ``rows`` of each batch are the arrays' positions in ``arrays``."""
+    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+    order = np.argsort(-lengths, kind="stable")
+    return [pack_token_arrays([arrays[i] for i in order[a:b]], order[a:b])
+            for a, b in plan_batches(lengths[order], budget)]
+
+
+@dataclass
+class PairedBatch:
+    """Two packed views of the same records in the same order (predict: each frame's protein for ESM-2
+    and its nucleotides for DNABERT-S); ``rows`` of both are the records' positions."""
+
+    protein: PackedBatch
+    nucleotide: PackedBatch
+
+    def pin_memory(self) -> "PairedBatch":
+        return PairedBatch(self.protein.pin_memory(), self.nucleotide.pin_memory())
+
+
+def pack_pairs(first: Sequence[np.ndarray], second: Sequence[np.ndarray], first_budget: int,
+               second_budget: int) -> list[PairedBatch]:
+    """Greedy paired packing in record order: a batch closes when either side's budget would overflow
+    (a record over budget gets a batch of its own). Batches cover the records in order."""
+    batches, start, f1, f2 = [], 0, 0, 0
+
+    def close(a: int, b: int) -> None:
+        rows = np.arange(a, b, dtype=np.int64)
+        batches.append(PairedBatch(pack_token_arrays(first[a:b], rows), pack_token_arrays(second[a:b], rows)))
+
+    for i, (p, n) in enumerate(zip(first, second)):
+        if i > start and (f1 + len(p) > first_budget or f2 + len(n) > second_budget):
+            close(start, i)
+            start, f1, f2 = i, 0, 0
+        f1 += len(p)
+        f2 += len(n)
+    if start < len(first):
+        close(start, len(first))
+    return batches
+
+
 class TokenBudgetSampler(Sampler[list[int]]):
     """Plans batches of index positions whose token counts sum to <= ``budget``.
 
@@ -99,15 +156,7 @@ class TokenBudgetSampler(Sampler[list[int]]):
         self.batches = self._plan(max_seqs)
 
     def _plan(self, max_seqs: int | None) -> list[np.ndarray]:
-        batches, start, fill = [], 0, 0
-        for i, t in enumerate(self.tokens.tolist()):
-            if i > start and (fill + t > self.budget or (max_seqs and i - start >= max_seqs)):
-                batches.append(self.rows[start:i])
-                start, fill = i, 0
-            fill += t
-        if start < len(self.rows):
-            batches.append(self.rows[start:])
-        return batches
+        return [self.rows[a:b] for a, b in plan_batches(self.tokens, self.budget, max_seqs)]
 
     @property
     def planned_tokens(self) -> int:

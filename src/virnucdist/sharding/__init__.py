@@ -1,14 +1,13 @@
 """Sequence index (random access into FASTA) and deterministic rank assignment."""
 
 from .index import SequenceIndex, build_index_distributed, quick_identity
-from .partition import partition, rank_costs, rank_of, rank_share
+from .partition import partition, plan_windows, rank_costs
 
 __all__ = [
     "SequenceIndex",
     "build_index_distributed",
     "quick_identity",
     "partition",
-    "rank_share",
-    "rank_of",
+    "plan_windows",
     "rank_costs",
 ]

@@ -1,34 +1,23 @@
-"""Deterministic, cost-balanced assignment of records to ranks.
+"""Deterministic, cost-balanced assignment of records to ranks: contiguous ranges.
 
 ``costs`` are per-record *token counts*, the unit the GPUs actually spend time
-on: e.g. ``length + 2`` for ESM-2 (BOS/EOS), the tokenizer's
-``estimate_tokens(length)`` in general. Balancing the sum of tokens (not the
-number of records) is what keeps ranks finishing together.
+on (``length + 2`` for ESM-2, the tokenizer's ``estimate_tokens(length)`` in
+general). Each rank takes ONE contiguous run of the records to do, cut where the
+prefix sum of costs crosses ``k / world_size`` of the total; so the ranks' loads
+differ by at most about one record's cost, and every rank's share is in input
+order. That is what lets each rank write its results in input order and the
+final merge be a concatenation of contiguous runs instead of a scatter.
 
-Algorithm: longest-processing-time greedy (largest first to the least-loaded
-rank) is exact for what matters but a Python heap loop per record costs about a
-microsecond. So records are sorted by cost (descending, ties by index) and
-
-* the large head is dealt in "snake" order (ranks 0..w-1, then w-1..0, ...),
-  which keeps the loads within about one maximum cost of each other;
-* the small tail (at least ``lpt_tail`` records, and enough tokens to cover
-  several maximum costs per rank) is placed with exact LPT on a heap, starting
-  from the head's loads, which evens the remaining difference out to about one
-  small record.
-
-Everything is a pure function of ``(costs, world_size, skip)``: the same inputs
-give the same assignment on every rank and every run.
+Records to skip (already done on resume, empty, served by a duplicate) are left
+out before cutting, so a resume at any world size balances the work that is left.
+Everything is a pure function of ``(costs, world_size, skip)``.
 """
 
 from __future__ import annotations
 
-import heapq
-
 import numpy as np
 
-__all__ = ["partition", "rank_share", "rank_of", "rank_costs"]
-
-LPT_TAIL = 65536
+__all__ = ["partition", "rank_costs", "plan_windows"]
 
 
 def _skip_mask(skip: np.ndarray | None, n: int) -> np.ndarray:
@@ -49,82 +38,61 @@ def _skip_mask(skip: np.ndarray | None, n: int) -> np.ndarray:
     return mask
 
 
-def rank_of(costs: np.ndarray, world_size: int, *, skip: np.ndarray | None = None,
-            lpt_tail: int = LPT_TAIL) -> np.ndarray:
-    """int32 array: the rank of each record, ``-1`` for skipped ones."""
+def partition(costs: np.ndarray, world_size: int, *, skip: np.ndarray | None = None) -> list[np.ndarray]:
+    """For each rank, a contiguous, ascending run of the record indices that are not skipped.
+
+    ``costs``: per-record token counts (non-negative, finite). ``skip``: boolean mask or index array of
+    records to leave out. Every other record appears in exactly one rank's array; rank ``k`` gets the
+    records whose cost prefix sum (the record's midpoint) falls in ``[k/w, (k+1)/w)`` of the total.
+    """
     costs = np.asarray(costs)
     if costs.ndim != 1:
         raise ValueError(f"costs must be 1-D, got shape {costs.shape}")
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
-    n = len(costs)
-    if np.issubdtype(costs.dtype, np.integer) or costs.dtype == bool:
-        c = costs.astype(np.int64)
+    c = costs.astype(np.float64)
+    if len(c) and (not np.all(np.isfinite(c)) or c.min() < 0):
+        raise ValueError("costs must be finite and non-negative")
+    live = np.flatnonzero(~_skip_mask(skip, len(c)))
+    if world_size == 1 or len(live) == 0:
+        return [live.astype(np.int64)] + [np.zeros(0, np.int64) for _ in range(world_size - 1)]
+    lc = c[live]
+    total = lc.sum()
+    if total <= 0:  # all free: split by count
+        cuts = (np.arange(1, world_size) * len(live)) // world_size
     else:
-        c = costs.astype(np.float64)
-        if n and not np.all(np.isfinite(c)):
-            raise ValueError("costs must be finite")
-    if n and c.min() < 0:
-        raise ValueError("costs must be non-negative")
-    out = np.full(n, -1, dtype=np.int32)
-    live = np.flatnonzero(~_skip_mask(skip, n))
-    if world_size == 1:
-        out[live] = 0
-        return out
-    m = len(live)
-    if m == 0:
-        return out
-    # cost descending, ties by index ascending (stable sort of the negated costs)
-    order = live[np.argsort(-c[live], kind="stable")]
-    sc = c[order]
-    # tail: at least lpt_tail records and at least 4 maximum costs per rank of tokens
-    suffix = np.cumsum(sc[::-1])                  # suffix[k-1] = sum of the k smallest
-    need = 4 * world_size * sc[0]
-    k_tokens = int(np.searchsorted(suffix, need)) + 1
-    tail = min(m, max(lpt_tail, k_tokens))
-    head = m - tail
-    loads = np.zeros(world_size, dtype=c.dtype)
-    if head:
-        j = np.arange(head)
-        rnd, pos = np.divmod(j, world_size)
-        ranks = np.where(rnd % 2 == 0, pos, world_size - 1 - pos).astype(np.int32)
-        out[order[:head]] = ranks
-        loads += np.bincount(ranks, weights=sc[:head], minlength=world_size).astype(c.dtype)
-    heap = [(loads[r].item(), r) for r in range(world_size)]
-    heapq.heapify(heap)
-    tail_ranks = np.empty(tail, dtype=np.int32)
-    replace = heapq.heapreplace
-    for t, cost in enumerate(sc[head:].tolist()):
-        load, r = heap[0]
-        tail_ranks[t] = r
-        replace(heap, (load + cost, r))
-    out[order[head:]] = tail_ranks
-    return out
-
-
-def partition(costs: np.ndarray, world_size: int, *, skip: np.ndarray | None = None) -> list[np.ndarray]:
-    """For each rank, the ascending (input-order) record indices assigned to it.
-
-    ``costs``: per-record token counts (e.g. ``length + 2`` for ESM-2).
-    ``skip``: boolean mask or index array of records already done (resume); excluded.
-    Every non-skipped record appears in exactly one rank's array.
-    """
-    r = rank_of(costs, world_size, skip=skip)
-    order = np.argsort(r, kind="stable")             # input order within each rank
-    counts = np.bincount(r[r >= 0], minlength=world_size)
-    start = int(np.count_nonzero(r < 0))
-    bounds = start + np.concatenate(([0], np.cumsum(counts)))
-    return [order[bounds[k]:bounds[k + 1]].astype(np.int64) for k in range(world_size)]
-
-
-def rank_share(costs: np.ndarray, world_size: int, rank: int, skip: np.ndarray | None = None) -> np.ndarray:
-    """The ascending record indices of one ``rank`` (see :func:`partition`)."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} out of range for world_size {world_size}")
-    return np.flatnonzero(rank_of(costs, world_size, skip=skip) == rank)
+        mid = np.cumsum(lc) - lc / 2  # each record belongs to the rank its midpoint falls in
+        cuts = np.searchsorted(mid, total * np.arange(1, world_size) / world_size, side="left")
+    bounds = np.concatenate(([0], cuts, [len(live)]))
+    return [live[bounds[k]:bounds[k + 1]].astype(np.int64) for k in range(world_size)]
 
 
 def rank_costs(costs: np.ndarray, parts: list[np.ndarray]) -> np.ndarray:
     """Sum of costs per rank for a :func:`partition` result (for reports and tests)."""
     costs = np.asarray(costs)
     return np.array([costs[p].sum() for p in parts])
+
+
+def plan_windows(rows: np.ndarray, costs: np.ndarray, max_cost: int, *, max_rows: int | None = None,
+                 ramp: bool = False) -> list[np.ndarray]:
+    """Consecutive runs of ``rows`` (a rank's share) of at most ``max_cost`` (beyond one record) and
+    ``max_rows`` records: the units a rank packs, runs and commits in input order.
+
+    ``ramp``: the first windows get 1/8, 1/4, 1/2 of ``max_cost``, so the GPU starts while the
+    DataLoader workers prepare the full-size ones.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    costs = np.asarray(costs, dtype=np.int64)
+    if len(rows) != len(costs):
+        raise ValueError("rows and costs differ in length")
+    windows, start, fill = [], 0, 0
+    cap = max(1, max_cost >> 3) if ramp else max_cost
+    limit = max_rows or len(rows) or 1
+    for i, n in enumerate(costs.tolist()):
+        if i > start and (i - start >= limit or fill + n > cap):
+            windows.append(rows[start:i])
+            start, fill, cap = i, 0, min(max_cost, cap * 2)
+        fill += n
+    if start < len(rows):
+        windows.append(rows[start:])
+    return windows

@@ -1,0 +1,271 @@
+"""The embedding task behind ``torchrun ... -m virnucdist.embed``: ESM-2 or DNABERT-S.
+
+A record is its own model input; a window of records is tokenized in a DataLoader
+worker, packed longest-first into token-budget batches, run through the model, and
+each record's result is its pooled vector for every layer asked for (plus, with
+``--include per_tok``, every token's state). Rank 0 then writes ``embeddings.h5``
+in input order: ``ids``, ``embeddings`` (the first layer asked for) and, for several
+layers, ``embeddings_layer{L}`` each; ``per_token/`` holds the ragged states.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from .. import __version__
+from ..engine import DEFAULT_TOKS, RunResult, run, run_main
+from ..errors import UserError
+from ..launch.dist import DistContext
+from ..models.loading import load_model
+from ..packing import pack_longest_first
+from ..runner import DTYPES, BatchRunner, resolve_dtype, to_host_async
+from ..writers import STR, Column, Part, ShardSchema, replace_durably
+from .base import Block, RunPlan
+from .identity import model_identity, molecule_of_spec
+
+__all__ = ["EmbedConfig", "EmbedTask", "embed", "build_parser", "main"]
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """One embedding run; CLI flags map 1:1 to these fields."""
+
+    inputs: tuple[str, ...]
+    model: str
+    output_dir: str
+    random_init: bool = False
+    seed: int = 0
+    toks_per_batch: int | None = None  # None: a per-device default
+    dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU
+    repr_layer: int = -1
+    repr_layers: tuple[int, ...] | None = None  # several layers in one pass (overrides repr_layer)
+    include: tuple[str, ...] = ("mean",)  # "mean" always; "per_tok" adds the ragged per-token states
+    truncation_seq_length: int = 1022
+    device: str | None = None  # None: CUDA when available
+    num_workers: int = 2
+    window_records: int | None = None  # records per window (the unit of commit); None: by tokens
+    flush_every: int = 4096  # records per shard commit (at most; also every 10 s)
+    dedup: bool = True
+    keep_shards: bool = False
+    allow_any_molecule: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(self.repr_layers) if self.repr_layers else (self.repr_layer,)
+
+
+@dataclass
+class _MakeEmbedBlock:
+    """Worker side: read, tokenize and pack one window (pure: the same window gives the same block)."""
+
+    tokenizer: object
+    budget: int
+
+    def __call__(self, index, number: int, rows: np.ndarray) -> Block:
+        seqs = [index.read(int(r)) for r in rows]
+        tok = self.tokenizer
+        batch_encode = getattr(tok, "encode_batch", None)
+        ids = batch_encode(seqs) if batch_encode else [tok.encode(s) for s in seqs]
+        counters: dict[str, int] = {}
+        examples: dict[str, list[str]] = {}
+
+        def count(key: str, hits: list[int]) -> None:
+            if hits:
+                counters[key] = len(hits)
+                examples[key] = [index.ids[int(rows[j])] for j in hits[:5]]
+
+        is_truncated = getattr(tok, "is_truncated", None)
+        unk = getattr(tok, "unk_id", None)
+        count("truncated", [j for j, s in enumerate(seqs) if is_truncated and is_truncated(len(s))])
+        count("unknown_letters", [j for j, t in enumerate(ids) if unk is not None and (t == unk).any()])
+        if getattr(tok, "strips_terminal_stop", False):
+            count("terminal_stops", [j for j, s in enumerate(seqs) if s.endswith("*")])
+        batches = pack_longest_first(ids, self.budget)
+        tokens = sum(len(t) for t in ids)
+        counters["packed_tokens"] = tokens
+        counters["packed_capacity"] = sum(max(self.budget, b.num_tokens) for b in batches)
+        return Block(number, np.asarray(rows, dtype=np.int64), batches, tokens, counters, examples)
+
+
+class EmbedTask:
+    """Embed each record with one model; see the module docstring."""
+
+    name = "embed"
+    outputs = ("embeddings.h5",)
+    dedup = True
+
+    def __init__(self, config: EmbedConfig, model=None):
+        self.config, self.model = config, model
+        self.per_token = "per_tok" in config.include
+        self.runners: list[BatchRunner] = []
+
+    # -- what the engine asks before any work
+    def identity(self) -> dict:
+        c = self.config
+        return {"model": model_identity(c.model, c.random_init, c.seed), "repr_layers": list(c.layers),
+                "dtype": c.dtype or "default", "truncation_seq_length": c.truncation_seq_length,
+                "per_token": self.per_token}
+
+    def check(self, index) -> None:
+        if self.config.allow_any_molecule:
+            return
+        from ..sharding.index import check_molecule
+
+        check_molecule(index, molecule_of_spec(self.config.model), self.config.model, "--allow-any-molecule")
+
+    # -- on every rank
+    def prepare(self, ctx: DistContext, index) -> None:
+        c = self.config
+        dtype = resolve_dtype(c.dtype, ctx.device)
+        if self.model is None:
+            self.model = load_model(c.model, device=ctx.device, dtype=dtype, random_init=c.random_init, seed=c.seed,
+                                    truncation_seq_length=c.truncation_seq_length)
+        try:
+            self.layers = self.model.check_layers(c.layers)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        self.budget = c.toks_per_batch or DEFAULT_TOKS.get(ctx.device.type, 4096)
+        self.runners = [BatchRunner(lambda b: self.model.embed(b, self.layers, self.per_token), ctx.device)]
+
+    def costs(self, index) -> np.ndarray:
+        est = self.model.tokenizer.estimate_tokens
+        return np.fromiter((est(int(n)) for n in index.length), dtype=np.int64, count=len(index))
+
+    def schema(self) -> ShardSchema:
+        d = self.model.dim
+        return ShardSchema("embed", tuple(Column(f"layer{L}", "f4", (d,)) for L in self.layers),
+                           tuple(Column(f"tokens_layer{L}", "f4", (d,)) for L in self.layers) if self.per_token else (),
+                           {"model": self.model.name})
+
+    def block_maker(self):
+        return _MakeEmbedBlock(self.model.tokenizer, self.budget)
+
+    def run_block(self, block: Block) -> list[Part]:
+        parts = []
+        for batch in block.batches:
+            for part, out in self.runners[0](batch):
+                parts.append(self._part(part, out))
+        return parts
+
+    def _part(self, part, out) -> Part:
+        b, d = part.num_seqs, self.model.dim
+        if out is None:  # a lone record that ran out of memory: NaN marks it a counted skip
+            nan = torch.full((b, d), float("nan"))
+            vals = {f"layer{L}": nan for L in self.layers}
+            ragged = {f"tokens_layer{L}": torch.zeros(0, d) for L in self.layers} if self.per_token else None
+            return Part(part.rows, vals, torch.zeros(b, dtype=torch.int64) if self.per_token else None, ragged)
+        tensors = list(out.pooled) + (list(out.tokens) + [out.token_lengths] if self.per_token else [])
+        host, ev = to_host_async(*tensors)
+        k = len(self.layers)
+        vals = {f"layer{L}": host[i] for i, L in enumerate(self.layers)}
+        if not self.per_token:
+            return Part(part.rows, vals, event=ev)
+        ragged = {f"tokens_layer{L}": host[k + i] for i, L in enumerate(self.layers)}
+        return Part(part.rows, vals, host[-1], ragged, ev)
+
+    # -- rank 0
+    def finalize(self, out: Path, index, results, plan: RunPlan) -> dict:
+        c, m = self.config, self.model
+        final = out / "embeddings.h5"
+        tmp = final.with_name(final.name + ".tmp")
+        n, d = len(plan.rows), m.dim
+        attrs = {
+            "model": m.name, "model_source": m.source, "random_init": c.random_init,
+            "dtype": str(resolve_dtype(c.dtype, torch.device(next(iter(m.module.parameters())).device))).removeprefix(
+                "torch."),
+            "pooling": m.attrs.get("pooling", ""), "repr_layer": self.layers[0], "repr_layers": json.dumps(self.layers),
+            "truncation_seq_length": c.truncation_seq_length, "include": json.dumps(list(c.include)),
+            "virnucdist_version": __version__, "input_fingerprint": plan.fingerprint,
+            "inputs": json.dumps([str(p) for p in c.inputs]),
+            "skipped_empty_ids": json.dumps([index.ids[i] for i in plan.empty]),
+            "skipped_ids": json.dumps(sorted(index.ids[i] for i in plan.bad)),
+            "dedup": bool(plan.source.size and (plan.source != plan.rows).any()),
+        }
+        try:
+            with h5py.File(tmp, "w", locking=False) as f:
+                f.create_dataset("ids", data=np.asarray([index.ids[i] for i in plan.rows], dtype=object), dtype=STR)
+                names = ["embeddings"] if len(self.layers) == 1 else [f"embeddings_layer{L}" for L in self.layers]
+                emb = [f.create_dataset(nm, (n, d), dtype="f4") for nm in names]  # contiguous: sequential writes
+                if self.per_token:  # ragged: appended in input order, offsets written at the end
+                    g = f.create_group("per_token")
+                    tok = [g.create_dataset(nm, (0, d), maxshape=(None, d), dtype="f4", chunks=(1024, d))
+                           for nm in names]
+                    offsets = np.zeros(n + 1, dtype=np.int64)
+                at = 0
+                for w in results.windows(plan.rows, plan.source, ragged=self.per_token):
+                    k = len(w.rows)
+                    for ds, L in zip(emb, self.layers):
+                        ds[at:at + k] = w.columns[f"layer{L}"]
+                    if self.per_token:
+                        offsets[at + 1:at + k + 1] = offsets[at] + np.cumsum(w.lengths)
+                        t0, t1 = int(offsets[at]), int(offsets[at + k])
+                        for ds, L in zip(tok, self.layers):
+                            ds.resize(t1, axis=0)
+                            ds[t0:t1] = w.ragged[f"tokens_layer{L}"]
+                    at += k
+                if len(self.layers) > 1:
+                    f["embeddings"] = emb[0]  # a hard link: the first layer asked for, no copy
+                if self.per_token:
+                    g.create_dataset("offsets", data=offsets)
+                    if len(self.layers) > 1:
+                        g["embeddings"] = tok[0]
+                f.attrs.update(attrs)
+            replace_durably(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return {"records": n, "dim": d}
+
+
+def embed(cfg: EmbedConfig, ctx: DistContext | None = None, model=None) -> RunResult:
+    """Run one embedding job on this rank (call on every rank under torchrun).
+
+    ``model``: an already loaded model (e.g. shared between runs); by default ``cfg.model`` is loaded.
+    """
+    return run(EmbedTask(cfg, model), ctx)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m virnucdist.embed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", help="FASTA or FASTQ file(s), plain or .gz")
+    p.add_argument("--model", required=True, help="ESM-2 name or .pt path, or a DNABERT-S directory")
+    p.add_argument("-o", "--output-dir", required=True)
+    p.add_argument("--random-init", action="store_true", help="seeded random weights (tests, demos, benchmarks)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--toks-per-batch", type=int, default=None,
+                   help=f"token budget per packed batch (default {DEFAULT_TOKS})")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--repr-layer", type=int, default=-1, help="layer to pool (default: last; 0 = embeddings)")
+    p.add_argument("--repr-layers", type=int, nargs="+", default=None,
+                   help="several layers in one pass (like fair-esm's --repr_layers), one dataset each")
+    p.add_argument("--include", nargs="+", choices=["mean", "per_tok"], default=["mean"],
+                   help="mean: pooled embeddings (always written); per_tok: also every token's state "
+                        "(ESM-2: residues only), ragged in embeddings.h5 /per_token")
+    p.add_argument("--truncation-seq-length", type=int, default=1022)
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes per rank")
+    p.add_argument("--window-records", type=int, default=None,
+                   help="records per window, the unit of commit and resume (default: about 32 token budgets)")
+    p.add_argument("--flush-every", type=int, default=4096, help="records per shard commit (at most)")
+    p.add_argument("--no-dedup", dest="dedup", action="store_false",
+                   help="compute every record, also identical sequences (default: each distinct sequence once)")
+    p.add_argument("--keep-shards", action="store_true", help="keep shards/ (and decompressed inputs) after the run")
+    p.add_argument("--allow-any-molecule", action="store_true",
+                   help="embed even if the input looks like the wrong molecule for the model (DNA vs protein)")
+    p.add_argument("--overwrite", action="store_true", help="discard an earlier run of other inputs/model")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(build_parser(), EmbedConfig, EmbedTask, argv)

@@ -1,0 +1,341 @@
+"""The VirNucPro task behind ``torchrun ... -m virnucdist.predict``: reads in, virus calls out, one pass.
+
+A DataLoader worker turns a window of reads into paired batches: read -> chunks
+(VirNucPro's rule) -> six-frame translation (frames with a stop are dropped) ->
+each kept frame's protein (ESM-2) and nucleotides (DNABERT-S), packed so that both
+sides hold the same frames in the same order. On the device both models embed a
+batch, the features are concatenated (DNABERT-S, ESM-2) in fp32 and the MLP gives
+two softmax scores per frame. A read's result is its chunk count and its frames
+(chunk, frame, scores). Rank 0 then writes VirNucPro's files in input order
+(``prediction_results.txt``, ``prediction_results_highestscore.csv``), a per-read
+``read_summary.tsv`` and, with ``--keep-intermediate``, both models' frame embeddings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..engine import DEFAULT_TOKS, RunResult, run, run_main
+from ..errors import UserError
+from ..launch.dist import DistContext
+from ..models.classifier import MLPClassifier, classifier_chunk_size_hint, load_classifier
+from ..models.loading import load_model
+from ..packing import pack_pairs
+from ..runner import DTYPES, BatchRunner, resolve_dtype, to_host_async
+from ..fasta import write_fasta
+from ..vnp.chunk import chunk_id, chunk_records, chunk_spans
+from ..vnp.consensus import ReadFrames, consensus, write_consensus, write_predictions, write_read_summary
+from ..vnp.translate import FRAME_NAMES, six_frame, translate_records
+from ..writers import Column, Part, ShardSchema, replace_durably
+from .base import Block, RunPlan
+from .identity import model_identity
+
+__all__ = ["PredictConfig", "PredictTask", "predict", "build_parser", "main"]
+
+CHUNK_SIZES = (300, 500)
+_CODE = {name: i for i, name in enumerate(FRAME_NAMES)}
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """One prediction run; CLI flags map 1:1 to these fields."""
+
+    inputs: tuple[str, ...]
+    chunk_size: int
+    esm_model: str
+    dnabert_model: str
+    output_dir: str
+    classifier: str | None = None  # None only with --random-init: a seeded random MLP sized to the models
+    random_init: bool = False  # seeded random weights for both models (tests, demos)
+    seed: int = 0
+    toks_per_batch: int | None = None  # ESM-2 tokens per batch (DNABERT-S gets the same); None: per device
+    dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU (the classifier always runs in fp32)
+    device: str | None = None
+    num_workers: int = 2
+    window_records: int | None = None  # reads per window (the unit of commit); None: by tokens
+    keep_intermediate: bool = False
+    dedup: bool = True
+    keep_shards: bool = False
+    allow_any_molecule: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class _MakePredictBlock:
+    """Worker side: chunk, translate, tokenize and pair-pack one window of reads (pure)."""
+
+    chunk_size: int
+    esm_tokenizer: object
+    dna_tokenizer: object
+    budget: int
+
+    def __call__(self, index, number: int, rows: np.ndarray) -> Block:
+        n_chunks = np.zeros(len(rows), dtype=np.int32)
+        n_frames = np.zeros(len(rows), dtype=np.int64)
+        chunks, codes, proteins, nucleotides = [], [], [], []
+        for j, row in enumerate(rows.tolist()):
+            seq = index.read(row).upper().replace("U", "T")  # RNA reads are read as DNA
+            spans = chunk_spans(len(seq), self.chunk_size)
+            n_chunks[j] = len(spans)
+            for k, (a, b) in enumerate(spans):
+                for fr in six_frame("", seq[a:b]):
+                    chunks.append(k)
+                    codes.append(_CODE[fr.id[-2:]])
+                    proteins.append(fr.protein)
+                    nucleotides.append(fr.nucleotide)
+                    n_frames[j] += 1
+        prot = [self.esm_tokenizer.encode(p) for p in proteins]
+        nuc = self.dna_tokenizer.encode_batch(nucleotides) if nucleotides else []
+        unk = getattr(self.dna_tokenizer, "unk_id", None)
+        frame_read = np.repeat(np.arange(len(rows)), n_frames)
+        unknown = sorted({int(frame_read[i]) for i, t in enumerate(nuc) if unk is not None and (t == unk).any()})
+        batches = pack_pairs(prot, nuc, self.budget, self.budget)
+        ptok, ntok = sum(len(t) for t in prot), sum(len(t) for t in nuc)
+        counters = {"chunks": int(n_chunks.sum()), "frames": len(prot), "packed_tokens": ptok,
+                    "packed_capacity": sum(max(self.budget, b.protein.num_tokens) for b in batches)}
+        examples = {}
+        if unknown:
+            counters["unknown_letters"] = len(unknown)
+            examples["unknown_letters"] = [index.ids[int(rows[j])] for j in unknown[:5]]
+        payload = (n_chunks, n_frames, np.asarray(chunks, np.int32), np.asarray(codes, np.uint8))
+        return Block(number, np.asarray(rows, dtype=np.int64), batches, ptok + ntok, counters, examples, payload)
+
+
+class PredictTask:
+    """VirNucPro's prediction as one pass; see the module docstring."""
+
+    name = "predict"
+    outputs = ("prediction_results.txt", "prediction_results_highestscore.csv", "read_summary.tsv",
+               "nucleotide_embeddings.h5", "protein_embeddings.h5", "chunked.fa", "identified_nucleotide.fa",
+               "identified_protein.faa")
+    dedup = True
+
+    def __init__(self, config: PredictConfig):
+        c = config
+        if c.chunk_size not in CHUNK_SIZES:
+            raise UserError(f"--chunk-size must be 300 or 500 (VirNucPro's classifiers), got {c.chunk_size}")
+        if c.classifier is None and not c.random_init:
+            raise UserError("--classifier is required: VirNucPro's 300_model.pth or 500_model.pth "
+                            "(only --random-init runs without one, with a random classifier)")
+        if c.classifier is not None and not Path(c.classifier).is_file():
+            raise UserError(f"classifier file {c.classifier} not found; pass VirNucPro's 300_model.pth or 500_model.pth")
+        self.config, self.runners = c, []
+
+    def identity(self) -> dict:
+        c = self.config
+        clf = hashlib.sha256(Path(c.classifier).read_bytes()).hexdigest() if c.classifier else f"random({c.seed})"
+        return {"chunk_size": c.chunk_size, "esm_model": model_identity(c.esm_model, c.random_init, c.seed),
+                "dnabert_model": model_identity(c.dnabert_model, c.random_init, c.seed), "classifier_sha256": clf,
+                "dtype": c.dtype or "default", "keep_intermediate": c.keep_intermediate}
+
+    def check(self, index) -> None:
+        if not self.config.allow_any_molecule:
+            from ..sharding.index import check_molecule
+
+            check_molecule(index, "dna", "VirNucPro predict (reads)", "--allow-any-molecule")
+
+    def prepare(self, ctx: DistContext, index) -> None:
+        c = self.config
+        dtype = resolve_dtype(c.dtype, ctx.device)
+        load = dict(device=ctx.device, dtype=dtype, random_init=c.random_init, seed=c.seed)
+        self.esm, self.dna = load_model(c.esm_model, **load), load_model(c.dnabert_model, **load)
+        if self.esm.molecule != "protein" or self.dna.molecule != "dna":
+            raise UserError(f"--esm-model must be ESM-2 and --dnabert-model DNABERT-S (got {self.esm.name}, "
+                            f"{self.dna.name})")
+        dim = self.dna.dim + self.esm.dim
+        if c.classifier is None:
+            torch.manual_seed(c.seed)
+            clf = MLPClassifier(input_dim=dim)
+        else:
+            try:
+                clf = load_classifier(c.classifier)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+            hint = classifier_chunk_size_hint(c.classifier)
+            if ctx.is_main and hint is not None and hint != c.chunk_size:
+                import logging
+                logging.getLogger("virnucdist").warning(
+                    "classifier %s looks trained for %d-bp chunks but --chunk-size is %d", c.classifier, hint,
+                    c.chunk_size)
+        if clf.input_dim != dim:
+            raise UserError(f"the classifier takes {clf.input_dim} values per frame, but these models give DNABERT-S "
+                            f"{self.dna.dim} + ESM-2 {self.esm.dim} = {dim}; VirNucPro's classifiers need "
+                            f"esm2_t36_3B_UR50D and DNABERT-S")
+        self.clf = clf.to(device=ctx.device, dtype=torch.float32).eval()
+        self.budget = c.toks_per_batch or DEFAULT_TOKS.get(ctx.device.type, 4096)
+        self.runners = [BatchRunner(lambda b, m=m: m.embed(b, (-1,), False).pooled[0], ctx.device)
+                        for m in (self.esm, self.dna)]
+
+    def costs(self, index) -> np.ndarray:
+        return np.asarray(index.length, dtype=np.int64) + 1  # frame tokens grow with the bases
+
+    def schema(self) -> ShardSchema:
+        ragged = [Column("chunk", "i4"), Column("frame", "u1"), Column("score1", "f4"), Column("score2", "f4")]
+        if self.config.keep_intermediate:
+            ragged += [Column("nucleotide_embedding", "f4", (self.dna.dim,)),
+                       Column("protein_embedding", "f4", (self.esm.dim,))]
+        return ShardSchema("predict", (Column("n_chunks", "i4"),), tuple(ragged), {"chunk_size": self.config.chunk_size})
+
+    def block_maker(self):
+        return _MakePredictBlock(self.config.chunk_size, self.esm.tokenizer, self.dna.tokenizer, self.budget)
+
+    def _embed(self, runner: BatchRunner, batch, dim: int) -> torch.Tensor:
+        outs = [o if o is not None else torch.full((p.num_seqs, dim), float("nan"), device=runner.device)
+                for p, o in runner(batch)]  # a lone frame out of memory: NaN, its read becomes a counted skip
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def run_block(self, block: Block) -> list[Part]:
+        n_chunks, n_frames, chunks, codes = block.payload
+        out = []
+        for pb in block.batches:
+            e = self._embed(self.runners[0], pb.protein, self.esm.dim)
+            d = self._embed(self.runners[1], pb.nucleotide, self.dna.dim)
+            feats = torch.cat([d, e], dim=1).float()
+            scores = torch.softmax(self.clf(feats), dim=1)
+            out.append(torch.cat([scores, d.float(), e.float()], 1) if self.config.keep_intermediate else scores)
+        dev = self.clf.fc1.weight.device if hasattr(self.clf, "fc1") else None
+        vals = torch.cat(out) if out else torch.zeros(0, 2, device=dev)
+        (host,), ev = to_host_async(vals)
+        ragged = {"chunk": chunks, "frame": codes, "score1": host[:, 0], "score2": host[:, 1]}
+        if self.config.keep_intermediate:
+            ragged["nucleotide_embedding"] = host[:, 2:2 + self.dna.dim]
+            ragged["protein_embedding"] = host[:, 2 + self.dna.dim:]
+        return [Part(np.arange(len(block.rows)), {"n_chunks": n_chunks}, n_frames, ragged, ev)]
+
+    # -- rank 0
+    def finalize(self, out: Path, index, results, plan: RunPlan) -> dict:
+        ids, emb = index.ids, self.config.keep_intermediate
+
+        def reads(embeddings: bool = False):
+            """(read id, n_chunks, frame ids, score1, score2, window) for every read, input order."""
+            at = 0
+            for w in results.windows(plan.rows, plan.source, ragged=True):
+                start = 0
+                for row, nc, nf in zip(w.rows.tolist(), w.columns["n_chunks"].tolist(), w.lengths.tolist()):
+                    while at < row:  # empty or skipped reads: no chunk scored
+                        yield ids[at], 0, [], [], [], None
+                        at += 1
+                    sl = slice(start, start + nf)
+                    fids = [f"{chunk_id(ids[row], int(k))}{FRAME_NAMES[int(c)]}"
+                            for k, c in zip(w.ragged["chunk"][sl], w.ragged["frame"][sl])]
+                    yield ids[row], nc, fids, w.ragged["score1"][sl], w.ragged["score2"][sl], (w, sl) if embeddings \
+                        else None
+                    start += nf
+                    at = row + 1
+            while at < len(index):
+                yield ids[at], 0, [], [], [], None
+                at += 1
+
+        def frame_rows():
+            for _, _, fids, s1, s2, _ in reads():
+                yield from zip(fids, s1.tolist() if len(fids) else [], s2.tolist() if len(fids) else [])
+
+        def read_frames():
+            for rid, nc, fids, s1, s2, _ in reads():
+                yield ReadFrames(rid, nc, tuple((f[:-2], a, b) for f, a, b in zip(fids, s1, s2)))
+
+        counts = {"reads": len(index), "chunks": 0, "frames": 0}
+        _atomic(out / "prediction_results.txt", lambda p: counts.__setitem__("frames", write_predictions(p, frame_rows())))
+        _atomic(out / "prediction_results_highestscore.csv",
+                lambda p: counts.__setitem__("chunks_scored", write_consensus(p, consensus(frame_rows()))))
+        _atomic(out / "read_summary.tsv", lambda p: counts.update(write_read_summary(p, read_frames())))
+        counts["chunks"] = sum(nc for _, nc, *_ in reads())
+        if emb:
+            self._write_stage_files(out, index)
+            self._write_embeddings(out, reads, counts["frames"], plan)
+        return counts
+
+    def _write_stage_files(self, out: Path, index) -> None:
+        """``chunked.fa``, ``identified_nucleotide.fa`` and ``identified_protein.faa``: the stage CLI's files."""
+        def chunks():
+            return chunk_records(((rid, index.read(i)) for i, rid in enumerate(index.ids)), self.config.chunk_size)
+
+        _atomic(out / "chunked.fa", lambda p: write_fasta(p, chunks()))
+        with open(out / "identified_protein.faa.tmp", "w", newline="\n") as prot:
+            def nucleotides():
+                for fr in translate_records(chunks()):
+                    prot.write(f">{fr.id}\n{fr.protein}\n")
+                    yield fr.id, fr.nucleotide
+
+            _atomic(out / "identified_nucleotide.fa", lambda p: write_fasta(p, nucleotides()))
+        replace_durably(out / "identified_protein.faa.tmp", out / "identified_protein.faa")
+
+    def _write_embeddings(self, out: Path, reads, n_frames: int, plan: RunPlan) -> None:
+        import h5py
+
+        from ..writers import STR
+
+        for key, name, dim in (("nucleotide_embedding", "nucleotide_embeddings.h5", self.dna.dim),
+                               ("protein_embedding", "protein_embeddings.h5", self.esm.dim)):
+            def write(tmp, key=key, dim=dim):
+                with h5py.File(tmp, "w", locking=False) as f:
+                    ids_ds = f.create_dataset("ids", (n_frames,), dtype=STR)
+                    emb = f.create_dataset("embeddings", (n_frames, dim), dtype="f4")
+                    at = 0
+                    for _, _, fids, _, _, ws in reads(embeddings=True):
+                        if fids:
+                            w, sl = ws
+                            ids_ds[at:at + len(fids)] = fids
+                            emb[at:at + len(fids)] = w.ragged[key][sl]
+                            at += len(fids)
+                    f.attrs.update({"model": (self.dna if key.startswith("nuc") else self.esm).name,
+                                    "input_fingerprint": plan.fingerprint, "chunk_size": self.config.chunk_size})
+
+            _atomic(out / name, write)
+
+
+def _atomic(path: Path, write) -> None:
+    """``write(tmp)`` then a durable rename onto ``path``: a reader never sees a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    replace_durably(tmp, path)
+
+
+def predict(cfg: PredictConfig, ctx: DistContext | None = None) -> RunResult:
+    """Run one prediction job on this rank (call on every rank under torchrun)."""
+    return run(PredictTask(cfg), ctx)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m virnucdist.predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", help="reads: FASTA or FASTQ file(s), plain or .gz")
+    p.add_argument("--chunk-size", type=int, choices=CHUNK_SIZES, required=True,
+                   help="chunk length; must match the classifier (300_model.pth -> 300, 500_model.pth -> 500)")
+    p.add_argument("--classifier", default=None, help="VirNucPro's 300_model.pth / 500_model.pth (or a state dict)")
+    p.add_argument("--esm-model", required=True, help="ESM-2 name (esm2_t36_3B_UR50D) or fair-esm .pt path")
+    p.add_argument("--dnabert-model", required=True, help="DNABERT-S directory (or 'dnabert-s' with --random-init)")
+    p.add_argument("-o", "--output-dir", required=True)
+    p.add_argument("--random-init", action="store_true",
+                   help="seeded RANDOM weights for both models and, without --classifier, the classifier (demos)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--toks-per-batch", type=int, default=None,
+                   help=f"ESM-2 tokens per packed batch, DNABERT-S the same (default {DEFAULT_TOKS})")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes per rank")
+    p.add_argument("--window-records", type=int, default=None,
+                   help="reads per window, the unit of commit and resume (default: about 32 token budgets)")
+    p.add_argument("--keep-intermediate", action="store_true",
+                   help="also write chunked.fa, identified_*.fa(a) and both models' frame embeddings (.h5)")
+    p.add_argument("--no-dedup", dest="dedup", action="store_false", help="compute identical reads again")
+    p.add_argument("--keep-shards", action="store_true", help="keep shards/ (and decompressed inputs) after the run")
+    p.add_argument("--allow-any-molecule", action="store_true", help="predict even if the reads look like protein")
+    p.add_argument("--overwrite", action="store_true", help="discard an earlier run of other inputs/settings")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(build_parser(), PredictConfig, PredictTask, argv)

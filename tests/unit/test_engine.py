@@ -1,0 +1,124 @@
+"""The one engine: refusals without side effects, shards in input order, complete runs, dedup, names."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from virnucdist import EmbedConfig, embed
+from virnucdist.errors import UserError
+from virnucdist.fasta import write_fasta
+from virnucdist.writers import read_embeddings
+
+MODEL = "esm2_t6_8M_UR50D"
+AA = list("ACDEFGHIKLMNPQRSTVWY")
+
+
+def _proteins(n=40, seed=0, max_len=60):
+    rng = np.random.default_rng(seed)
+    return [(f"p{i}", "".join(rng.choice(AA, size=int(rng.integers(5, max_len))))) for i in range(n)]
+
+
+def _cfg(inputs, out, **kw) -> EmbedConfig:
+    base = dict(inputs=tuple(str(p) for p in inputs), model=MODEL, output_dir=str(out), random_init=True, seed=0,
+                device="cpu", num_workers=0, toks_per_batch=512, quiet=True)
+    base.update(kw)
+    return EmbedConfig(**base)
+
+
+def _hashes(root):
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_refused_run_leaves_the_earlier_run_byte_identical(tmp_path):
+    a = tmp_path / "a.fa.gz"
+    with gzip.open(a, "wt") as fh:
+        fh.write("".join(f">{i}\n{s}\n" for i, s in _proteins(12)))
+    out = tmp_path / "run"
+    embed(_cfg([a], out, keep_shards=True))  # keeps shards/ and the decompressed input: more to disturb
+    before = _hashes(out)
+    assert "index.npz" in before and any(k.startswith("inputs/") for k in before)
+    b = tmp_path / "a.fa.gz.new"
+    with gzip.open(b, "wt") as fh:
+        fh.write("".join(f">{i}\n{s}\n" for i, s in _proteins(12, seed=1)))
+    b.replace(a)  # same path, other content: the index must be rebuilt to see it
+    with pytest.raises(UserError, match="different input_fingerprint"):
+        embed(_cfg([a], out))
+    with pytest.raises(UserError, match="different input_fingerprint, model;"):
+        embed(_cfg([a], out, model="esm2_t12_35M_UR50D"))
+    assert _hashes(out) == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".staging")]
+
+
+def test_shards_in_input_order_and_complete_run_not_redone(tmp_path):
+    fa = tmp_path / "p.fa"
+    write_fasta(fa, _proteins(30))
+    out = tmp_path / "run"
+    res = embed(_cfg([fa], out, keep_shards=True, window_records=4))
+    (shard,) = sorted((out / "shards").glob("shard-*.h5"))
+    with h5py.File(shard, "r") as f:
+        rows = f["rows"][: int(f.attrs["committed"])]
+    np.testing.assert_array_equal(rows, np.arange(30))  # one rank: every record, in input order
+    ids, emb = read_embeddings(res.output)
+    assert ids == [f"p{i}" for i in range(30)]
+    mtime = res.output.stat().st_mtime_ns
+    again = embed(_cfg([fa], out))
+    assert again.already_complete and res.output.stat().st_mtime_ns == mtime
+    assert json.loads((out / "run.json").read_text())["complete"] is True
+
+
+def test_shards_and_gzip_copy_removed_after_success_and_run_still_complete(tmp_path):
+    fa = tmp_path / "p.fa.gz"
+    with gzip.open(fa, "wt") as fh:
+        fh.write("".join(f">{i}\n{s}\n" for i, s in _proteins(10)))
+    out = tmp_path / "run"
+    res = embed(_cfg([fa], out))
+    assert not (out / "shards").exists() and not (out / "inputs").exists()
+    assert embed(_cfg([fa], out)).already_complete
+    assert read_embeddings(res.output)[0] == [f"p{i}" for i in range(10)]
+
+
+def test_dedup_computes_each_distinct_sequence_once(tmp_path):
+    recs = _proteins(20)
+    dup = recs + [(f"d{i}", s.lower() if i % 2 else s) for i, (_, s) in enumerate(recs[::3])]  # case differs
+    rng = np.random.default_rng(3)
+    dup = [dup[i] for i in rng.permutation(len(dup))]
+    fa = tmp_path / "p.fa"
+    write_fasta(fa, dup)
+    on = embed(_cfg([fa], tmp_path / "on"))
+    off = embed(_cfg([fa], tmp_path / "off", dedup=False))
+    ids_on, e_on = read_embeddings(on.output)
+    ids_off, e_off = read_embeddings(off.output)
+    assert ids_on == ids_off == [r for r, _ in dup]
+    seq = {r: s.upper() for r, s in dup}
+    first = {}
+    for k, r in enumerate(ids_on):
+        j = first.setdefault(seq[r], k)
+        np.testing.assert_array_equal(e_on[k], e_on[j])  # duplicates bit-identical to their first copy
+    cos = (e_on * e_off).sum(1) / np.linalg.norm(e_on, axis=1) / np.linalg.norm(e_off, axis=1)
+    assert cos.min() >= 0.99999
+    d = on.report["dedup"]
+    assert d["distinct"] == 20 and d["served_from_duplicate"] == len(dup) - 20
+    assert on.report["summary"]["sequences"] == 20 and off.report["summary"]["sequences"] == len(dup)
+
+
+def test_importing_the_entrypoint_modules_keeps_the_functions_callable():
+    code = ("import virnucdist, virnucdist.embed, virnucdist.predict\n"
+            "from virnucdist import embed, predict\n"
+            "assert callable(virnucdist.embed) and callable(virnucdist.predict)\n"
+            "assert callable(embed) and callable(predict)\n"
+            "import inspect; print(inspect.signature(virnucdist.tasks.embed.embed))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "RuntimeWarning" not in p.stderr
+    h = subprocess.run([sys.executable, "-m", "virnucdist.embed", "--help"], capture_output=True, text=True,
+                       timeout=120)
+    assert h.returncode == 0 and "--repr-layers" in h.stdout and "RuntimeWarning" not in h.stderr
