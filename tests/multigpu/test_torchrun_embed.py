@@ -35,7 +35,7 @@ TIMEOUT = 240
 def _env(**extra) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("VIRNUCDIST_TEST_BATCH_DELAY_S", None)
-    env.pop("VIRNUCDIST_INJECT_OOM_ABOVE", None)
+    env.pop("VIRNUCDIST_TEST_OOM_ABOVE", None)
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     env.update(extra)

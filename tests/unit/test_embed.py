@@ -72,7 +72,7 @@ def test_output_matches_direct_model(fasta, reference):
     m = load_model(MODEL, random_init=True, seed=0)
     batch = pack_token_arrays([m.tokenizer.encode(s) for _, s in kept], list(range(len(kept))))
     with torch.inference_mode():
-        direct = m.embed(batch)
+        direct = m.embed(batch, (-1,), False).pooled[0]
     cos = F.cosine_similarity(torch.from_numpy(emb).double(), direct.double(), dim=-1)
     assert cos.min().item() >= 0.9999, cos.min().item()
     assert np.abs(emb - direct.numpy()).max() < 1e-4
@@ -83,8 +83,8 @@ def test_output_matches_direct_model(fasta, reference):
 def test_empty_records_reported(reference):
     out, res, _, _ = reference
     rep = _report(out)
-    assert rep["skipped"]["empty_sequence"] == list(EMPTY)
-    assert rep["ranks"][0]["skipped"] == {"empty_sequence": 2}
+    assert rep["skipped"]["empty"] == list(EMPTY)
+    assert rep["skipped"]["empty_count"] == 2
     with h5py.File(out / "embeddings.h5", "r") as f:
         assert json.loads(f.attrs["skipped_empty_ids"]) == list(EMPTY)
         assert f.attrs["model"] == MODEL and f.attrs["pooling"].startswith("mean")
@@ -115,15 +115,18 @@ def test_resume_after_partial_run(fasta, reference, tmp_path):
     """A run killed after some flushes: committed rows are kept, the rest redone, same result."""
     _, _, ids, emb = reference
     out = tmp_path / "run"
-    embed(_cfg([fasta[0]], out, flush_every=8))
+    embed(_cfg([fasta[0]], out, flush_every=8, window_records=8, keep_shards=True))
     (out / "embeddings.h5").unlink()
+    run_json = json.loads((out / "run.json").read_text())
+    run_json["complete"] = False  # as if killed before finalize
+    (out / "run.json").write_text(json.dumps(run_json))
     shards = sorted((out / "shards").glob("shard-*.h5"))
     assert len(shards) == 1
     with h5py.File(shards[0], "a") as f:
         n = int(f.attrs["committed"])
         keep = 24  # as if killed after 3 flushes of 8
         f.attrs["committed"] = keep
-    res = embed(_cfg([fasta[0]], out, flush_every=8))
+    res = embed(_cfg([fasta[0]], out, flush_every=8, window_records=8, keep_shards=True))
     ids2, emb2 = read_embeddings(res.output)
     assert ids2 == ids
     np.testing.assert_array_equal(emb2, emb)  # bit-identical in fp32
@@ -133,7 +136,7 @@ def test_resume_after_partial_run(fasta, reference, tmp_path):
     assert len(list((out / "shards").glob("shard-*.h5"))) == 2
     # a third run has nothing left to do
     res3 = embed(_cfg([fasta[0]], out))
-    assert _report(out)["summary"]["resumed_records"] == len(ids) and _report(out)["ranks"][0]["sequences"] == 0
+    assert res3.already_complete
     np.testing.assert_array_equal(read_embeddings(res3.output)[1], emb)
 
 
@@ -163,7 +166,7 @@ def test_different_model_refused(fasta, tmp_path):
 def test_shards_of_another_input_refused(fasta, tmp_path):
     """run.json lost but shards left: the shard ids betray another input; a clear UserError."""
     out = tmp_path / "run"
-    embed(_cfg([fasta[0]], out))
+    embed(_cfg([fasta[0]], out, keep_shards=True))
     (out / "run.json").unlink()
     other = tmp_path / "renamed.fa"
     write_fasta(other, [(f"other_{i}", s) for i, s in fasta[1]])
@@ -178,7 +181,7 @@ def test_repr_layer_out_of_range_is_a_user_error(fasta, tmp_path):
 
 def test_oom_recovery(fasta, reference, tmp_path, monkeypatch):
     _, _, ids, emb = reference
-    monkeypatch.setenv("VIRNUCDIST_INJECT_OOM_ABOVE", "200")
+    monkeypatch.setenv("VIRNUCDIST_TEST_OOM_ABOVE", "200")
     out = tmp_path / "run"
     res = embed(_cfg([fasta[0]], out))
     ids2, emb2 = read_embeddings(res.output)
@@ -189,12 +192,18 @@ def test_oom_recovery(fasta, reference, tmp_path, monkeypatch):
     assert rep["ranks"][0]["sequences"] == len(ids)
 
 
-def test_oom_on_single_sequence_is_a_user_error(tmp_path, monkeypatch):
+def test_oom_on_single_sequence_is_skipped_counted_and_named(tmp_path, monkeypatch):
     fa = tmp_path / "one.fa"
-    write_fasta(fa, [("long", "A" * 300), ("short", "C" * 5)])
-    monkeypatch.setenv("VIRNUCDIST_INJECT_OOM_ABOVE", "200")
-    with pytest.raises(UserError, match="single sequence of 302 tokens"):
-        embed(_cfg([fa], tmp_path / "run"))
+    write_fasta(fa, [("long", "A" * 300), ("short", "C" * 5), ("also_short", "MKV")])
+    monkeypatch.setenv("VIRNUCDIST_TEST_OOM_ABOVE", "200")
+    res = embed(_cfg([fa], tmp_path / "run"))
+    ids, emb = read_embeddings(res.output)
+    assert ids == ["short", "also_short"] and np.isfinite(emb).all()
+    rep = _report(tmp_path / "run")
+    assert rep["counters"]["oom_skipped"] == 1 and rep["counts"]["bad"]["out of memory"] == ["long"]
+    assert rep["test_hooks"] == {"VIRNUCDIST_TEST_OOM_ABOVE": "200"}
+    with h5py.File(res.output, "r") as f:
+        assert json.loads(f.attrs["skipped_ids"]) == ["long"]
 
 
 def test_output_dir_not_writable(fasta, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from virnucdist.errors import UserError
 from virnucdist.fasta import write_fasta
 from virnucdist.models.dnabert_s import DnaBertSConfig, random_dnabert_s, save_hf_dir
 from virnucdist.models.loading import load_model
-from virnucdist.packing import TokenBudgetSampler, pack_token_arrays
+from virnucdist.packing import pack_token_arrays
 from virnucdist.writers import read_embeddings, read_token_embeddings
 
 AA = list("ACDEFGHIKLMNPQRSTVWY")
@@ -59,16 +61,17 @@ def test_per_token_resume_is_identical_and_include_is_part_of_the_run(tmp_path):
     recs = _proteins(seed=1)
     fa = write_fasta(tmp_path / "p.fa", recs) and tmp_path / "p.fa"
     out = tmp_path / "out"
-    embed(_cfg(fa, out, flush_every=1))  # one flush per batch
+    embed(_cfg(fa, out, flush_every=1, window_records=5, keep_shards=True))  # one commit per window of 5
     want = _per_token(out / "embeddings.h5")
     (out / "embeddings.h5").unlink()
-    plan = TokenBudgetSampler(np.arange(len(recs)), np.array([len(s) + 2 for _, s in recs]), 300).batches
-    cut = len(plan[0]) + len(plan[1])  # as if killed after the second flush: the rest is re-planned alike
+    manifest = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**manifest, "complete": False}))  # as if killed before finalize
+    cut = 10  # as if killed after the second window's commit
     shard = next((out / "shards").glob("shard-*.h5"))
     with h5py.File(shard, "r+") as f:
         f.attrs["committed"] = cut
-        f.attrs["committed_tokens"] = int(f["tok_lengths"][:cut].sum())
-    rep = embed(_cfg(fa, out, flush_every=1)).report
+        f.attrs["committed_ragged"] = int(f["lengths"][:cut].sum())
+    rep = embed(_cfg(fa, out, flush_every=1, window_records=5)).report
     assert rep["summary"]["resumed_records"] == cut
     got = _per_token(out / "embeddings.h5")
     np.testing.assert_array_equal(got[0], want[0])

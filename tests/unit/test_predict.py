@@ -11,14 +11,15 @@ import pytest
 import torch
 from _predict_data import make_reads, reference, tiny_models, write_fasta_wrapped
 
-import virnucdist.prediction as predict_mod
+import virnucdist.tasks.predict as predict_mod
 from virnucdist import cli
 from virnucdist.errors import UserError
 from virnucdist.fasta import FastaError
 from virnucdist.launch.entry import run_entrypoint
 from virnucdist.models.esm2 import ESM2Config
 from virnucdist.models.loading import random_esm2, save_fair_esm_checkpoint
-from virnucdist.prediction import PredictConfig, pack_pairs, plan_blocks, predict
+from virnucdist.packing import pack_pairs
+from virnucdist.tasks.predict import PredictConfig, predict
 from virnucdist.vnp.chunk import chunk_records
 from virnucdist.vnp.consensus import (
     PREDICTION_HEADER,
@@ -30,7 +31,7 @@ from virnucdist.vnp.consensus import (
     summarize_read,
 )
 from virnucdist.vnp.translate import translate_records
-from virnucdist.writers import PredictionShardWriter, open_prediction_shards
+from virnucdist.writers import scan_shards
 
 RESULT_FILES = ("prediction_results.txt", "prediction_results_highestscore.csv", "read_summary.tsv")
 
@@ -46,7 +47,7 @@ def data(tmp_path_factory):
 def config(data, out, **kw) -> PredictConfig:
     m = data["models"]
     base = dict(inputs=(str(data["fasta"]),), chunk_size=300, classifier=str(m["classifier"]), esm_model=str(m["esm"]),
-                dnabert_model=str(m["dnabert"]), output_dir=str(out), num_workers=2, reads_per_block=7,
+                dnabert_model=str(m["dnabert"]), output_dir=str(out), num_workers=2, window_records=7,
                 toks_per_batch=1000, quiet=True, device="cpu")
     base.update(kw)
     return PredictConfig(**base)
@@ -80,7 +81,7 @@ def test_scores_match_reference_with_an_attention_layer(data, tmp_path):
     assert len(ref) >= 8 and any(f["id"].endswith(("R1", "R2", "R3")) for f in ref)
     fasta = write_fasta_wrapped(tmp_path / "r.fa", reads)
     predict(config(data, tmp_path / "out", inputs=(str(fasta),), esm_model=str(models["esm"]), num_workers=0,
-                   reads_per_block=5, toks_per_batch=300))
+                   window_records=5, toks_per_batch=300))
     rows = list(read_predictions(tmp_path / "out" / "prediction_results.txt"))
     assert [r.seq_id for r in rows] == [f["id"] for f in ref]
     np.testing.assert_allclose([[r.score1, r.score2] for r in rows], [[f["score1"], f["score2"]] for f in ref],
@@ -130,12 +131,11 @@ def test_run_report(run, data):
     rep = json.loads((out / "run_report.json").read_text())
     assert rep["task"] == "predict"
     assert rep["summary"]["sequences"] == len(data["ref"])
-    assert rep["ranks"][0]["batches"] > 1 and rep["ranks"][0]["skipped"] == {"empty_read": 1}
-    assert rep["skipped"]["empty_read"] == ["empty_read"]
+    assert rep["ranks"][0]["batches"] > 1 and rep["skipped"]["empty_count"] == 1
+    assert rep["skipped"]["empty"] == ["empty_read"]
     assert rep["counts"]["empty"] == 1 and rep["counts"]["reads"] == len(data["reads"])
-    eff = rep["packing_efficiency"][0]
-    assert 0 < eff["protein"] <= 1 and 0 < eff["nucleotide"] <= 1
-    assert rep["ranks"][0]["packing_efficiency"] == pytest.approx(eff["protein"])
+    assert rep["counters"]["frames"] == len(data["ref"])
+    assert 0 < rep["ranks"][0]["packing_efficiency"] <= 1
     # frames whose nucleotide record holds N (DNABERT-S [UNK]) are counted, not dropped
     frames = list(translate_records(chunk_records(data["reads"], 300)))
     with_n = [f.id for f in frames if set(f.nucleotide) - set("ACGT")]
@@ -144,23 +144,24 @@ def test_run_report(run, data):
 
 
 def test_resume_after_crash_and_rerun(run, data, tmp_path, monkeypatch):
-    """A run that dies after some blocks resumes into a second shard; a rerun of a finished run is a no-op;
-    the files are identical to the uninterrupted run's (finalize also in small windows)."""
+    """A run that dies after some windows resumes into a second shard; a rerun of a finished run is a no-op;
+    the files are identical to the uninterrupted run's (finalize reading the shards in small windows)."""
     full, _ = run
-    real = predict_mod.make_block
+    real = predict_mod._MakePredictBlock.__call__
 
-    def dies_at_block_3(number, *a, **k):
+    def dies_at_window_3(self, index, number, rows):
         if number == 3:
             raise RuntimeError("simulated crash")
-        return real(number, *a, **k)
+        return real(self, index, number, rows)
 
-    monkeypatch.setattr(predict_mod, "make_block", dies_at_block_3)
-    cfg = config(data, tmp_path, num_workers=0)
+    monkeypatch.setattr(predict_mod._MakePredictBlock, "__call__", dies_at_window_3)
+    cfg = config(data, tmp_path, num_workers=0, keep_shards=True)
     with pytest.raises(RuntimeError, match="simulated crash"):
         predict(cfg)
-    monkeypatch.setattr(predict_mod, "make_block", real)
-    first = open_prediction_shards(tmp_path / "shards", len(data["reads"]), [r for r, _ in data["reads"]])
-    assert [len(s.rows) for s in first] == [21]  # blocks 0-2 of 7 reads were committed
+    monkeypatch.setattr(predict_mod._MakePredictBlock, "__call__", real)
+    first = scan_shards(tmp_path / "shards", len(data["reads"]))
+    assert first.committed == [21]  # windows 0-2 of 7 reads were committed
+    monkeypatch.setattr(predict_mod, "FINALIZE_WINDOW", 4)
     predict(cfg)
     rep = json.loads((tmp_path / "run_report.json").read_text())
     assert rep["summary"]["resumed_records"] == 21
@@ -169,13 +170,7 @@ def test_resume_after_crash_and_rerun(run, data, tmp_path, monkeypatch):
         assert (tmp_path / name).read_bytes().splitlines()[0] == (full / name).read_bytes().splitlines()[0]
     _assert_same_results(tmp_path, full)
     before = {n: (tmp_path / n).read_bytes() for n in RESULT_FILES}
-    predict(cfg)  # everything done: no model loaded, nothing computed, same files
-    rep = json.loads((tmp_path / "run_report.json").read_text())
-    assert rep["summary"]["sequences"] == 0 and "model_load" not in rep["ranks"][0]["phases"]
-    assert {n: (tmp_path / n).read_bytes() for n in RESULT_FILES} == before
-    manifest = json.loads((tmp_path / "run.json").read_text())
-    index = predict_mod.SequenceIndex.load(tmp_path / "index.npz")
-    predict_mod.finalize_predictions(tmp_path, index, cfg, manifest, window=4)
+    assert predict(cfg).already_complete  # everything done: nothing loaded, nothing computed, same files
     assert {n: (tmp_path / n).read_bytes() for n in RESULT_FILES} == before
 
 
@@ -271,32 +266,3 @@ def test_pack_pairs_budgets_and_pairing():
             assert b.protein.num_tokens <= 300 and b.nucleotide.num_tokens <= 200
     assert any(b.protein.num_tokens == 500 and b.protein.num_seqs == 1 for b in batches)
     assert pack_pairs([], [], 10, 10) == []
-
-
-def test_plan_blocks():
-    rows = np.arange(10, 20)
-    lengths = np.array([5, 5, 5, 100, 5, 5, 5, 5, 5, 0])
-    blocks = plan_blocks(rows, lengths, reads_per_block=4, max_bases=50)
-    assert np.concatenate(blocks).tolist() == rows.tolist()
-    assert [b.tolist() for b in blocks] == [[10, 11, 12], [13], [14, 15, 16, 17], [18, 19]]
-    ramped = plan_blocks(np.arange(40), np.full(40, 10), reads_per_block=100, max_bases=160, ramp=True)
-    assert [len(b) for b in ramped] == [2, 4, 8, 16, 10]
-
-
-def test_prediction_writer_refuses_incomplete_block(tmp_path):
-    ids = ["r0", "r1"]
-    w = PredictionShardWriter(tmp_path, 0, ids)
-    w.write_block(np.array([0, 1]), np.array([1, 1]), np.array([2, 1]), ["r0_chunk_1F1", "r0_chunk_1R1", "r1_chunk_1F2"],
-                  [(torch.tensor([0, 2]), torch.rand(2, 2), None)])  # frame 1 never scored
-    with pytest.raises(RuntimeError, match="3 frames planned, 2 scored"):
-        w.close()
-    with h5py.File(w.path, "r") as f:
-        assert f.attrs["committed"] == 0 and f.attrs["committed_frames"] == 0
-    w = PredictionShardWriter(tmp_path, 0, ids)
-    w.write_block(np.array([0, 1]), np.array([1, 0]), np.array([1, 0]), ["r0_chunk_1F1"],
-                  [(torch.tensor([0]), torch.tensor([[0.25, 0.75]]), None)])
-    assert w.close() == 2
-    shards = open_prediction_shards(tmp_path, 2, ids)
-    good = [s for s in shards if s.path == w.path][0]
-    assert good.rows.tolist() == [0, 1] and good.frames(0, 1)["frame_ids"].tolist() == ["r0_chunk_1F1"]
-

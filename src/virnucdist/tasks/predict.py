@@ -39,6 +39,7 @@ from .identity import model_identity
 __all__ = ["PredictConfig", "PredictTask", "predict", "build_parser", "main"]
 
 CHUNK_SIZES = (300, 500)
+FINALIZE_WINDOW = 1 << 16  # reads per window when rank 0 reads the results back
 _CODE = {name: i for i, name in enumerate(FRAME_NAMES)}
 
 
@@ -164,10 +165,10 @@ class PredictTask:
                 logging.getLogger("virnucdist").warning(
                     "classifier %s looks trained for %d-bp chunks but --chunk-size is %d", c.classifier, hint,
                     c.chunk_size)
-        if clf.input_dim != dim:
-            raise UserError(f"the classifier takes {clf.input_dim} values per frame, but these models give DNABERT-S "
-                            f"{self.dna.dim} + ESM-2 {self.esm.dim} = {dim}; VirNucPro's classifiers need "
-                            f"esm2_t36_3B_UR50D and DNABERT-S")
+        if clf.hidden_layer.in_features != dim:
+            raise UserError(f"the classifier takes {clf.hidden_layer.in_features} values per frame, but these models give "
+                            f"{self.dna.dim} + {self.esm.dim} = {dim} (DNABERT-S + ESM-2); VirNucPro's classifiers "
+                            f"need DNABERT-S and esm2_t36_3B_UR50D")
         self.clf = clf.to(device=ctx.device, dtype=torch.float32).eval()
         self.budget = c.toks_per_batch or DEFAULT_TOKS.get(ctx.device.type, 4096)
         self.runners = [BatchRunner(lambda b, m=m: m.embed(b, (-1,), False).pooled[0], ctx.device)
@@ -200,8 +201,7 @@ class PredictTask:
             feats = torch.cat([d, e], dim=1).float()
             scores = torch.softmax(self.clf(feats), dim=1)
             out.append(torch.cat([scores, d.float(), e.float()], 1) if self.config.keep_intermediate else scores)
-        dev = self.clf.fc1.weight.device if hasattr(self.clf, "fc1") else None
-        vals = torch.cat(out) if out else torch.zeros(0, 2, device=dev)
+        vals = torch.cat(out) if out else torch.zeros(0, 2, device=self.clf.hidden_layer.weight.device)
         (host,), ev = to_host_async(vals)
         ragged = {"chunk": chunks, "frame": codes, "score1": host[:, 0], "score2": host[:, 1]}
         if self.config.keep_intermediate:
@@ -216,7 +216,7 @@ class PredictTask:
         def reads(embeddings: bool = False):
             """(read id, n_chunks, frame ids, score1, score2, window) for every read, input order."""
             at = 0
-            for w in results.windows(plan.rows, plan.source, ragged=True):
+            for w in results.windows(plan.rows, plan.source, ragged=True, window=FINALIZE_WINDOW):
                 start = 0
                 for row, nc, nf in zip(w.rows.tolist(), w.columns["n_chunks"].tolist(), w.lengths.tolist()):
                     while at < row:  # empty or skipped reads: no chunk scored
