@@ -914,6 +914,47 @@ class _Stash:
 # final files
 
 
+class _Writeback:
+    """Starts the disk write of a file being written, from a thread (``fdatasync`` every ``every`` bytes).
+
+    Without it, the pages of a large output stay dirty in the page cache until the final fsync,
+    and the disk write then follows the copy instead of overlapping it.
+    """
+
+    def __init__(self, path: Path, every: int = 256 << 20):
+        self.fd = os.open(path, os.O_RDONLY)
+        self.every, self.pending, self.error = every, 0, None
+        self._wake, self._stop = threading.Event(), False
+        self._thread = threading.Thread(target=self._run, name="writeback", daemon=True)
+        self._thread.start()
+
+    def wrote(self, nbytes: int) -> None:
+        self.pending += nbytes
+        if self.pending >= self.every:
+            self.pending = 0
+            self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop:
+                return
+            try:
+                os.fdatasync(self.fd)
+            except OSError as e:  # raised by close(): the final fsync would fail the same way
+                self.error = e
+                return
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join()
+        os.close(self.fd)
+        if self.error is not None:
+            raise self.error
+
+
 def write_embeddings_h5(path: str | Path, ids: Sequence[str], windows: Iterable[Window], n: int,
                         datasets: dict[str, Column], *, ragged: dict[str, Column] | None = None,
                         ragged_lengths: np.ndarray | None = None, attrs: dict | None = None,
@@ -931,8 +972,10 @@ def write_embeddings_h5(path: str | Path, ids: Sequence[str], windows: Iterable[
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     ragged = ragged or {}
+    writeback = None
     try:
         with _open(tmp, "w") as out:
+            writeback = _Writeback(tmp) if _FSYNC else None
             out.create_dataset("ids", data=np.asarray(list(ids), dtype=object).reshape(-1), dtype=STR)
             if out["ids"].shape[0] != n:
                 raise ValueError(f"{out['ids'].shape[0]} ids for {n} records")
@@ -955,14 +998,20 @@ def write_embeddings_h5(path: str | Path, ids: Sequence[str], windows: Iterable[
                     raise ValueError(f"windows hold more than {n} records")
                 for col, ds in dense.values():
                     if b > a:
-                        ds.write_direct(np.ascontiguousarray(w.columns[col]), dest_sel=np.s_[a:b])
+                        v = np.ascontiguousarray(w.columns[col])
+                        ds.write_direct(v, dest_sel=np.s_[a:b])
+                        if writeback is not None:
+                            writeback.wrote(v.nbytes)
                 if rdense:
                     if not np.array_equal(w.lengths, lengths[a:b]):
                         raise ValueError(f"ragged lengths of records {a}..{b - 1} differ from ragged_lengths")
                     t0, t1 = int(offsets[a]), int(offsets[b])
                     if t1 > t0:
                         for col, ds in rdense.values():
-                            ds.write_direct(np.ascontiguousarray(w.ragged[col]), dest_sel=np.s_[t0:t1])
+                            v = np.ascontiguousarray(w.ragged[col])
+                            ds.write_direct(v, dest_sel=np.s_[t0:t1])
+                            if writeback is not None:
+                                writeback.wrote(v.nbytes)
                 if progress is not None:
                     progress(b - a)
                 a = b
@@ -970,9 +1019,17 @@ def write_embeddings_h5(path: str | Path, ids: Sequence[str], windows: Iterable[
                 raise RuntimeError(f"windows held {a} of {n} records")
             for k, v in (attrs or {}).items():
                 out.attrs[k] = v
+        if writeback is not None:
+            writeback, wb = None, writeback
+            wb.close()
         test_hook("finalize")
         replace_durably(tmp, path)
     except BaseException:  # no half-written .tmp left behind
+        if writeback is not None:
+            try:
+                writeback.close()
+            except OSError:
+                pass
         tmp.unlink(missing_ok=True)
         raise
     return n
