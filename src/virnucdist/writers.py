@@ -250,6 +250,8 @@ class Part:
     ``lengths`` [b]: ragged rows per slot; ``ragged``: name -> [sum(lengths), *shape] in this part's
     slot order. ``event``: a ``torch.cuda.Event`` that the writer thread synchronizes before
     reading (the arrays may still be being filled by a non-blocking device->host copy).
+    ``skipped``: slot -> reason for records that have no result (e.g. out of memory even alone):
+    they are set aside as bad rows with that reason (their values are ignored).
     """
 
     slots: object
@@ -257,6 +259,7 @@ class Part:
     lengths: object | None = None
     ragged: dict | None = None
     event: object | None = None
+    skipped: dict | None = None
 
 
 def _np(x, dtype=None) -> np.ndarray:
@@ -413,10 +416,13 @@ class ShardWriter:
         cols = {c.name: np.empty((n, *c.shape), dtype=c.dtype) for c in schema.columns}
         lengths = np.zeros(n, dtype=np.int64) if schema.ragged else None
         staged = []
+        told: dict[int, str] = {}
         for p in parts:
             if p.event is not None:
                 p.event.synchronize()
             s = _np(p.slots, np.int64).reshape(-1)
+            for j, why in (p.skipped or {}).items():
+                told[int(s[int(j)])] = why
             if len(s) and (s.min() < 0 or s.max() >= n):
                 raise RuntimeError(f"window of records {rows[:1].tolist()}..{rows[-1:].tolist()}: slot out of "
                                    f"range 0..{n - 1}; not committing it")
@@ -447,11 +453,15 @@ class ShardWriter:
                     if v.shape != (len(dest), *c.shape):
                         raise RuntimeError(f"ragged column {c.name}: got shape {v.shape} for {len(dest)} rows")
                     ragged[c.name][dest] = v
-        return self._set_aside_bad(rows, cols, lengths, ragged)
+        return self._set_aside_bad(rows, cols, lengths, ragged, told)
 
-    def _set_aside_bad(self, rows, cols, lengths, ragged) -> _Window:
+    def _set_aside_bad(self, rows, cols, lengths, ragged, told: dict[int, str] | None = None) -> _Window:
         n = len(rows)
         bad_by = {}
+        if told:
+            b = np.zeros(n, dtype=bool)
+            b[list(told)] = True
+            bad_by[None] = b
         for name in self.schema.finite_columns:
             if name in cols:
                 v = cols[name].reshape(n, -1)
@@ -467,7 +477,8 @@ class ShardWriter:
             return _Window(rows, cols, lengths, ragged, rows[:0], [])
         bad = np.logical_or.reduce(list(bad_by.values()))
         good = ~bad
-        reasons = [f"non-finite values in {', '.join(k for k, b in bad_by.items() if b[i])}"
+        reasons = [told[i] if told and i in told else
+                   f"non-finite values in {', '.join(k for k, b in bad_by.items() if k is not None and b[i])}"
                    for i in np.flatnonzero(bad)]
         cols = {k: v[good] for k, v in cols.items()}
         if lengths is not None:

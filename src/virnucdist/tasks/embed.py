@@ -26,7 +26,7 @@ from ..launch.dist import DistContext
 from ..models.loading import load_model
 from ..packing import pack_longest_first
 from ..runner import DTYPES, BatchRunner, resolve_dtype, to_host_async
-from ..writers import STR, Column, Part, ShardSchema, replace_durably
+from ..writers import Column, Part, ShardSchema, write_embeddings_h5
 from .base import Block, RunPlan
 from .identity import model_identity, molecule_of_spec
 
@@ -126,6 +126,7 @@ class EmbedTask:
     def prepare(self, ctx: DistContext, index) -> None:
         c = self.config
         dtype = resolve_dtype(c.dtype, ctx.device)
+        self.dtype_name = str(dtype).removeprefix("torch.")
         if self.model is None:
             self.model = load_model(c.model, device=ctx.device, dtype=dtype, random_init=c.random_init, seed=c.seed,
                                     truncation_seq_length=c.truncation_seq_length)
@@ -158,11 +159,12 @@ class EmbedTask:
 
     def _part(self, part, out) -> Part:
         b, d = part.num_seqs, self.model.dim
-        if out is None:  # a lone record that ran out of memory: NaN marks it a counted skip
-            nan = torch.full((b, d), float("nan"))
-            vals = {f"layer{L}": nan for L in self.layers}
+        if out is None:  # a lone record that ran out of memory even alone: a counted, named skip
+            zeros = torch.zeros(b, d)
             ragged = {f"tokens_layer{L}": torch.zeros(0, d) for L in self.layers} if self.per_token else None
-            return Part(part.rows, vals, torch.zeros(b, dtype=torch.int64) if self.per_token else None, ragged)
+            return Part(part.rows, {f"layer{L}": zeros for L in self.layers},
+                        torch.zeros(b, dtype=torch.int64) if self.per_token else None, ragged,
+                        skipped={j: "out of memory" for j in range(b)})
         tensors = list(out.pooled) + (list(out.tokens) + [out.token_lengths] if self.per_token else [])
         host, ev = to_host_async(*tensors)
         k = len(self.layers)
@@ -175,54 +177,30 @@ class EmbedTask:
     # -- rank 0
     def finalize(self, out: Path, index, results, plan: RunPlan) -> dict:
         c, m = self.config, self.model
-        final = out / "embeddings.h5"
-        tmp = final.with_name(final.name + ".tmp")
         n, d = len(plan.rows), m.dim
         attrs = {
-            "model": m.name, "model_source": m.source, "random_init": c.random_init,
-            "dtype": str(resolve_dtype(c.dtype, torch.device(next(iter(m.module.parameters())).device))).removeprefix(
-                "torch."),
+            "model": m.name, "model_source": m.source, "random_init": c.random_init, "dtype": self.dtype_name,
             "pooling": m.attrs.get("pooling", ""), "repr_layer": self.layers[0], "repr_layers": json.dumps(self.layers),
             "truncation_seq_length": c.truncation_seq_length, "include": json.dumps(list(c.include)),
             "virnucdist_version": __version__, "input_fingerprint": plan.fingerprint,
             "inputs": json.dumps([str(p) for p in c.inputs]),
             "skipped_empty_ids": json.dumps([index.ids[i] for i in plan.empty]),
             "skipped_ids": json.dumps(sorted(index.ids[i] for i in plan.bad)),
-            "dedup": bool(plan.source.size and (plan.source != plan.rows).any()),
         }
-        try:
-            with h5py.File(tmp, "w", locking=False) as f:
-                f.create_dataset("ids", data=np.asarray([index.ids[i] for i in plan.rows], dtype=object), dtype=STR)
-                names = ["embeddings"] if len(self.layers) == 1 else [f"embeddings_layer{L}" for L in self.layers]
-                emb = [f.create_dataset(nm, (n, d), dtype="f4") for nm in names]  # contiguous: sequential writes
-                if self.per_token:  # ragged: appended in input order, offsets written at the end
-                    g = f.create_group("per_token")
-                    tok = [g.create_dataset(nm, (0, d), maxshape=(None, d), dtype="f4", chunks=(1024, d))
-                           for nm in names]
-                    offsets = np.zeros(n + 1, dtype=np.int64)
-                at = 0
-                for w in results.windows(plan.rows, plan.source, ragged=self.per_token):
-                    k = len(w.rows)
-                    for ds, L in zip(emb, self.layers):
-                        ds[at:at + k] = w.columns[f"layer{L}"]
-                    if self.per_token:
-                        offsets[at + 1:at + k + 1] = offsets[at] + np.cumsum(w.lengths)
-                        t0, t1 = int(offsets[at]), int(offsets[at + k])
-                        for ds, L in zip(tok, self.layers):
-                            ds.resize(t1, axis=0)
-                            ds[t0:t1] = w.ragged[f"tokens_layer{L}"]
-                    at += k
-                if len(self.layers) > 1:
-                    f["embeddings"] = emb[0]  # a hard link: the first layer asked for, no copy
+        several = len(self.layers) > 1
+        name = (lambda L: f"embeddings_layer{L}") if several else (lambda L: "embeddings")
+        dense = {name(L): Column(f"layer{L}", "f4", (d,)) for L in self.layers}
+        ragged = {f"per_token/{name(L)}": Column(f"tokens_layer{L}", "f4", (d,)) for L in self.layers} \
+            if self.per_token else None
+        final = out / "embeddings.h5"
+        write_embeddings_h5(final, [index.ids[i] for i in plan.rows],
+                            results.windows(plan.rows, plan.source, ragged=self.per_token), n, dense, ragged=ragged,
+                            ragged_lengths=results.lengths[plan.source] if self.per_token else None, attrs=attrs)
+        if several:  # "embeddings" is the first layer asked for: a hard link, no copy
+            with h5py.File(final, "r+", locking=False) as f:
+                f["embeddings"] = f[name(self.layers[0])]
                 if self.per_token:
-                    g.create_dataset("offsets", data=offsets)
-                    if len(self.layers) > 1:
-                        g["embeddings"] = tok[0]
-                f.attrs.update(attrs)
-            replace_durably(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+                    f["per_token/embeddings"] = f[f"per_token/{name(self.layers[0])}"]
         return {"records": n, "dim": d}
 
 
