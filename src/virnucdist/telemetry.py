@@ -173,7 +173,8 @@ class Timeline:
     ``tok_s`` over the interval since the previous point, ``gpu_util`` (mean % over that
     interval from the NVML sampler; None without one), ``gpu_mem_gb`` (GPU memory in use)
     and ``rss_gb`` (host resident memory). A point every ``every_s`` seconds, plus the first,
-    one at each :meth:`sample` call (phase ends) and the last (:meth:`stop`). When
+    one at each :meth:`sample` call (phase ends; merged into the previous point when closer
+    than half an interval: a rate over a few ms is noise) and the last (:meth:`stop`). When
     ``max_points`` are reached, pairs of points merge (every other point goes, the interval
     doubles), so a run of any length keeps at most ``max_points``.
     """
