@@ -225,6 +225,7 @@ def _throughput_figure(Figure, ranks, offsets):
         return fig
     ax.set_xlabel("seconds since the first rank started")
     ax.set_ylabel("tokens/s")
+    ax.yaxis.set_major_formatter("{x:,.0f}")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     if len(ranks) <= MANY_RANKS or total is not None:
@@ -252,7 +253,7 @@ def _gpu_figure(Figure, ranks, offsets):
         for key, ls in (("gpu_mem_gb", "-"), ("rss_gb", "--")):
             pts = [(p["t"] + off, p[key]) for p in tl if p.get(key) is not None]
             if pts:
-                mem_ax.plot(*zip(*pts), color=c, ls=ls, lw=1.2, label=label if key == "gpu_mem_gb" or not util else None)
+                mem_ax.plot(*zip(*pts), color=c, ls=ls, lw=1.2, label=label if key == "rss_gb" else None)
                 any_mem = True
     if any_util:
         util_ax.set_ylim(0, 105)
@@ -269,6 +270,8 @@ def _gpu_figure(Figure, ranks, offsets):
         mem_ax.set_ylabel("GB")
         mem_ax.set_ylim(bottom=0)
         mem_ax.grid(alpha=0.3)
+        if not any_util and len(ranks) <= MANY_RANKS:  # the ranks' colours, said once on the page
+            mem_ax.legend(loc="lower right", fontsize=8, ncols=min(len(ranks), 4))
     else:
         _no_data(mem_ax, "no memory samples in this report")
     mem_ax.set_xlabel("seconds since the first rank started")
@@ -307,8 +310,8 @@ def _phases_figure(Figure, ranks, offsets):
                   + (" (some ranks: phase durations only, laid end to end)" if estimated else ""))
     ax.grid(axis="x", alpha=0.3)
     if seen:
-        ax.legend(seen.values(), [k.replace("_", " ") for k in seen], loc="upper center",
-                  bbox_to_anchor=(0.5, -0.25 if n <= 2 else -0.12), ncols=len(seen), fontsize=8, frameon=False)
+        fig.legend(seen.values(), [k.replace("_", " ") for k in seen], loc="outside lower center",
+                   ncols=len(seen), fontsize=8, frameon=False)
     else:
         _no_data(ax, "no phase times in this report")
     return fig
@@ -329,6 +332,7 @@ def _balance_figure(Figure, ranks):
     tok_ax.bar(labels, tokens, color=colors)
     tok_ax.axhline(sum(tokens) / len(tokens), color="black", ls="--", lw=1, label="mean")
     tok_ax.set_title(f"tokens per rank (imbalance {imb:.2%})")
+    tok_ax.yaxis.set_major_formatter("{x:,.0f}")
     tok_ax.set_xlabel("rank")
     tok_ax.legend(loc="lower right", fontsize=8)
     spread = (max(infer) - min(infer)) / max(max(infer), 1e-9)

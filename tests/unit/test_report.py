@@ -224,3 +224,42 @@ def test_page_renders_in_headless_chromium(tmp_path):
     im = _decode(shot.read_bytes())
     assert im.shape[:2] == (2600, 1100)
     assert im[..., :3].std() > 0.05  # text and plots, not a blank page
+
+
+# --- the benchmarks' plots (benchmarks/plots.py) ----------------------------------------
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+
+@pytest.fixture
+def plots(monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.syspath_prepend(str(RESULTS.parent))
+    import plots
+
+    return plots
+
+
+def test_scaling_plot_from_two_world_sizes(plots, tmp_path):
+    runs = [json.loads((RESULTS / f"scaling_ws{n}_h200x2.json").read_text()) for n in (2, 1)]
+    pts = plots.scaling_points(runs)
+    assert set(pts) == {"esm2", "dnabert", "predict"}
+    for task, p in pts.items():
+        assert [ws for ws, _, _ in p] == [1, 2]
+        assert p[0][1] / p[1][1] == pytest.approx(runs[0]["tasks"][task]["speedup"])  # what scaling.py printed
+    png = plots.plot_scaling(runs, tmp_path / "scaling.png")
+    im = _decode(png.read_bytes())
+    assert im.shape[:2] == (round(4.2 * plots.DPI), round(11 * plots.DPI))
+    assert plots.plot_scaling(runs[:1], tmp_path / "one.png") is None and not (tmp_path / "one.png").exists()
+
+
+@pytest.mark.parametrize("name", ["throughput_esm2_3b_h100", "throughput_dnabert_h200_120k"])
+def test_throughput_plot(plots, tmp_path, name):
+    res = json.loads((RESULTS / f"{name}.json").read_text())
+    rows = plots.throughput_rows(res)
+    assert {r["wl"] for r in rows} == set(res["workloads"]) and all(r["tps"] > 0 for r in rows)
+    png = plots.plot_throughput(rows, tmp_path / "tp.png", res.get("roofline_tokens_per_s"))
+    im = _decode(png.read_bytes())
+    assert im.shape[0] == round(4.6 * plots.DPI) and im.shape[1] >= 8 * plots.DPI
+    plots.plot_throughput([{"impl": "x", "tps": 10.0}], tmp_path / "nan.png", float("nan"))  # CPU: no roofline
+    assert _decode((tmp_path / "nan.png").read_bytes()).shape[0] > 0
