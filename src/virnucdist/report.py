@@ -424,8 +424,8 @@ def write_report(path: str | Path, png: bool = False) -> Path:
     """Write ``report.html`` beside the run's ``run_report.json`` (``path``: the run directory or
     that file); with ``png``, also ``report-<name>.png`` for each of :data:`FIGURES`. Returns the
     page's path. Raises :class:`ReportError` without matplotlib or without a readable report."""
-    _figure_class()
     report, file = load_report(path)
+    _figure_class()  # no matplotlib: one line saying what to install, before any file is written
     out_dir = file.parent
     images = {name: _png(fig) for name, fig in make_figures(report).items()}
     if png:
