@@ -11,6 +11,9 @@ with random-weight DNABERT-S; ``predict`` runs the full VirNucPro pipeline
 sequences and GPU utilisation come from the run reports (all-gathered through
 the process group: NCCL on GPUs, gloo on CPU). Speedup = baseline inference
 time / this inference time, efficiency = speedup / world size; the same for wall time.
+With --baseline and --json, a plot of speedup and efficiency vs GPUs goes beside the
+JSON (same name, .png; benchmarks/plots.py, needs matplotlib). More world sizes in one
+plot: ``python benchmarks/plots.py scaling run1.json run2.json run4.json -o scaling.png``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import random_dna, table, write_fasta  # noqa: E402
+from plots import plot_scaling  # noqa: E402
 
 from virnucdist.embedding import EmbedConfig, embed  # noqa: E402
 from virnucdist.launch import init_distributed  # noqa: E402
@@ -82,7 +86,8 @@ def main() -> None:
     work = Path(ctx.broadcast_object(args.workdir or (tempfile.mkdtemp(prefix="vnd-scaling-") if ctx.is_main else None)))
     paths = make_workload(work, args.reads, args.read_length, args.chunk_size) if ctx.is_main else None
     paths = ctx.broadcast_object(paths)
-    base = json.loads(Path(args.baseline).read_text())["tasks"] if args.baseline else {}
+    baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
+    base = baseline["tasks"] if baseline else {}
     results = {"world_size": ws, "reads": args.reads, "read_length": args.read_length,
                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "tasks": {}}
     if args.warmup_reads:
@@ -121,6 +126,11 @@ def main() -> None:
                   f"{entry['wall_speedup']:.2f}x wall")
     if ctx.is_main and args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+        try:  # speedup and efficiency vs GPUs beside the JSON (needs the baseline: two world sizes)
+            png = plot_scaling([baseline, results] if baseline else [results], Path(args.json).with_suffix(".png"))
+            print(f"wrote {png}" if png else "no scaling plot: give --baseline (another world size) for one")
+        except ImportError:
+            print('no scaling plot: matplotlib is not installed (pip install -e ".[report]")')
     ctx.shutdown()
 
 

@@ -163,11 +163,29 @@ def _inspect_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("outdir", help="a run directory (OUTDIR, holding run_report.json) or a run_report.json")
+    p.add_argument("--png", action="store_true", help="also write the figures as OUTDIR/report-*.png")
+
+
+def _report_run(args: argparse.Namespace) -> int:
+    from virnucdist.report import ReportError, write_report
+
+    try:
+        page = write_report(args.outdir, png=args.png)
+    except ReportError as e:  # no matplotlib, no run report: one line
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    _say(f"report: wrote {page}" + (" and its figures as report-*.png" if args.png else ""))
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "chunk": Command("cut reads into VirNucPro chunks (300 or 500 bp)", _chunk_args, _chunk_run),
     "translate": Command("six-frame translate chunks, keep stop-free frames", _translate_args, _translate_run),
     "consensus": Command("per-chunk virus calls from prediction_results.txt", _consensus_args, _consensus_run),
     "inspect": Command("what a run produced: model, counts, dims, report, resumable state", _inspect_args, _inspect_run),
+    "report": Command("a run's report as one HTML page with plots (needs matplotlib)", _report_args, _report_run),
 }
 
 

@@ -1,4 +1,12 @@
-"""Per-rank timers, counters, an NVML utilisation sampler and the run report."""
+"""Per-rank timers, counters, an NVML utilisation sampler, a timeline and the run report.
+
+The engine's side, per rank: ``tel = Telemetry(rank, device)`` at the start, ``with
+tel.phase(name): ...`` around each phase, ``tel.count(records, tokens)`` once per batch
+in the loop (two integer additions; the timeline thread reads the counters, nothing
+syncs the GPU), and ``tel.finish()`` at the end, which returns the :class:`RankStats`
+(with ``timeline`` and ``phase_spans``) to all-gather and write with
+:func:`write_run_report`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import sys
 import threading
 import time
@@ -15,7 +24,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["RankStats", "Telemetry", "GpuSampler", "write_run_report", "format_summary"]
+__all__ = ["RankStats", "Telemetry", "GpuSampler", "Timeline", "write_run_report", "format_summary"]
+
+SAMPLE_EVERY_S = 5.0  # default timeline interval; VIRNUCDIST_SAMPLE_EVERY_S overrides it
+MAX_TIMELINE_POINTS = 2000  # when full, every other point is merged away and the interval doubles
 
 
 @dataclass
@@ -40,6 +52,11 @@ class RankStats:
     gpu_util_mean: float | None = None
     gpu_util_min: float | None = None
     gpu_util_samples: int = 0
+    started_unix: float = 0.0  # time.time() when this rank's Telemetry started: aligns ranks on one axis
+    # [{"name", "start", "end"}], seconds since this rank's start, in the order the phases ran
+    phase_spans: list[dict] = field(default_factory=list)
+    # [{"t", "records", "tokens", "tok_s", "gpu_util", "gpu_mem_gb", "rss_gb"}]: see Timeline
+    timeline: list[dict] = field(default_factory=list)
 
     @property
     def inference_s(self) -> float:
@@ -47,11 +64,18 @@ class RankStats:
 
 
 class GpuSampler:
-    """Samples this GPU's utilisation through NVML in a thread (no nvidia-smi processes)."""
+    """Samples this GPU through NVML in a thread (no nvidia-smi processes).
+
+    Utilisation is polled every ``interval_s``: into ``samples`` while :meth:`active`
+    (the inference phase), and always into a running mean that :meth:`take_mean`
+    hands to the timeline. ``available`` is False without NVML (then nothing runs).
+    """
 
     def __init__(self, device_index: int, interval_s: float = 0.2):
         self.samples: list[int] = []
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._sum = self._n = 0
         self._handle = None
         try:
             import pynvml
@@ -68,13 +92,39 @@ class GpuSampler:
         self._active = threading.Event()
         self._thread.start()
 
+    @property
+    def available(self) -> bool:
+        return self._handle is not None
+
     def _run(self):
         while not self._stop.wait(self._interval):
+            try:
+                util = self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu
+            except Exception:
+                return
+            with self._lock:
+                self._sum += util
+                self._n += 1
             if self._active.is_set():
-                try:
-                    self.samples.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
-                except Exception:
-                    return
+                self.samples.append(util)
+
+    def take_mean(self) -> float | None:
+        """Mean utilisation (%) since the last call; one fresh reading if none was polled since."""
+        with self._lock:
+            total, n, self._sum, self._n = self._sum, self._n, 0, 0
+        if n:
+            return total / n
+        try:
+            return float(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu) if self.available else None
+        except Exception:
+            return None
+
+    def memory_used_gb(self) -> float | None:
+        """Memory in use on this GPU (all processes), GB (1e9 bytes), or None."""
+        try:
+            return self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used / 1e9 if self.available else None
+        except Exception:
+            return None
 
     @contextlib.contextmanager
     def active(self):
@@ -91,11 +141,127 @@ class GpuSampler:
         self._stop.set()
 
 
+def _rss_gb() -> float | None:
+    """This process's resident memory, GB (Linux /proc; elsewhere the peak from getrusage)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return peak * (1 if sys.platform == "darwin" else 1024) / 1e9
+
+
+def _merged(before: dict, a: dict, b: dict) -> dict:
+    """Points ``a`` and ``b`` (``before`` precedes them) as one point at ``b``'s time."""
+    da, db = a["t"] - before["t"], b["t"] - a["t"]
+    utils = [(u, d) for u, d in ((a["gpu_util"], da), (b["gpu_util"], db)) if u is not None]
+    util = (sum(u * d for u, d in utils) / sum(d for _, d in utils) if sum(d for _, d in utils) > 0
+            else utils[-1][0]) if utils else None
+    peak = {k: max((p[k] for p in (a, b) if p[k] is not None), default=None) for k in ("gpu_mem_gb", "rss_gb")}
+    dt = b["t"] - before["t"]
+    return {**b, "tok_s": round((b["tokens"] - before["tokens"]) / dt, 1) if dt > 0 else 0.0,
+            "gpu_util": None if util is None else round(util, 1), **peak}
+
+
+class Timeline:
+    """One rank's progress over time: a bounded list of points, sampled by a light timer thread.
+
+    A point: ``t`` (s since the rank started), ``records`` and ``tokens`` done so far (the
+    counters :meth:`count` adds to; the loop never waits on the thread, nor on the GPU),
+    ``tok_s`` over the interval since the previous point, ``gpu_util`` (mean % over that
+    interval from the NVML sampler; None without one), ``gpu_mem_gb`` (GPU memory in use)
+    and ``rss_gb`` (host resident memory). A point every ``every_s`` seconds, plus the first,
+    one at each :meth:`sample` call (phase ends; merged into the previous point when closer
+    than half an interval: a rate over a few ms is noise) and the last (:meth:`stop`). When
+    ``max_points`` are reached, pairs of points merge (every other point goes, the interval
+    doubles), so a run of any length keeps at most ``max_points``.
+    """
+
+    def __init__(self, every_s: float = SAMPLE_EVERY_S, gpu: GpuSampler | None = None,
+                 max_points: int = MAX_TIMELINE_POINTS, t0: float | None = None):
+        if not every_s > 0:
+            raise ValueError(f"timeline interval must be > 0 seconds, got {every_s}")
+        self.every_s, self.max_points = float(every_s), max(int(max_points), 4)
+        self.records = self.tokens = 0
+        self.points: list[dict] = []
+        self._gpu = gpu if gpu is not None and gpu.available else None
+        self._t0 = time.perf_counter() if t0 is None else t0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.sample()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="timeline")
+        self._thread.start()
+
+    def count(self, records: int, tokens: int) -> None:
+        self.records += records
+        self.tokens += tokens
+
+    def _run(self):
+        while True:
+            due = self.points[-1]["t"] + self.every_s - (time.perf_counter() - self._t0)
+            if self._stop.wait(max(due, 0.01)):
+                return
+            if time.perf_counter() - self._t0 >= self.points[-1]["t"] + self.every_s:
+                self.sample()
+
+    def sample(self) -> None:
+        """Add a point now (the thread calls this every ``every_s``; phase ends call it too)."""
+        with self._lock:
+            t = time.perf_counter() - self._t0
+            util = self._gpu.take_mean() if self._gpu else None
+            mem = self._gpu.memory_used_gb() if self._gpu else None
+            rss = _rss_gb()
+            point = {"t": round(t, 4), "records": self.records, "tokens": self.tokens, "tok_s": 0.0,
+                     "gpu_util": None if util is None else round(util, 1),
+                     "gpu_mem_gb": None if mem is None else round(mem, 3),
+                     "rss_gb": None if rss is None else round(rss, 3)}
+            pts = self.points
+            if pts:
+                dt = point["t"] - pts[-1]["t"]
+                point["tok_s"] = round((point["tokens"] - pts[-1]["tokens"]) / dt, 1) if dt > 0 else 0.0
+            if len(pts) >= 2 and point["t"] - pts[-1]["t"] < 0.5 * self.every_s:
+                pts[-1] = _merged(pts[-2], pts[-1], point)  # too close to the last point: a rate over ~0 s is noise
+            else:
+                pts.append(point)
+            if len(pts) >= self.max_points:
+                out, i = [pts[0]], 1
+                while i + 1 < len(pts):
+                    out.append(_merged(out[-1], pts[i], pts[i + 1]))
+                    i += 2
+                self.points = out + pts[i:]
+                self.every_s *= 2
+
+    def stop(self) -> list[dict]:
+        """The last point; the thread ends. Returns the points."""
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join()
+            self.sample()
+        return self.points
+
+
 class Telemetry:
-    def __init__(self, rank: int, device: torch.device):
+    """A rank's timers and counters. ``sample_every_s``: the timeline's interval (default
+    ``VIRNUCDIST_SAMPLE_EVERY_S`` from the environment, else 5 s)."""
+
+    def __init__(self, rank: int, device: torch.device, sample_every_s: float | None = None):
         self.device = device
-        self.stats = RankStats(rank=rank, device=str(device))
+        self._t0 = time.perf_counter()
+        self.stats = RankStats(rank=rank, device=str(device), started_unix=time.time())
         self.gpu = GpuSampler(device.index or 0) if device.type == "cuda" else None
+        if sample_every_s is None:
+            env = os.environ.get("VIRNUCDIST_SAMPLE_EVERY_S", "")
+            try:
+                sample_every_s = float(env) if env else SAMPLE_EVERY_S
+            except ValueError:
+                raise ValueError(f"VIRNUCDIST_SAMPLE_EVERY_S={env!r}: give the timeline interval in seconds") from None
+        self.timeline = Timeline(sample_every_s, gpu=self.gpu, t0=self._t0)
+
+    def count(self, records: int, tokens: int) -> None:
+        """Records and tokens just done (call once per batch; two additions, no GPU sync)."""
+        self.timeline.count(records, tokens)
 
     @contextlib.contextmanager
     def phase(self, name: str, sync: bool = True):
@@ -110,10 +276,15 @@ class Telemetry:
             finally:
                 if sync and self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
-                self.stats.phases[name] = self.stats.phases.get(name, 0.0) + time.perf_counter() - t0
+                t1 = time.perf_counter()
+                self.stats.phases[name] = self.stats.phases.get(name, 0.0) + t1 - t0
+                self.stats.phase_spans.append({"name": name, "start": round(t0 - self._t0, 4),
+                                               "end": round(t1 - self._t0, 4)})
+                self.timeline.sample()
 
     def finish(self) -> RankStats:
         s = self.stats
+        s.timeline = list(self.timeline.stop())
         if self.device.type == "cuda":
             s.peak_gpu_mem_gib = torch.cuda.max_memory_allocated(self.device) / 2**30
         if self.gpu is not None:
@@ -154,9 +325,18 @@ def write_run_report(path: str | Path, ranks: list[RankStats], wall_s: float, ex
     }
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
+    tmp.write_text(_dumps(report))
     os.replace(tmp, path)
     return report
+
+
+def _dumps(report: dict) -> str:
+    """Indented JSON with each timeline point on one line (thousands of points stay readable)."""
+    text = json.dumps(report, indent=2, default=str)
+    try:
+        return re.sub(r'\{\s*"t": [^{}"]*(?:"[a-z_]+": [^{}"]*)*\}', lambda m: json.dumps(json.loads(m.group(0))), text)
+    except json.JSONDecodeError:
+        return text
 
 
 def format_summary(ranks: list[RankStats], wall_s: float) -> str:
