@@ -334,6 +334,7 @@ def _loop(task, ctx, tel, index, mine, costs, toks, out, fingerprint, counters) 
                 blocks += 1
                 s.sequences += len(block.rows)
                 s.tokens += block.tokens
+                tel.count(len(block.rows), block.tokens)  # the report's timeline; no device sync
                 s.batches += len(block.batches)
                 counters.add(block.counters, block.examples)
                 progress.update(len(block.rows), int(costs[block.rows].sum()))

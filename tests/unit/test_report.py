@@ -114,8 +114,6 @@ def test_cpu_run_report_holds_a_timeline_and_phase_spans(cpu_run):
     assert inf["end"] - inf["start"] == pytest.approx(r["phases"]["inference"], abs=1e-3)
 
 
-@pytest.mark.xfail(strict=True, reason="the engine does not call Telemetry.count(records, tokens) per batch yet "
-                                       "(issue 17); remove this mark when it does")
 def test_cpu_run_timeline_counts_every_record(cpu_run):
     r = json.loads((cpu_run / "run_report.json").read_text())["ranks"][0]
     last = r["timeline"][-1]

@@ -667,20 +667,3 @@ def build_index_distributed(paths: Sequence[PathLike], run_dir: PathLike, rank: 
 
         raise PeerFailed(f"rank 0 failed to build the sequence index: {msg}")
     return SequenceIndex.load(cache)
-
-
-# TEMP STUBS (replaced by the input branch)
-def check_molecule(index, expected, model_name, flag):
-    return None
-
-
-def _representatives(self):
-    import hashlib as _h
-    seen, out = {}, np.empty(len(self), dtype=np.int64)
-    for i in range(len(self)):
-        k = self.read(i).upper()
-        out[i] = seen.setdefault(k, i)
-    return out
-
-
-SequenceIndex.representatives = _representatives
