@@ -12,10 +12,12 @@ nucleic-acid file is almost all of them, a protein file mostly other letters.
 Thresholds (fractions of all sequence characters):
 
 * ``dna`` / ``rna``: nucleotide letters >= 90%; ``rna`` when U outnumbers T.
-* ``protein``: nucleotide letters <= 60% and amino-acid letters other than
-  A/C/G/T/U/N >= 30% (typical proteomes: ~26% nucleotide letters, ~74% others).
-* ``unknown``: anything else (no letters, a mix of DNA and protein records, digits
-  or symbols); :func:`check_molecule` never refuses it.
+* ``protein``: otherwise, when amino-acid letters other than A/C/G/T/U/N are >= 30%
+  (typical proteomes: ~26% nucleotide letters, ~74% others; a file of half DNA and
+  half protein, by letters, is protein too: 37% of its letters are not nucleotides).
+* ``unknown``: anything else (no letters; digits, gaps or symbols; nucleotide letters
+  between 70% and 90% with few amino-acid letters); :func:`check_molecule` never
+  refuses it.
 """
 
 from __future__ import annotations
@@ -30,10 +32,8 @@ __all__ = ["Molecule", "WrongMoleculeError", "molecule_of", "check_molecule", "N
 
 #: share of nucleotide letters (ACGTUN) from which a file is DNA or RNA
 NUCLEOTIDE_MIN = 0.90
-#: share of non-nucleotide amino-acid letters from which a file is protein ...
+#: share of amino-acid letters other than ACGTUN from which a (not nucleotide) file is protein
 PROTEIN_MIN = 0.30
-#: ... provided nucleotide letters are at most this share
-PROTEIN_NUCLEOTIDE_MAX = 0.60
 
 _NUC = b"ACGTUN"
 #: the 20 standard amino acids plus B, Z, X, J, O, U; minus the nucleotide letters
@@ -91,7 +91,7 @@ def molecule_of(counts: np.ndarray) -> Molecule:
     aa = int(folded[list(_AA_ONLY)].sum()) / total
     if nuc >= NUCLEOTIDE_MIN:
         kind = "rna" if u > t else "dna"
-    elif nuc <= PROTEIN_NUCLEOTIDE_MAX and aa >= PROTEIN_MIN:
+    elif aa >= PROTEIN_MIN:
         kind = "protein"
     else:
         kind = "unknown"

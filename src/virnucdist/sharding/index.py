@@ -668,8 +668,9 @@ class SequenceIndex:
         self.file_sizes = [int(s) for s in (file_sizes or [])]
         self.identity = identity or []
         self.file_format = [str(f) for f in (file_format or ["fasta"] * len(self.files))]
-        self.file_letter_counts = (np.asarray(file_letter_counts, dtype=np.int64).reshape(-1, 256)
-                                   if file_letter_counts is not None else None)
+        counts = np.asarray(file_letter_counts if file_letter_counts is not None else [], dtype=np.int64)
+        self.file_letter_counts = (counts.reshape(-1, 256)
+                                   if counts.size and len(counts.reshape(-1, 256)) == len(self.files) else None)
         self._content_hash = (np.asarray(content_hash, dtype=np.uint64).reshape(-1, 2)
                               if content_hash is not None else None)
         self._reps: np.ndarray | None = None
