@@ -62,7 +62,7 @@ def _output(path: str | Path) -> Iterator[str]:
 
 
 def _chunk_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", help="reads (FASTA, plain or .gz)")
+    p.add_argument("input", help="reads (FASTA or FASTQ, plain or .gz)")
     p.add_argument(
         "--chunk-size", type=int, choices=(300, 500), required=True,
         help="chunk length; must match the classifier (300_model.pth -> 300, 500_model.pth -> 500)",

@@ -162,14 +162,16 @@ def test_duplicate_ids_across_files(tmp_path):
     assert line.count(str(f2)) >= 1 and line.count(str(f1)) == 1
 
 
-@pytest.mark.parametrize("content, hint", [
-    (b"Sample sheet\nrun 12, lane 3\n", "is this a FASTA file?"),
-    (b"@read1\nACGT\n+\nIIII\n", "It looks like FASTQ"),
+@pytest.mark.parametrize("content, needles", [
+    (b"Sample sheet\nrun 12, lane 3\n", ("line 1", "expected a FASTA header line starting with '>'",
+                                         "is this a FASTA file?")),
+    (b"@read1\nACGT\n+\nIII\n", ("line 4", "record 'read1' (header at line 1) has 4 sequence letters but 3 quality")),
 ])
-def test_text_that_is_not_fasta(tmp_path, content, hint):
+def test_text_that_is_not_fasta(tmp_path, content, needles):
+    """Text that is not FASTA; FASTQ is read (test_fastq.py), a malformed one is named by line."""
     f = tmp_path / "notes.txt"
     f.write_bytes(content)
-    _one_error_line(_cli(tmp_path, str(f)), str(f), "line 1", "expected a FASTA header line starting with '>'", hint)
+    _one_error_line(_cli(tmp_path, str(f)), str(f), *needles)
 
 
 @pytest.mark.parametrize("kind", ["png", "truncated_gzip"])

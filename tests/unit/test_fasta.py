@@ -2,7 +2,7 @@ import gzip
 
 import pytest
 
-from virnucdist.fasta import FastaError, FastaRecord, read_fasta, validate_letters, write_fasta
+from virnucdist.fasta import FastaError, FastaRecord, read_fasta, write_fasta
 
 PLAIN = b">r1 first read\nACGT\nAC\n>r2\nGGGG\n>r3 x y\n\n"
 
@@ -70,11 +70,11 @@ def test_not_fasta(tmp_path):
     assert err.line == 2
 
 
-def test_fastq_hint(tmp_path):
-    p = tmp_path / "reads.fq"
-    p.write_bytes(b"@r1\nACGT\n+\nIIII\n")
-    err = _error(p)
-    assert "reads.fq, line 1" in str(err) and "FASTQ" in str(err)
+def test_fastq_is_read(tmp_path):
+    """Once refused ("It looks like FASTQ"); now read like FASTA, whatever the file's name."""
+    p = tmp_path / "reads.txt"
+    p.write_bytes(b"\n@r1 first read\nACGT\n+\nIIII\n@r2\nac\n+r2\n!!\n")
+    assert _records(p) == [FastaRecord("r1", "r1 first read", "ACGT"), FastaRecord("r2", "r2", "ac")]
 
 
 def test_nul_bytes(tmp_path):
@@ -122,10 +122,3 @@ def test_write_roundtrip_wrapped_and_gz(tmp_path):
     for name in ("w.fa", "w.fa.gz"):
         assert write_fasta(tmp_path / name, recs, width=7) == 3
         assert [(r.id, r.seq) for r in read_fasta(tmp_path / name)] == recs
-
-
-def test_validate_letters():
-    assert validate_letters("ACGTN", "ACGTN") is None
-    assert validate_letters("ACGXTZ", frozenset("ACGT")) == "X"
-    assert validate_letters("acgt", "ACGT") == "a"
-    assert validate_letters("", "ACGT") is None

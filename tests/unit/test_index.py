@@ -1,4 +1,7 @@
+import collections
 import gzip
+import hashlib
+import json
 import multiprocessing as mp
 import os
 import pickle
@@ -7,9 +10,12 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from virnucdist.fasta import FastaError, read_fasta, write_fasta
 from virnucdist.sharding import SequenceIndex, build_index_distributed
+from virnucdist.sharding import index as index_module
 
 
 def _rand_seq(rng, n):
@@ -159,8 +165,10 @@ def test_save_load_roundtrip(inputs, tmp_path):
     back = SequenceIndex.load(cache, expected_fingerprint=idx.fingerprint)
     assert back.ids == idx.ids and back.files == idx.files and back.sources == idx.sources
     assert back.fingerprint == idx.fingerprint
-    for col in ("file_idx", "offset", "nbytes", "length", "header_line"):
+    for col in ("file_idx", "offset", "nbytes", "length", "header_line", "content_hash", "file_letter_counts"):
         np.testing.assert_array_equal(getattr(back, col), getattr(idx, col))
+    assert back.file_format == idx.file_format == ["fasta"] * 4
+    np.testing.assert_array_equal(back.representatives(), idx.representatives())
     assert _read_all(back) == _read_all(idx)
     with pytest.raises(ValueError, match="different inputs"):
         SequenceIndex.load(cache, expected_fingerprint="0" * 64)
@@ -249,3 +257,95 @@ def test_utf8_bom_and_leading_blank_lines(tmp_path):
         want = list(read_fasta(f))
         assert idx.ids == [r.id for r in want]
         assert _read_all(idx) == [r.seq for r in want]
+
+
+def _blake(seq: str) -> bytes:
+    return hashlib.blake2b(seq.upper().encode(), digest_size=16).digest()
+
+
+@pytest.mark.parametrize("block_size", [7, 64, 1 << 20])
+def test_content_hash_is_blake2b_of_the_normalised_sequence(inputs, tmp_path, block_size):
+    """Records spanning blocks, CRLF, wrapped lines, an empty record, gzip: each hash is blake2b-128
+    of the sequence (whitespace removed) upper-cased."""
+    idx = SequenceIndex.build(inputs, gzip_dir=tmp_path, block_size=block_size)
+    h = idx.content_hash
+    assert h.dtype == np.uint64 and h.shape == (len(idx), 2)
+    assert [h[i].astype("<u8").tobytes() for i in range(len(idx))] == [_blake(s) for s in _read_all(idx)]
+
+
+def test_same_sequence_same_hash_whatever_its_case_and_wrapping(tmp_path):
+    seq = "ACGTNACGTTGCAacgtnnA" * 7
+    a = tmp_path / "a.fa"
+    write_fasta(a, [("one", seq), ("two", seq.upper()), ("three", seq.lower()), ("other", seq[:-1])], width=13)
+    b = tmp_path / "b.fa"
+    b.write_bytes(f">four desc\r\n{seq[:50]}\r\n {seq[50:]}\t\r\n>five\n{seq}".encode())
+    idx = SequenceIndex.build([a, b])
+    h = [tuple(x) for x in idx.content_hash.tolist()]
+    assert h[0] == h[1] == h[2] == h[4] == h[5] and h[3] != h[0]
+    assert idx.representatives().tolist() == [0, 0, 0, 3, 0, 0]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.text("ACGacg", max_size=6), st.integers(1, 4), st.booleans()), min_size=1, max_size=40),
+       st.sampled_from([5, 17, 1 << 16]))
+def test_representatives_match_a_dict(records, block_size):
+    """Duplicates (after upper-casing), wrapped at random widths, CRLF or not, against a dict reference."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "r.fa")
+        text = "".join(f">r{i}\n" + "".join(s[j:j + w] + "\n" for j in range(0, len(s), w)) for i, (s, w, _) in
+                       enumerate(records))
+        data = "".join(line + ("\r\n" if records[k % len(records)][2] else "\n")
+                       for k, line in enumerate(text.split("\n")[:-1]))
+        with open(path, "w", newline="") as fh:
+            fh.write(data)
+        idx = SequenceIndex.build([path], block_size=block_size)
+        first: dict[str, int] = {}
+        want = [first.setdefault(s.upper(), i) for i, (s, _, _) in enumerate(records)]
+        reps = idx.representatives()
+        assert reps.dtype == np.int64 and reps.tolist() == want
+        assert [idx.read(i) for i in range(len(idx))] == [s for s, _, _ in records]
+
+
+def test_letter_counts_match_a_python_count(inputs, tmp_path):
+    idx = SequenceIndex.build(inputs, gzip_dir=tmp_path, block_size=100)
+    per_file = [collections.Counter("".join(r.seq for r in read_fasta(p)).encode()) for p in inputs]
+    assert idx.file_letter_counts.shape == (4, 256) and idx.letter_counts.shape == (256,)
+    for f, counter in enumerate(per_file):
+        want = np.zeros(256, np.int64)
+        for byte, n in counter.items():
+            want[byte] = n
+        np.testing.assert_array_equal(idx.file_letter_counts[f], want)
+    np.testing.assert_array_equal(idx.letter_counts, idx.file_letter_counts.sum(axis=0))
+    p = tmp_path / "mixed.fa"                   # case kept; headers, digits in headers, whitespace not counted
+    p.write_bytes(b">h1 ACGT 123\nAc g\tT\r\n*-\n>h2\n\n>h3 x\nxX\n")
+    counts = SequenceIndex.build([p], block_size=3).letter_counts
+    got = {chr(b): int(n) for b, n in enumerate(counts) if n}
+    assert got == {"A": 1, "c": 1, "g": 1, "T": 1, "*": 1, "-": 1, "x": 1, "X": 1}
+
+
+def test_old_cache_is_rebuilt_not_misread(tmp_path, monkeypatch):
+    assert index_module.FORMAT_VERSION == 2
+    p = tmp_path / "x.fa"
+    p.write_bytes(b">r1\nACGT\n>r2\nacgt\n")
+    cache = tmp_path / "index.npz"
+    SequenceIndex.load_or_build([p], cache)
+    # a version-1 cache (no content hashes, no letter counts) with the inputs unchanged
+    with np.load(cache) as z:
+        old = {k: z[k] for k in z.files if k not in ("content_hash", "letter_counts")}
+    meta = json.loads(old["meta"].tobytes())
+    meta["version"] = 1
+    del meta["file_format"]
+    old["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    with open(cache, "wb") as fh:
+        np.savez(fh, **old)
+    with pytest.raises(ValueError, match="format version 1 is not 2"):
+        SequenceIndex.load(cache)
+    calls = []
+    real_build = SequenceIndex.build.__func__
+    monkeypatch.setattr(SequenceIndex, "build",
+                        classmethod(lambda cls, *a, **k: calls.append(1) or real_build(cls, *a, **k)))
+    idx = SequenceIndex.load_or_build([p], cache)
+    assert calls == [1] and idx.representatives().tolist() == [0, 0]
+    assert SequenceIndex.load(cache).representatives().tolist() == [0, 0]     # saved again, as version 2

@@ -1,21 +1,32 @@
-"""SequenceIndex: a compact columnar index over one or more FASTA files.
+"""SequenceIndex: a compact columnar index over FASTA and FASTQ files, and the one parser.
 
 One row per record, in input order (files in the order given, records in file
 order)::
 
-    file_idx  int32   which entry of ``files`` holds the record
-    offset    int64   byte offset of the first byte after the header line
-    nbytes    int64   bytes to read from ``offset`` (sequence lines, newlines included)
-    length    int64   sequence letters (ASCII whitespace excluded)
-    header_line int64 1-based line number of the record's header (for messages)
-    ids       list[str]  first word of the header (stored as one UTF-8 blob)
+    file_idx     int32   which entry of ``files`` holds the record
+    offset       int64   byte offset of the record's sequence (after the header line)
+    nbytes       int64   bytes to read from ``offset`` (FASTA: the sequence lines, newlines
+                         included; FASTQ: the sequence line without its newline)
+    length       int64   sequence letters (ASCII whitespace excluded)
+    header_line  int64   1-based line number of the record's header (for messages)
+    content_hash [N, 2] uint64  blake2b-128 of the normalised sequence (whitespace removed,
+                         upper-cased): equal sequences have equal hashes (``representatives``)
+    ids          list[str]  first word of the header (stored as one UTF-8 blob)
 
-Reading record ``i`` is one positional read (``os.pread``) of ``nbytes`` bytes
-and a whitespace strip: the same rules as :func:`virnucdist.fasta.read_fasta`.
+and per file: ``file_format`` (``'fasta'`` or ``'fastq'``, from the content: the first
+non-blank byte is ``>`` or ``@``) and ``file_letter_counts`` (a 256-bin histogram of
+the bytes of sequence lines; headers, FASTQ ``+``/quality lines and whitespace
+excluded), from which :mod:`virnucdist.alphabet` tells DNA from protein.
 
-Building scans each file once, in binary blocks, with numpy doing the per-byte
-work (newline and header positions, whitespace counts) and ``hashlib`` hashing
-the same blocks, so the content fingerprint costs no extra pass.
+Reading record ``i`` is one positional read (``os.pread``) of ``nbytes`` bytes and a
+whitespace strip. FASTQ qualities are checked while indexing (as many as letters) and
+never read again. :func:`iter_records` (behind :func:`virnucdist.fasta.read_fasta`)
+walks the same index, so there is one set of parsing rules and error messages.
+
+Building scans each file once, in binary blocks, with numpy doing the per-byte work
+(newline and header positions, whitespace counts, the letter histogram) and
+``hashlib`` hashing the same blocks (the file fingerprint) and each record's
+normalised sequence (the content hash), so neither costs an extra pass.
 
 Gzip inputs (recognised by magic bytes) are decompressed once into
 ``gzip_dir`` (the run directory) and indexed as plain files: random access into
@@ -35,25 +46,30 @@ import gzip
 import hashlib
 import json
 import logging
+import mmap
 import os
-import shutil
+import tempfile
 import zlib
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from .._testhooks import test_hook
-from ..fasta import WHITESPACE, FastaError, is_gzip
+from ..fasta import WHITESPACE, FastaError, FastaRecord, is_gzip
 
-__all__ = ["SequenceIndex", "build_index_distributed", "quick_identity"]
+__all__ = ["SequenceIndex", "build_index_distributed", "quick_identity", "iter_records", "detect_format"]
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+#: 2: FASTQ, per-record content hashes, per-file letter counts and formats.
+FORMAT_VERSION = 2
 BLOCK_SIZE = 64 << 20
+HASH_BYTES = 16
 _MAX_OPEN_FILES = 128
 _OTHER_WS = (b" ", b"\t", b"\r", b"\v", b"\f")
 _BOM = b"\xef\xbb\xbf"
+_UPPER = bytes.maketrans(b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_HIST_STEP = 1 << 20
 
 PathLike = str | os.PathLike
 
@@ -71,14 +87,17 @@ def quick_identity(paths: Iterable[PathLike]) -> list[list]:
 
 
 class _FileScan:
-    """Per-file result of :func:`_scan_file` (global byte offsets within the file)."""
+    """Per-file result of :func:`_scan_file` (byte offsets within the file)."""
 
-    def __init__(self, offset, nbytes, length, header_line, ids, digest, size):
+    def __init__(self, fmt, offset, nbytes, length, header_line, ids, content_hash, counts, digest, size):
+        self.fmt = fmt
         self.offset = offset
         self.nbytes = nbytes
         self.length = length
         self.header_line = header_line
         self.ids = ids
+        self.content_hash = content_hash
+        self.counts = counts
         self.digest = digest
         self.size = size
 
@@ -95,10 +114,168 @@ def _line_text(buf: bytes, pos: int, n: int = 40) -> str:
     return repr(text[:n] + ("..." if len(text) > n else ""))
 
 
+def detect_format(path: PathLike) -> str:
+    """``'fastq'`` when the first non-blank byte of a (plain) file is ``@``, else ``'fasta'``.
+
+    Only the content decides, never the name; an empty or blank file is ``'fasta'``
+    (whose scanner words the error).
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+        if head.startswith(_BOM):
+            head = head[len(_BOM):]
+        while True:
+            rest = head.lstrip(WHITESPACE)
+            if rest:
+                return "fastq" if rest[:1] == b"@" else "fasta"
+            head = fh.read(1 << 16)
+            if not head:
+                return "fasta"
+
+
 def _scan_file(path: str, shown: str, block_size: int = BLOCK_SIZE,
                progress: Callable[[int], None] | None = None) -> _FileScan:
-    """Index one plain FASTA file; ``shown`` is the name used in error messages."""
+    """Index one plain FASTA or FASTQ file; ``shown`` is the name used in error messages."""
+    if detect_format(path) == "fastq":
+        return _scan_fastq_file(path, shown, block_size, progress)
+    return _scan_fasta_file(path, shown, block_size, progress)
+
+
+class _Content:
+    """Content hashes of the normalised sequences and the letter histogram of one file.
+
+    The normalised sequence is the record's sequence with ASCII whitespace removed and
+    upper-cased; its hash is blake2b with a 16-byte digest. The histogram counts the
+    bytes of sequence lines (headers, FASTQ '+' and quality lines, whitespace excluded).
+    """
+
+    def __init__(self):
+        self.digests: list[bytes] = []
+        self.counts = np.zeros(256, dtype=np.int64)
+        self.pending = None          # hasher of a FASTA record that goes on in the next chunk
+
+    def add(self, lead: bytes, slices: list[bytes], clean: np.ndarray, tail: bytes | None) -> None:
+        """One FASTA chunk: ``lead`` continues the pending record, ``slices`` are complete
+        records (``clean[i]``: no whitespace in ``slices[i]``), ``tail`` starts a pending
+        record (None: the chunk has no header, so the pending record goes on)."""
+        if lead and self.pending is not None:
+            self.pending.update(lead.translate(_UPPER, WHITESPACE))
+        if tail is None:
+            self.counts += _histogram(lead)
+            return
+        if self.pending is not None:
+            self.digests.append(self.pending.digest())
+        self.records([lead, *slices, tail], slices, clean)
+        self.pending = hashlib.blake2b(tail.translate(_UPPER, WHITESPACE), digest_size=HASH_BYTES)
+
+    def records(self, pieces: list[bytes], slices: list[bytes], clean: np.ndarray) -> None:
+        """Count the letters of ``pieces`` and hash the complete records ``slices``."""
+        c = _histogram(b"".join(pieces))
+        self.counts += c
+        if not len(slices):
+            return
+        if c[97:123].any():                           # lowercase in this chunk
+            slices = [s.translate(_UPPER, WHITESPACE) for s in slices]
+        elif not clean.all():
+            slices = list(slices)
+            for i in np.flatnonzero(~clean).tolist():
+                slices[i] = slices[i].translate(_UPPER, WHITESPACE)
+        b2 = hashlib.blake2b
+        self.digests.extend([b2(s, digest_size=HASH_BYTES).digest() for s in slices])
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.pending is not None:
+            self.digests.append(self.pending.digest())
+            self.pending = None
+        self.counts[list(WHITESPACE)] = 0
+        blob = b"".join(self.digests)
+        return np.frombuffer(blob, dtype="<u8").reshape(-1, 2).copy(), self.counts
+
+
+def _histogram(data: bytes) -> np.ndarray:
+    """256-bin byte histogram; bincount over byte pairs (uint16) is ~2x faster than over bytes."""
+    n = len(data)
+    out = np.zeros(256, dtype=np.int64)
+    if n >= 2:
+        a16 = np.frombuffer(data, dtype=np.uint16, count=n // 2)
+        pairs = np.zeros(1 << 16, dtype=np.int64)
+        for i in range(0, len(a16), _HIST_STEP):      # bounded temporaries (bincount makes intp)
+            pairs += np.bincount(a16[i:i + _HIST_STEP], minlength=1 << 16)
+        pairs = pairs.reshape(256, 256)
+        out += pairs.sum(axis=0) + pairs.sum(axis=1)
+    if n & 1:
+        out[data[-1]] += 1
+    return out
+
+
+def _check_nul(buf: bytes, n: int, lines_before: int, shown: str, what: str) -> None:
+    pos = buf.find(b"\x00", 0, n)
+    if pos >= 0:
+        raise FastaError(
+            shown, _line_of(buf, pos, lines_before),
+            f"binary data (NUL byte); this is not a text {what} file "
+            "(compressed with something other than gzip? corrupted?)",
+        )
+
+
+def _other_ws(buf: bytes, arr: np.ndarray, n: int) -> np.ndarray:
+    """Sorted positions of whitespace other than newline in ``buf[:n]``."""
+    present = [c for c in _OTHER_WS if buf.find(c, 0, n) >= 0]
+    if not present:
+        return np.empty(0, dtype=np.int64)
+    mask = arr[:n] == present[0][0]
+    for c in present[1:]:
+        mask |= arr[:n] == c[0]
+    return np.flatnonzero(mask)
+
+
+def _header_ids(buf: bytes, id_start: np.ndarray, line_end: np.ndarray, ows: np.ndarray,
+                hline: np.ndarray, n: int, shown: str, marker: str) -> list[str]:
+    """First word of each header line ``buf[id_start:line_end]`` (after the marker)."""
+    id_end = line_end.copy()
+    if len(ows):
+        j = np.searchsorted(ows, id_start)
+        nxt = np.where(j < len(ows), ows[np.minimum(j, len(ows) - 1)], n)
+        id_end = np.minimum(id_end, nxt)
+    slices = [buf[a:b] for a, b in zip(id_start.tolist(), id_end.tolist())]
+    for i in np.flatnonzero(id_end <= id_start).tolist():   # rare: '>' alone or '>  id'
+        words = buf[int(id_start[i]):int(line_end[i])].split(None, 1)
+        if not words:
+            raise FastaError(shown, int(hline[i]), f"empty header: '{marker}' must be followed by "
+                                                   f"a sequence id (e.g. '{marker}read_1')")
+        slices[i] = words[0]
+    try:
+        return b"\n".join(slices).decode("utf-8").split("\n") if slices else []
+    except UnicodeDecodeError:
+        for i, s in enumerate(slices):
+            try:
+                s.decode("utf-8")
+            except UnicodeDecodeError:
+                raise FastaError(shown, int(hline[i]),
+                                 "header is not valid UTF-8 text; this looks like a binary or "
+                                 "corrupted file") from None
+        raise
+
+
+def _non_ascii_error(buf: bytes, pos: int, line: int, shown: str, what: str) -> FastaError:
+    start = buf.rfind(b"\n", 0, pos) + 1
+    end = buf.find(b"\n", pos)
+    try:
+        buf[start:end if end >= 0 else len(buf)].decode("utf-8")
+    except UnicodeDecodeError:
+        return FastaError(shown, line, "not valid UTF-8 text; this looks like a binary or "
+                                       f"corrupted file, not {what}")
+    return FastaError(shown, line, f"non-ASCII character in sequence line {_line_text(buf, pos)}; "
+                                   "sequences must be plain ASCII letters")
+
+
+# ------------------------------------------------------------------ FASTA
+
+
+def _scan_fasta_file(path: str, shown: str, block_size: int,
+                     progress: Callable[[int], None] | None) -> _FileScan:
     sha = hashlib.sha256()
+    content = _Content()
     parts: list[tuple] = []     # per chunk: (H, off, C_H, C_off, hline, ids)
     base = 0                    # global offset of the current chunk
     ws_before = 0               # whitespace bytes before the chunk
@@ -123,11 +300,13 @@ def _scan_file(path: str, shown: str, block_size: int = BLOCK_SIZE,
                 buf, n, carry, final = carry, len(carry), b"", True
                 if n == 0:
                     break
-            res = _scan_chunk(buf, n, base, ws_before, lines_before, seen_header, shown)
-            (H, off, C_H, C_off, hline, ids, nws, nnl) = res
+            res = _scan_fasta_chunk(buf, n, base, ws_before, lines_before, seen_header, shown)
+            (H, off, C_H, C_off, hline, ids, nws, nnl, pieces) = res
             if len(H):
                 seen_header = True
                 parts.append((H, off, C_H, C_off, hline, ids))
+            if seen_header:
+                content.add(*pieces)
             base += n
             ws_before += nws
             lines_before += nnl
@@ -154,33 +333,22 @@ def _scan_file(path: str, shown: str, block_size: int = BLOCK_SIZE,
     C_end[-1] = ws_before
     nbytes = end - off
     length = nbytes - (C_end - C_off)
-    return _FileScan(off, nbytes, length, hline, ids, sha.hexdigest(), size)
+    hashes, counts = content.finish()
+    return _FileScan("fasta", off, nbytes, length, hline, ids, hashes, counts, sha.hexdigest(), size)
 
 
-def _scan_chunk(buf: bytes, n: int, base: int, ws_before: int, lines_before: int,
-                seen_header: bool, shown: str):
+def _scan_fasta_chunk(buf: bytes, n: int, base: int, ws_before: int, lines_before: int,
+                      seen_header: bool, shown: str):
     """Scan ``buf[:n]``, which starts at a line start and ends at a line end (or EOF).
 
-    Returns global arrays for the headers in the chunk plus the chunk's whitespace
-    and newline counts. ``C`` values are "whitespace bytes before this position".
+    Returns global arrays for the headers in the chunk, the chunk's whitespace and
+    newline counts (``C`` values are "whitespace bytes before this position"), and the
+    sequence pieces for :meth:`_Content.add`.
     """
-    if buf.find(b"\x00", 0, n) >= 0:
-        pos = buf.index(b"\x00")
-        raise FastaError(
-            shown, _line_of(buf, pos, lines_before),
-            "binary data (NUL byte); this is not a text FASTA file "
-            "(compressed with something other than gzip? corrupted?)",
-        )
+    _check_nul(buf, n, lines_before, shown, "FASTA")
     arr = np.frombuffer(buf, dtype=np.uint8, count=n)
     nl = np.flatnonzero(arr == 10)
-    present = [c for c in _OTHER_WS if buf.find(c, 0, n) >= 0]
-    if present:
-        mask = arr == present[0][0]
-        for c in present[1:]:
-            mask |= arr == c[0]
-        ows = np.flatnonzero(mask)
-    else:
-        ows = np.empty(0, dtype=np.int64)
+    ows = _other_ws(buf, arr, n)
 
     # line starts; the chunk starts at a line start
     starts = np.empty(len(nl) + 1, dtype=np.int64)
@@ -200,9 +368,6 @@ def _scan_chunk(buf: bytes, n: int, base: int, ws_before: int, lines_before: int
         if pre.translate(None, WHITESPACE):
             pos = first + len(pre) - len(pre.lstrip(WHITESPACE))
             text = _line_text(buf, pos)
-            hint = ""
-            if buf[pos:pos + 1] == b"@":
-                hint = " It looks like FASTQ; convert it to FASTA first (e.g. `seqkit fq2fa`)."
             try:
                 buf[pos:buf.find(b"\n", pos) if buf.find(b"\n", pos) >= 0 else n].decode("utf-8")
             except UnicodeDecodeError:
@@ -212,7 +377,7 @@ def _scan_chunk(buf: bytes, n: int, base: int, ws_before: int, lines_before: int
             raise FastaError(
                 shown, _line_of(buf, pos, lines_before),
                 f"expected a FASTA header line starting with '>', found {text}; "
-                f"is this a FASTA file?{hint}",
+                "is this a FASTA file? (FASTQ records start with '@')",
             )
 
     k = np.searchsorted(nl, H)                # newlines before each header
@@ -222,38 +387,26 @@ def _scan_chunk(buf: bytes, n: int, base: int, ws_before: int, lines_before: int
     C_H = k + np.searchsorted(ows, H)
     C_off = np.searchsorted(nl, off) + np.searchsorted(ows, off)
     hline = lines_before + k + 1
-
-    # ids: header bytes up to the first whitespace
-    id_start = H + 1
-    id_end = E.copy()
-    if len(ows):
-        j = np.searchsorted(ows, id_start)
-        nxt = np.where(j < len(ows), ows[np.minimum(j, len(ows) - 1)], n)
-        id_end = np.minimum(id_end, nxt)
-    slices = [buf[a:b] for a, b in zip(id_start.tolist(), id_end.tolist())]
-    for i in np.flatnonzero(id_end <= id_start).tolist():   # rare: '>' alone or '>  id'
-        words = buf[int(id_start[i]):int(E[i])].split(None, 1)
-        if not words:
-            raise FastaError(shown, int(hline[i]),
-                             "empty header: '>' must be followed by a sequence id (e.g. '>read_1')")
-        slices[i] = words[0]
-    try:
-        ids = b"\n".join(slices).decode("utf-8").split("\n") if slices else []
-    except UnicodeDecodeError:
-        for i, s in enumerate(slices):
-            try:
-                s.decode("utf-8")
-            except UnicodeDecodeError:
-                raise FastaError(shown, int(hline[i]),
-                                 "header is not valid UTF-8 text; this looks like a binary or "
-                                 "corrupted file") from None
-        raise
+    ids = _header_ids(buf, H + 1, E, ows, hline, n, shown, ">")
 
     if n and int(arr.max()) >= 128:
         _check_high_bytes(buf, arr, nl, H, E, hline, lines_before, shown, first)
 
+    # sequence pieces: the end of the pending record, complete records, the start of the last one
+    if len(H):
+        lead = buf[:int(H[0])] if seen_header else b""
+        so, ends = off[:-1], H[1:]
+        ws = C_H[1:] - C_off[:-1]
+        # one line, ending with its newline: the letters are [so, ends - 1)
+        clean = (ends == so) | ((ws == 1) & (arr[np.maximum(ends - 1, 0)] == 10))
+        stop = np.where(clean, ends - ws, ends)
+        slices = [buf[a:b] for a, b in zip(so.tolist(), stop.tolist())]
+        pieces = (lead, slices, clean, buf[int(off[-1]):n])
+    else:
+        pieces = (buf[:n], [], np.ones(0, dtype=bool), None)
+
     return (base + H, base + off, ws_before + C_H, ws_before + C_off, hline, ids,
-            len(nl) + len(ows), len(nl))
+            len(nl) + len(ows), len(nl), pieces)
 
 
 def _check_high_bytes(buf, arr, nl, H, E, hline, lines_before, shown, first=0):
@@ -266,21 +419,192 @@ def _check_high_bytes(buf, arr, nl, H, E, hline, lines_before, shown, first=0):
     if len(bad):
         pos = int(bad[0])
         line = lines_before + int(np.searchsorted(nl, pos)) + 1
-        start = buf.rfind(b"\n", 0, pos) + 1
-        end = buf.find(b"\n", pos)
-        try:
-            buf[start:end if end >= 0 else len(buf)].decode("utf-8")
-        except UnicodeDecodeError:
-            raise FastaError(shown, line, "not valid UTF-8 text; this looks like a binary or "
-                                          "corrupted file, not FASTA") from None
-        raise FastaError(shown, line, f"non-ASCII character in sequence line {_line_text(buf, pos)}; "
-                                      "sequences must be plain ASCII letters")
+        raise _non_ascii_error(buf, pos, line, shown, "FASTA")
     for r in np.unique(kk[in_hdr]).tolist():
         try:
             buf[int(H[r]) + 1:int(E[r])].decode("utf-8")
         except UnicodeDecodeError:
             raise FastaError(shown, int(hline[r]), "header is not valid UTF-8 text; this looks "
                                                    "like a binary or corrupted file") from None
+
+
+# ------------------------------------------------------------------ FASTQ
+
+
+def _scan_fastq_file(path: str, shown: str, block_size: int,
+                     progress: Callable[[int], None] | None) -> _FileScan:
+    """4-line FASTQ records (header, sequence, '+', quality); chunks end at record ends."""
+    sha = hashlib.sha256()
+    content = _Content()
+    parts: list[tuple] = []     # per chunk: (off, nbytes, length, hline, ids)
+    size = 0
+    base = 0                    # file offset of buf[0]
+    lines_before = 0            # newlines before buf[0]
+    carry = b""
+    started = False
+    with open(path, "rb", buffering=0) as fh:
+        while True:
+            block = fh.read(block_size)
+            if progress is not None:
+                progress(len(block))
+            final = not block
+            if block:
+                sha.update(block)
+                size += len(block)
+                buf = carry + block if carry else block
+            else:
+                buf = carry
+            if not started:       # skip a byte-order mark and blank lines before the first record
+                p = len(_BOM) if buf.startswith(_BOM) else 0
+                q = len(buf) - len(buf[p:].lstrip(WHITESPACE))
+                if not final and buf.find(b"\n", q) < 0:     # the first header line is incomplete
+                    carry = buf
+                    continue
+                started = True
+                if q < len(buf) and max(buf.rfind(b"\n", 0, q) + 1, p) != q:
+                    raise FastaError(shown, _line_of(buf, q, 0),
+                                     f"expected a FASTQ header line starting with '@', found "
+                                     f"{_line_text(buf, q)}")
+                lines_before = buf.count(b"\n", 0, q)
+                base = q
+                buf = buf[q:]
+            res, used, used_lines = _scan_fastq_chunk(buf, final, base, lines_before, shown)
+            if res is not None:
+                parts.append(res[:5])
+                content.records(res[5], res[5], res[6])
+            carry = buf[used:]
+            base += used
+            lines_before += used_lines
+            if final:
+                break
+    if not parts:
+        raise FastaError(shown, max(lines_before, 1),
+                         "no FASTQ records; expected 4-line records (header '@id', sequence, '+', quality)")
+    off, nbytes, length, hline = (np.concatenate([p[i] for p in parts]) for i in range(4))
+    ids: list[str] = [x for p in parts for x in p[4]] if len(parts) > 1 else parts[0][4]
+    hashes, counts = content.finish()
+    return _FileScan("fastq", off, nbytes, length, hline, ids, hashes, counts, sha.hexdigest(), size)
+
+
+_FASTQ_SHAPE = "FASTQ records are 4 lines: '@id', sequence, '+', quality"
+
+
+def _scan_fastq_chunk(buf: bytes, final: bool, base: int, lines_before: int, shown: str):
+    """Scan the complete records at the start of ``buf`` (which starts at a header line).
+
+    Returns ``(result or None, bytes used, lines used)``; what is not used (an
+    incomplete record, or blank lines that may be the end of the file) is carried
+    into the next chunk. ``final``: ``buf`` is the end of the file.
+    """
+    N = len(buf)
+    if N == 0:
+        return None, 0, 0
+    _check_nul(buf, N, lines_before, shown, "FASTQ")
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    ends = np.flatnonzero(arr == 10)
+    if final and arr[-1] != 10:
+        ends = np.append(ends, N)              # the last line has no newline
+    L = len(ends)
+    starts = np.empty(L, dtype=np.int64)
+    if L:
+        starts[0] = 0
+        starts[1:] = ends[:-1] + 1
+
+    def line_no(i: int) -> int:
+        return lines_before + i + 1
+
+    def rid(j: int) -> str:
+        words = buf[int(starts[4 * j]) + 1:int(ends[4 * j])].split(None, 1)
+        return repr(words[0].decode("utf-8", errors="replace")) if words else "''"
+
+    errors: list[tuple[int, str]] = []         # (line index, message): the first one is raised
+    if final:
+        m = L
+        while m and not buf[int(starts[m - 1]):int(ends[m - 1])].strip(WHITESPACE):
+            m -= 1                             # blank lines at the end of the file
+        k = -(-m // 4)
+        if m % 4 in (1, 2) and arr[starts[4 * k - 4]] == 64:
+            missing = "its sequence line" if m % 4 == 1 else "its '+' line"
+            errors.append((4 * k - 4, f"truncated FASTQ record {rid(k - 1)} (header at line {line_no(4 * k - 4)}): "
+                              f"the file ends before {missing}; the file looks cut short: re-download it "
+                              "or remove the partial record"))
+        # a missing last quality line is an empty one (an empty record, or a length mismatch below)
+        starts = np.concatenate([starts[:m], np.full(4 * k - m, N, dtype=np.int64)])
+        ends = np.concatenate([ends[:m], np.full(4 * k - m, N, dtype=np.int64)])
+    else:
+        k = L // 4
+    hs, he = starts[0:4 * k:4], ends[0:4 * k:4]
+    bad = np.flatnonzero(arr[np.minimum(hs, N - 1)] != 64)
+    if len(bad) and not final and not buf[int(hs[bad[0]]):].strip(WHITESPACE):
+        k = int(bad[0])                        # only blank lines left: maybe the end; carry them
+        hs, he, bad = hs[:k], he[:k], bad[:0]
+    if len(bad):
+        j = int(bad[0])
+        errors.append((4 * j, f"expected a FASTQ header line starting with '@', found "
+                              f"{_line_text(buf, int(hs[j]))}; {_FASTQ_SHAPE}"))
+    ss, se = starts[1:4 * k:4], ends[1:4 * k:4]
+    ps = starts[2:4 * k:4]
+    qs, qe = starts[3:4 * k:4], ends[3:4 * k:4]
+    bad = np.flatnonzero((ps >= N) | (arr[np.minimum(ps, N - 1)] != 43))
+    if len(bad):
+        j = int(bad[0])
+        if ps[j] < N:
+            errors.append((4 * j + 2, f"expected the '+' line of record {rid(j)} (header at line "
+                                      f"{line_no(4 * j)}), found {_line_text(buf, int(ps[j]))}; "
+                                      f"{_FASTQ_SHAPE} (multi-line FASTQ is not supported: rewrap "
+                                      "it, e.g. `seqkit seq -w 0`)"))
+    used = N if final else (int(ends[4 * k - 1]) + 1 if k else 0)
+    ows = _other_ws(buf, arr, used)
+    seq_len = (se - ss) - (np.searchsorted(ows, se) - np.searchsorted(ows, ss))
+    qual_len = (qe - qs) - (np.searchsorted(ows, qe) - np.searchsorted(ows, qs))
+    bad = np.flatnonzero(seq_len != qual_len)
+    if len(bad):
+        j = int(bad[0])
+        errors.append((4 * j + 3, f"record {rid(j)} (header at line {line_no(4 * j)}) has "
+                                  f"{int(seq_len[j])} sequence letters but {int(qual_len[j])} quality "
+                                  "values; the record is corrupted or cut short: fix or re-download "
+                                  "the file"))
+    if errors:
+        err_line, message = min(errors)
+        k_ok = (err_line + 3) // 4             # headers up to the broken line's record
+        limit = int(starts[err_line]) if err_line < len(starts) else N
+    else:
+        k_ok, limit = k, used
+    hline = lines_before + 4 * np.arange(k_ok, dtype=np.int64) + 1
+    ids = _header_ids(buf, hs[:k_ok] + 1, he[:k_ok], ows, hline, N, shown, "@")
+    if limit and int(arr[:limit].max()) >= 128:
+        _check_high_bytes_fastq(buf, arr[:limit], ends, lines_before, shown)
+    if errors:
+        raise FastaError(shown, line_no(err_line), message)
+    if k == 0:
+        return None, (N if final else 0), 0
+    ss, se = ss[:k], se[:k]
+    slices = [buf[a:b] for a, b in zip(ss.tolist(), se.tolist())]
+    clean = (se - ss) == seq_len
+    res = (base + ss, se - ss, seq_len, hline, ids, slices, clean)
+    return res, used, 4 * k
+
+
+def _check_high_bytes_fastq(buf, arr, ends, lines_before, shown):
+    """Non-ASCII bytes: allowed in header and '+' lines (if valid UTF-8), never elsewhere."""
+    hi = np.flatnonzero(arr >= 128)
+    li = np.searchsorted(ends, hi)
+    for i in np.unique(li).tolist():
+        line = lines_before + i + 1
+        start = int(buf.rfind(b"\n", 0, int(hi[np.searchsorted(li, i)])) + 1)
+        phase = i % 4
+        if phase in (0, 2):
+            try:
+                buf[start:int(ends[i])].decode("utf-8")
+            except UnicodeDecodeError:
+                raise FastaError(shown, line, "header is not valid UTF-8 text; this looks like a "
+                                              "binary or corrupted file") from None
+        elif phase == 1:
+            raise _non_ascii_error(buf, int(hi[np.searchsorted(li, i)]), line, shown, "FASTQ")
+        else:
+            raise FastaError(shown, line, f"non-ASCII character in quality line "
+                                          f"{_line_text(buf, start)}; quality values must be ASCII "
+                                          "('!' to '~'); the file is corrupted")
 
 
 def _decompress(src: str, gzip_dir: str) -> str:
@@ -292,17 +616,20 @@ def _decompress(src: str, gzip_dir: str) -> str:
     tag = hashlib.sha256(src.encode("utf-8")).hexdigest()[:10]
     dst = os.path.abspath(os.path.join(gzip_dir, f"{tag}-{name}"))
     tmp = f"{dst}.tmp{os.getpid()}"
+    lines = 0                                  # newlines decompressed so far: where a broken stream ends
     try:
         with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 16 << 20)
+            while block := fin.read(16 << 20):
+                fout.write(block)
+                lines += block.count(b"\n")
         os.replace(tmp, dst)
     except (OSError, EOFError, zlib.error) as err:
         if os.path.exists(tmp):
             os.remove(tmp)
         if isinstance(err, (FileNotFoundError, PermissionError)) and err.filename == tmp:
             raise
-        raise FastaError(src, None, f"corrupt or truncated gzip file ({err}); "
-                                    "re-download or recompress it") from None
+        raise FastaError(src, lines + 1, f"corrupt or truncated gzip file ({err}); "
+                                         "re-download or recompress it") from None
     return dst
 
 
@@ -310,7 +637,7 @@ def _decompress(src: str, gzip_dir: str) -> str:
 
 
 class SequenceIndex:
-    """Columnar index of FASTA records; see the module docstring.
+    """Columnar index of FASTA/FASTQ records; see the module docstring.
 
     Picklable: open file descriptors are dropped on pickling and reopened lazily
     in each process (also after a plain ``fork``), and reads use ``os.pread``
@@ -322,7 +649,8 @@ class SequenceIndex:
                  ids_blob: bytes | None = None, header_line: np.ndarray | None = None,
                  sources: Sequence[str] | None = None, fingerprint: str = "",
                  file_digests: Sequence[str] | None = None, file_sizes: Sequence[int] | None = None,
-                 identity: list | None = None):
+                 identity: list | None = None, content_hash: np.ndarray | None = None,
+                 file_letter_counts: np.ndarray | None = None, file_format: Sequence[str] | None = None):
         self.files = [str(f) for f in files]
         self.sources = [str(s) for s in (sources if sources is not None else files)]
         self.file_idx = np.asarray(file_idx, dtype=np.int32)
@@ -339,6 +667,13 @@ class SequenceIndex:
         self.file_digests = list(file_digests or [])
         self.file_sizes = [int(s) for s in (file_sizes or [])]
         self.identity = identity or []
+        self.file_format = [str(f) for f in (file_format or ["fasta"] * len(self.files))]
+        counts = np.asarray(file_letter_counts if file_letter_counts is not None else [], dtype=np.int64)
+        self.file_letter_counts = (counts.reshape(-1, 256)
+                                   if counts.size and len(counts.reshape(-1, 256)) == len(self.files) else None)
+        self._content_hash = (np.asarray(content_hash, dtype=np.uint64).reshape(-1, 2)
+                              if content_hash is not None else None)
+        self._reps: np.ndarray | None = None
         self._pos: dict[str, int] | None = None
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
@@ -346,13 +681,15 @@ class SequenceIndex:
         for name in ("file_idx", "nbytes", "length", "header_line"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"SequenceIndex column {name} has {len(getattr(self, name))} rows, expected {n}")
+        if self._content_hash is not None and len(self._content_hash) != n:
+            raise ValueError(f"SequenceIndex content_hash has {len(self._content_hash)} rows, expected {n}")
 
     # ------------------------------------------------------------------ building
 
     @classmethod
     def build(cls, paths: Sequence[PathLike] | PathLike, *, gzip_dir: PathLike | None = None,
               block_size: int = BLOCK_SIZE, progress: Callable[[int], None] | None = None) -> "SequenceIndex":
-        """Scan ``paths`` (plain or gzip FASTA) and return the index.
+        """Scan ``paths`` (FASTA or FASTQ, plain or gzip; told apart by content) and return the index.
 
         Gzip inputs are decompressed once into ``gzip_dir`` (required when any input
         is gzip; pass the run directory) and indexed as plain files. Raises
@@ -367,7 +704,7 @@ class SequenceIndex:
             raise ValueError("SequenceIndex.build: no input files given")
         for p in paths:
             if os.path.isdir(p):
-                raise FastaError(p, None, "is a directory, not a FASTA file")
+                raise FastaError(p, None, "is a directory, not a FASTA or FASTQ file")
             if not os.path.exists(p):
                 raise FastaError(p, None, "file not found; check the path")
         identity = quick_identity(paths)
@@ -398,7 +735,10 @@ class SequenceIndex:
                     ids,
                     header_line=np.concatenate([s.header_line for s in scans]),
                     sources=paths, fingerprint=fp.hexdigest(), file_digests=digests,
-                    file_sizes=sizes, identity=identity)
+                    file_sizes=sizes, identity=identity,
+                    content_hash=np.concatenate([s.content_hash for s in scans]),
+                    file_letter_counts=np.stack([s.counts for s in scans]),
+                    file_format=[s.fmt for s in scans])
         index._check_unique()
         return index
 
@@ -456,6 +796,70 @@ class SequenceIndex:
         return (f"{self.sources[f]}, line {int(self.header_line[i])} "
                 f"(record {i - first + 1} of that file)")
 
+    # ------------------------------------------------------------------ content
+
+    @property
+    def content_hash(self) -> np.ndarray:
+        """``[N, 2]`` uint64: a 128-bit hash (blake2b) of each record's normalised sequence
+        (ASCII whitespace removed, upper-cased); the 16 digest bytes, little-endian words.
+        Equal for equal sequences whatever their case, line wrapping, CRLF or format."""
+        if self._content_hash is None:         # an index made without one: hash the records
+            self._content_hash = np.frombuffer(b"".join(
+                hashlib.blake2b(self.read_bytes(i).upper(), digest_size=HASH_BYTES).digest()
+                for i in range(len(self))), dtype="<u8").reshape(-1, 2).copy()
+        return self._content_hash
+
+    def representatives(self) -> np.ndarray:
+        """int64 ``[N]``: for each record, the first record (lowest row) with the same
+        normalised sequence; ``rep[i] == i`` for a first occurrence. Vectorised (a stable
+        sort of the hashes); cached."""
+        if self._reps is None:
+            h = self.content_hash
+            n = len(h)
+            order = np.lexsort((h[:, 1], h[:, 0]))      # stable: equal hashes keep row order
+            hs = h[order]
+            new = np.ones(n, dtype=bool)
+            new[1:] = (hs[1:] != hs[:-1]).any(axis=1)
+            firsts = order[new]
+            reps = np.empty(n, dtype=np.int64)
+            reps[order] = firsts[np.cumsum(new) - 1]
+            self._reps = reps
+        return self._reps
+
+    @property
+    def letter_counts(self) -> np.ndarray:
+        """int64 ``[256]``: how often each byte occurs in the sequences of all files
+        (headers, FASTQ '+' and quality lines, whitespace excluded; case kept)."""
+        if self.file_letter_counts is None:
+            raise ValueError("this SequenceIndex was made without letter counts; build it from the files")
+        return self.file_letter_counts.sum(axis=0)
+
+    def records(self) -> Iterator[FastaRecord]:
+        """Every record as :class:`~virnucdist.fasta.FastaRecord` (id, whole header line
+        without its marker, sequence), in input order; reads the files sequentially."""
+        ids = self.ids
+        bounds = np.searchsorted(self.file_idx, np.arange(len(self.files) + 1))
+        for f, path in enumerate(self.files):
+            lo, hi = int(bounds[f]), int(bounds[f + 1])
+            if lo == hi:
+                continue
+            with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                prev = 0
+                for i in range(lo, hi):
+                    off, size = int(self.offset[i]), int(self.nbytes[i])
+                    head = mm[prev:off]                # ends with the header line (and its newline)
+                    if head.endswith(b"\n"):
+                        head = head[:-1]
+                    line = head[head.rfind(b"\n") + 1:]
+                    if i == lo and line.startswith(_BOM):
+                        line = line[len(_BOM):]
+                    seq = mm[off:off + size].translate(None, WHITESPACE)
+                    if len(seq) != self.length[i]:
+                        raise RuntimeError(f"{self.sources[f]} changed after the sequence index was "
+                                           f"built (record {ids[i]!r}); index it again")
+                    yield FastaRecord(ids[i], line[1:].rstrip(b"\r").decode("utf-8"), seq.decode("ascii"))
+                    prev = off + size
+
     def _fd(self, f: int) -> int:
         if self._pid != os.getpid():          # forked without pickling: don't share fds
             _close_all(self._fds)
@@ -511,6 +915,7 @@ class SequenceIndex:
         state["_ids"] = None            # the blob pickles much faster than a list of str
         state["_pos"] = None
         state["_fds"] = {}
+        state["_reps"] = None
         return state
 
     def __setstate__(self, state):
@@ -526,13 +931,15 @@ class SequenceIndex:
         meta = {
             "version": FORMAT_VERSION, "files": self.files, "sources": self.sources,
             "fingerprint": self.fingerprint, "file_digests": self.file_digests,
-            "file_sizes": self.file_sizes, "identity": self.identity,
+            "file_sizes": self.file_sizes, "identity": self.identity, "file_format": self.file_format,
         }
         tmp = f"{path}.tmp{os.getpid()}"
         with open(tmp, "wb") as fh:
             np.savez(fh, file_idx=self.file_idx, offset=self.offset, nbytes=self.nbytes,
                      length=self.length, header_line=self.header_line,
                      ids_blob=np.frombuffer(self._blob(), dtype=np.uint8),
+                     content_hash=self.content_hash, letter_counts=self.file_letter_counts
+                     if self.file_letter_counts is not None else np.zeros((0, 256), np.int64),
                      meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8))
         test_hook("index")
         os.replace(tmp, path)
@@ -549,7 +956,8 @@ class SequenceIndex:
                         ids_blob=z["ids_blob"].tobytes(), header_line=z["header_line"],
                         sources=meta["sources"], fingerprint=meta["fingerprint"],
                         file_digests=meta["file_digests"], file_sizes=meta["file_sizes"],
-                        identity=meta["identity"])
+                        identity=meta["identity"], content_hash=z["content_hash"],
+                        file_letter_counts=z["letter_counts"], file_format=meta["file_format"])
         if expected_fingerprint is not None and index.fingerprint != expected_fingerprint:
             raise ValueError(
                 f"{path}: index was built from different inputs (fingerprint "
@@ -621,6 +1029,18 @@ def _pread(fd: int, size: int, off: int) -> bytes:
         return data
     os.lseek(fd, off, os.SEEK_SET)              # pragma: no cover (Windows)
     return os.read(fd, size)
+
+
+def iter_records(path: PathLike) -> Iterator[FastaRecord]:
+    """Records of one FASTA or FASTQ file (plain or gzip), through the index's scanner:
+    what :func:`virnucdist.fasta.read_fasta` returns. A gzip input is decompressed into a
+    temporary directory, removed when the iteration ends."""
+    with tempfile.TemporaryDirectory(prefix="virnucdist-read-") as tmp:
+        index = SequenceIndex.build([path], gzip_dir=tmp)
+        try:
+            yield from index.records()
+        finally:
+            index.close()
 
 
 # ----------------------------------------------------------------------------- distributed
