@@ -239,7 +239,7 @@ def run(task: Task, ctx: DistContext | None = None) -> RunResult:
 
     # what is left to do: not done, not empty, the first of its sequence
     scan = _agree(ctx, _scan, out, n, fingerprint) if n else {"done": np.zeros(0, bool), "bad": {}, "corrupt": 0}
-    done, bad = scan["done"], scan["bad"]
+    done = scan["done"]
     empty = np.asarray(index.length) == 0
     with tel.phase("model_load"):  # every rank: costs come from the task's tokenizer
         task.prepare(ctx, index)

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from virnucdist.fasta import FastaError, read_fasta, write_fasta
-from virnucdist.sharding import SequenceIndex, build_index_distributed
+from virnucdist.sharding import SequenceIndex
 from virnucdist.sharding import index as index_module
 
 
@@ -215,26 +215,6 @@ def test_stale_file_detected_on_read(tmp_path):
     p.write_bytes(b">r1\nAC\n\n\n>r2\nGG\n")
     with pytest.raises(RuntimeError, match="changed after"):
         idx.read(0)
-
-
-def test_distributed_helper(tmp_path):
-    p = tmp_path / "x.fa"
-    p.write_bytes(b">r1\nACGT\n>r2\nGG\n")
-    run = tmp_path / "run"
-    hits = []
-    idx0 = build_index_distributed([p], run, 0, 2, lambda: hits.append(0))
-    idx1 = build_index_distributed([p], run, 1, 2, lambda: hits.append(1))
-    assert hits == [0, 1] and idx1.ids == idx0.ids and idx1.fingerprint == idx0.fingerprint
-    assert (run / "index.npz").exists()
-    bad = tmp_path / "bad.fa"
-    bad.write_bytes(b"not fasta\n")
-    with pytest.raises(FastaError, match="bad.fa"):
-        build_index_distributed([bad], run, 0, 2, lambda: hits.append(0))
-    assert hits[-1] == 0                       # rank 0 still reached the barrier
-    with pytest.raises(RuntimeError, match="bad.fa, line 1"):
-        build_index_distributed([bad], run, 1, 2, lambda: None)
-    build_index_distributed([p], run, 0, 2, lambda: None)   # success clears the error file
-    assert not (run / "index.error").exists()
 
 
 def test_fresh_interpreter_reads_loaded_index(inputs, tmp_path):

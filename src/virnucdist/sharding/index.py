@@ -41,7 +41,6 @@ gzip), in input order; never over paths or modification times.
 
 from __future__ import annotations
 
-import glob
 import gzip
 import hashlib
 import json
@@ -57,7 +56,7 @@ import numpy as np
 from .._testhooks import test_hook
 from ..fasta import WHITESPACE, FastaError, FastaRecord, is_gzip
 
-__all__ = ["SequenceIndex", "build_index_distributed", "quick_identity", "iter_records", "detect_format"]
+__all__ = ["SequenceIndex", "quick_identity", "iter_records", "detect_format"]
 
 log = logging.getLogger(__name__)
 
@@ -1041,49 +1040,3 @@ def iter_records(path: PathLike) -> Iterator[FastaRecord]:
             yield from index.records()
         finally:
             index.close()
-
-
-# ----------------------------------------------------------------------------- distributed
-
-
-def build_index_distributed(paths: Sequence[PathLike], run_dir: PathLike, rank: int,
-                            world_size: int, barrier: Callable[[], None],
-                            progress: Callable[[int], None] | None = None) -> SequenceIndex:
-    """Rank 0 loads-or-builds ``run_dir/index.npz`` (atomic save); the others wait
-    at ``barrier()`` and load it.
-
-    If rank 0 fails it writes ``run_dir/index.error`` with the message, still calls
-    ``barrier()`` (so nobody waits forever) and re-raises; the other ranks find the
-    file after the barrier and raise a :class:`RuntimeError` with the same message.
-    ``barrier`` is ``torch.distributed.barrier`` under torchrun, a no-op for one process.
-    """
-    run_dir = os.fspath(run_dir)
-    cache = os.path.join(run_dir, "index.npz")
-    err_path = os.path.join(run_dir, "index.error")
-    if rank == 0:
-        os.makedirs(run_dir, exist_ok=True)
-        if os.path.exists(err_path):
-            os.remove(err_path)
-        for stale in glob.glob(glob.escape(cache) + ".tmp*"):  # left by a process killed while saving
-            os.remove(stale)
-        try:
-            index = SequenceIndex.load_or_build(paths, cache, gzip_dir=run_dir, progress=progress)
-        except BaseException as exc:
-            tmp = f"{err_path}.tmp"
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write(str(exc) or type(exc).__name__)
-            os.replace(tmp, err_path)
-            if world_size > 1:
-                barrier()
-            raise
-        if world_size > 1:
-            barrier()
-        return index
-    barrier()
-    if os.path.exists(err_path):
-        with open(err_path, encoding="utf-8") as fh:
-            msg = fh.read()
-        from ..errors import PeerFailed
-
-        raise PeerFailed(f"rank 0 failed to build the sequence index: {msg}")
-    return SequenceIndex.load(cache)

@@ -118,7 +118,7 @@ class EmbedTask:
     def check(self, index) -> None:
         if self.config.allow_any_molecule:
             return
-        from ..sharding.index import check_molecule
+        from ..alphabet import check_molecule
 
         check_molecule(index, molecule_of_spec(self.config.model), self.config.model, "--allow-any-molecule")
 

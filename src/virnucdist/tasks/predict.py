@@ -138,7 +138,7 @@ class PredictTask:
 
     def check(self, index) -> None:
         if not self.config.allow_any_molecule:
-            from ..sharding.index import check_molecule
+            from ..alphabet import check_molecule
 
             check_molecule(index, "dna", "VirNucPro predict (reads)", "--allow-any-molecule")
 
