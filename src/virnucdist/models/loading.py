@@ -46,48 +46,30 @@ class LoadedModel:
     source: str
     attrs: dict = field(default_factory=dict)
 
-    @property
-    def dim(self) -> int:
-        return self.embed_dim
-
-    @property
-    def molecule(self) -> str:
-        return "protein" if self.kind == "esm2" else "dna"
-
-    def check_layers(self, layers):
+    def embed(self, batch, repr_layer: int = -1) -> torch.Tensor:
+        """Pooled fp32 ``[B, D]`` embeddings of a :class:`~virnucdist.packing.PackedBatch` on the model's device."""
+        m = self.module
         if self.kind == "esm2":
-            return tuple(self.module.resolve_layer(L) for L in layers)
-        n = self.module.config.num_hidden_layers
-        out = []
-        for L in layers:
-            if not -n - 1 <= L <= n:
-                raise ValueError(f"layer {L} out of range for DNABERT-S ({n} layers)")
-            out.append(L % (n + 1))
-        return tuple(out)
+            return m.embed(batch.tokens, batch.positions, batch.seg, batch.cu_seqlens, batch.max_seqlen, repr_layer)
+        return m.embed(batch.tokens, batch.cu_seqlens, batch.max_seqlen)
 
-    def embed(self, batch, layers=(-1,), per_token: bool = False):
-        """TEMPORARY compat (replaced by the models adapter)."""
-        from types import SimpleNamespace
+    def embed_with_tokens(self, batch, repr_layer: int = -1):
+        """``(pooled [B, D], per-token [M, D], tokens per sequence [B])``, fp32, one forward pass.
 
+        Per-token states are the pooled ones: residues only for ESM-2 (BOS/EOS excluded, as
+        fair-esm's extract.py writes them), every token for DNABERT-S.
+        """
         from .dnabert_s import segment_mean
         from .esm2 import residue_mask, residue_mean
 
         m, cu = self.module, batch.cu_seqlens
-        pooled, toks = [], []
         lengths = (cu[1:] - cu[:-1]).to(torch.int64)
-        for L in layers:
-            if self.kind == "esm2":
-                hidden = m(batch.tokens, batch.positions, batch.seg, cu, batch.max_seqlen, L)
-                pooled.append(residue_mean(hidden, batch.positions, batch.seg, cu))
-                if per_token:
-                    toks.append(hidden[residue_mask(batch.positions, batch.seg, cu)].float())
-            else:
-                hidden = m(batch.tokens, cu, batch.max_seqlen)
-                pooled.append(segment_mean(hidden, cu))
-                if per_token:
-                    toks.append(hidden.float())
-        tl = (lengths - 2 if self.kind == "esm2" else lengths) if per_token else None
-        return SimpleNamespace(pooled=pooled, tokens=toks if per_token else None, token_lengths=tl)
+        if self.kind == "esm2":
+            hidden = m(batch.tokens, batch.positions, batch.seg, cu, batch.max_seqlen, repr_layer)
+            keep = residue_mask(batch.positions, batch.seg, cu)
+            return residue_mean(hidden, batch.positions, batch.seg, cu), hidden[keep].float(), lengths - 2
+        hidden = m(batch.tokens, cu, batch.max_seqlen)
+        return segment_mean(hidden, cu), hidden.float(), lengths
 
 
 def esm_hub_path(name: str) -> Path:
