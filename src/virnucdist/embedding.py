@@ -111,11 +111,7 @@ def embed(cfg: EmbedConfig, ctx: DistContext | None = None, model: LoadedModel |
         if model is None:
             model = load_model(cfg.model, device=ctx.device, dtype=dtype, random_init=cfg.random_init,
                                seed=cfg.seed, truncation_seq_length=cfg.truncation_seq_length)
-    if cfg.repr_layer != -1 and model.kind == "esm2":
-        try:
-            model.module.resolve_layer(cfg.repr_layer)
-        except ValueError as e:  # a flag out of this model's range: the user's to fix
-            raise UserError(str(e)) from None
+    layers = model.check_layers((cfg.repr_layer,))  # a LayerError (UserError) out of the model's range
 
     manifest = run_manifest(cfg, index, model, dtype)
     err = check_manifest(out, manifest, cfg.overwrite, ["shards", "embeddings.h5", "run_report.json"]) \
@@ -165,8 +161,12 @@ def embed(cfg: EmbedConfig, ctx: DistContext | None = None, model: LoadedModel |
     per_tok = "per_tok" in cfg.include
     writer = ShardWriter(out / "shards", ctx.rank, model.embed_dim, index.ids, flush_every=cfg.flush_every,
                          attrs={"model": model.name}, per_token=per_tok)
-    forward = model.embed_with_tokens if per_tok else model.embed
-    runner = BatchRunner(lambda b: forward(b, cfg.repr_layer), ctx.device, tel)
+
+    def forward(b):
+        o = model.embed(b, layers, per_tok)
+        return (o.pooled[0], o.tokens[0], o.token_lengths) if per_tok else o.pooled[0]
+
+    runner = BatchRunner(forward, ctx.device, tel)
     progress = Progress(total_records=len(mine), total_tokens=loader.sampler.planned_tokens,
                         enabled=ctx.is_main and not cfg.quiet, world_size=ctx.world_size)
     s = tel.stats
@@ -245,7 +245,7 @@ def _warn_unknown_letters(stats: list, index: SequenceIndex, model: LoadedModel)
     log.warning("%d record(s) contain letters %s does not know, embedded as its unknown token (counted in "
                 "run_report.json: records_with_unknown_letters), e.g. %r at %s has %s; check that the input is "
                 "%s", n, model.name, examples[0], index.where(i), ", ".join(map(repr, bad)),
-                "protein (ESM-2)" if model.kind == "esm2" else "DNA (A, C, G, T; DNABERT-S)")
+                "protein (ESM-2)" if model.molecule == "protein" else "DNA (A, C, G, T; DNABERT-S)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,6 +49,7 @@ from .models.classifier import (
     INPUT_DIM,
     MLPClassifier,
     classifier_chunk_size_hint,
+    check_input_dim,
     load_classifier,
 )
 from .models.loading import LoadedModel, load_model
@@ -303,14 +304,11 @@ def load_predict_models(cfg: PredictConfig, device: torch.device, dtype: torch.d
         raise UserError(str(e)) from None
     esm = load_model(cfg.esm_model, device=device, dtype=dtype, random_init=cfg.random_init, seed=cfg.seed)
     dna = load_model(cfg.dnabert_model, device=device, dtype=dtype, random_init=cfg.random_init, seed=cfg.seed)
-    if esm.kind != "esm2":
-        raise UserError(f"--esm-model {cfg.esm_model} is not an ESM-2 model (it loaded as {esm.kind})")
-    if dna.kind != "dnabert_s":
-        raise UserError(f"--dnabert-model {cfg.dnabert_model} is not a DNABERT-S directory (it loaded as {dna.kind})")
-    if (dna.embed_dim, esm.embed_dim) != (DNABERT_DIM, ESM_DIM):
-        raise UserError(f"the classifier takes DNABERT-S {DNABERT_DIM} + ESM-2 {ESM_DIM} = {INPUT_DIM} values per "
-                        f"frame, but these models give {dna.embed_dim} + {esm.embed_dim}; use esm2_t36_3B_UR50D "
-                        f"and DNABERT-S")
+    if esm.molecule != "protein":
+        raise UserError(f"--esm-model {cfg.esm_model} is not an ESM-2 model (it loaded as {esm.name})")
+    if dna.molecule != "dna":
+        raise UserError(f"--dnabert-model {cfg.dnabert_model} is not a DNABERT-S directory (it loaded as {dna.name})")
+    check_input_dim(clf, (dna.dim, esm.dim), cfg.classifier)
     return PredictModels(esm, dna, clf.to(device=device, dtype=torch.float32).eval())
 
 
@@ -425,8 +423,8 @@ def _run_share(cfg, ctx, tel, index, mine, lengths, models: PredictModels, toks:
     writer = PredictionShardWriter(out / "shards", ctx.rank, index.ids,
                                    embedding_dims=(dna.embed_dim, esm.embed_dim) if keep else None,
                                    attrs={"chunk_size": cfg.chunk_size})
-    esm_runner = BatchRunner(esm.embed, ctx.device, tel)
-    dna_runner = BatchRunner(dna.embed, ctx.device, tel)
+    esm_runner = BatchRunner(lambda b: esm.embed(b).pooled[0], ctx.device, tel)
+    dna_runner = BatchRunner(lambda b: dna.embed(b).pooled[0], ctx.device, tel)
     progress = Progress(total_records=len(mine), total_tokens=int(lengths[mine].sum()), unit="bp", desc="predicting",
                         enabled=ctx.is_main and not cfg.quiet, world_size=ctx.world_size)
     s = tel.stats

@@ -17,7 +17,7 @@ from virnucdist.errors import UserError
 from virnucdist.fasta import FastaError
 from virnucdist.launch.entry import run_entrypoint
 from virnucdist.models.esm2 import ESM2Config
-from virnucdist.models.loading import random_esm2, save_fair_esm_checkpoint
+from virnucdist.testing import random_esm2, save_fair_esm_checkpoint
 from virnucdist.prediction import PredictConfig, pack_pairs, plan_blocks, predict
 from virnucdist.vnp.chunk import chunk_records
 from virnucdist.vnp.consensus import (
