@@ -4,8 +4,9 @@
 
 Here the "own" part is the post-processing: L2-normalised ESM-2 embeddings plus a
 per-sequence score (distance to the batch centroid), written through virnucdist's
-per-rank shards and merged in input order. Swap in your own model by building a
-``LoadedModel`` (any module with ``embed(batch) -> [B, D]``) instead of ``load_model``.
+per-rank shards and merged in input order. Swap in your own model by writing an
+``EmbeddingModel`` (virnucdist.models.adapters: ``embed(batch, layers, per_token) ->
+EmbedOutput``) instead of ``load_model``.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ def main() -> None:
     mine = vd.partition(costs, ctx.world_size)[ctx.rank]
     loader = vd.PackedBatchLoader(index.read, mine, index.length[mine], model.tokenizer, toks_per_batch=2048,
                                   num_workers=0)
-    writer = vd.ShardWriter(out / "shards", ctx.rank, model.embed_dim + 1, index.ids)
+    writer = vd.ShardWriter(out / "shards", ctx.rank, model.dim + 1, index.ids)
     with torch.inference_mode():
         for batch in loader:
-            emb = model.embed(batch.to(ctx.device))
+            emb = model.embed(batch.to(ctx.device)).pooled[0]  # fp32 [B, D], the last layer
             emb = torch.nn.functional.normalize(emb, dim=1)
             score = (emb - emb.mean(0, keepdim=True)).norm(dim=1, keepdim=True)
             writer.write(batch.rows, torch.cat([emb, score], dim=1).cpu())

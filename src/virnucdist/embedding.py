@@ -241,7 +241,7 @@ def _warn_unknown_letters(stats: list, index: SequenceIndex, model: LoadedModel)
         return
     i = index.ids.index(examples[0])  # a list scan: no id -> row dict for a once-per-run message
     tok = model.tokenizer
-    bad = sorted(c for c in set(index.read(i)) if (tok.encode(c) == tok.unk_id).any())
+    bad = tok.unknown_letters(index.read(i))
     log.warning("%d record(s) contain letters %s does not know, embedded as its unknown token (counted in "
                 "run_report.json: records_with_unknown_letters), e.g. %r at %s has %s; check that the input is "
                 "%s", n, model.name, examples[0], index.where(i), ", ".join(map(repr, bad)),

@@ -46,7 +46,6 @@ from .fasta import write_fasta
 from .launch.dist import DistContext, init_distributed
 from .launch.logs import setup_logging
 from .models.classifier import (
-    INPUT_DIM,
     MLPClassifier,
     classifier_chunk_size_hint,
     check_input_dim,

@@ -245,7 +245,7 @@ def test_adapter_layer_out_of_range(t6):
         assert str(bad) in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(LayerError, match="twice"):
         model.check_layers((-1, 6))
-    with pytest.raises(LayerError, match="no representation layer"):
+    with pytest.raises(LayerError, match="no --repr-layer"):
         model.check_layers(())
     assert model.check_layers((-7,)) == (0,)
 
@@ -264,6 +264,7 @@ def test_terminal_stop_is_stripped_once():
     assert keep.encode("MKVLAT*")[-2] == UNK and not keep.has_terminal_stop("MKVLAT*")
     np.testing.assert_array_equal(EsmTokenizer(4).encode("MKVLA*"), EsmTokenizer(4).encode("MKVLA"))
     assert tok.estimate_tokens(7) == 9  # unchanged: an upper bound
+    assert tok.unknown_letters("MK*V1J*") == ["*", "1", "J"] and tok.unknown_letters("MKV*") == []
     assert load_model("esm2_t6_8M_UR50D", random_init=True, strip_stop=False).tokenizer.strip_stop is False
 
 

@@ -99,17 +99,17 @@ class _Adapter:
         if isinstance(layers, int):
             layers = (layers,)
         if len(layers) == 0:
-            raise LayerError(f"no representation layer given; {self.name} has layers 0..{n} (-1 = last)")
+            raise LayerError(f"no --repr-layer given; {self.name} has layers 0..{n} (-1 = last)")
         out: list[int] = []
         for layer in layers:
             if isinstance(layer, bool) or not isinstance(layer, int):
-                raise LayerError(f"representation layer {layer!r} is not an integer; {self.name} has layers 0..{n}")
+                raise LayerError(f"--repr-layer {layer!r} is not an integer; {self.name} has layers 0..{n}")
             k = layer if layer >= 0 else n + 1 + layer
             if not 0 <= k <= n:
-                raise LayerError(f"representation layer {layer} is outside {self.name}'s layers: 0..{n} "
+                raise LayerError(f"--repr-layer {layer} is outside {self.name}'s layers: 0..{n} "
                                  f"(0 = embedding output, {n} = last) or -1..-{n + 1} counted back from the last")
             if k in out:
-                raise LayerError(f"representation layer {layer} is layer {k} of {self.name}, asked for twice; "
+                raise LayerError(f"--repr-layer {layer} is layer {k} of {self.name}, asked for twice; "
                                  f"give each layer once")
             out.append(k)
         return tuple(out)
@@ -117,8 +117,8 @@ class _Adapter:
     # per model: the hidden states of layer ``top`` from the forward (and the module(s)
     # whose output or input are the other layers), pooling, and which tokens are per-token output
 
-    def _capture(self, top: int) -> dict[int, tuple[nn.Module, bool]]:
-        """layer k -> (module, True: k is that module's input / False: its output), for k < top."""
+    def _where(self, k: int) -> tuple[nn.Module, bool]:
+        """Where layer k (below the highest asked) is read: (module, True: its input / False: its output)."""
         raise NotImplementedError
 
     def _forward(self, batch, top: int) -> torch.Tensor:
@@ -137,11 +137,10 @@ class _Adapter:
         got: dict[int, torch.Tensor] = {}
         handles = []
         try:
-            where = self._capture(top)
             for k in layers:
                 if k == top:
                     continue
-                mod, is_input = where[k]
+                mod, is_input = self._where(k)
                 if is_input:
                     handles.append(mod.register_forward_pre_hook(lambda m, args, k=k: got.__setitem__(k, args[0])))
                 else:
@@ -179,9 +178,9 @@ class ESM2Embedder(_Adapter):
     def num_layers(self) -> int:
         return self.module.cfg.num_layers
 
-    def _capture(self, top):
+    def _where(self, k):
         # layer 0 is what enters the first block; layer k < top what leaves block k-1
-        return {0: (self.module.layers[0], True), **{k: (self.module.layers[k - 1], False) for k in range(1, top)}}
+        return (self.module.layers[0], True) if k == 0 else (self.module.layers[k - 1], False)
 
     def _forward(self, batch, top):
         return self.module(batch.tokens, batch.positions, batch.seg, batch.cu_seqlens, batch.max_seqlen, top)
@@ -216,9 +215,9 @@ class DnaBertSEmbedder(_Adapter):
     def num_layers(self) -> int:
         return self.module.config.num_hidden_layers
 
-    def _capture(self, top):
+    def _where(self, k):
         m = self.module
-        return {0: (m.embeddings, False), **{k: (m.encoder.layer[k - 1], False) for k in range(1, top)}}
+        return (m.embeddings, False) if k == 0 else (m.encoder.layer[k - 1], False)
 
     def _forward(self, batch, top):
         m = self.module

@@ -192,7 +192,7 @@ def check_input_dim(model: MLPClassifier, expected: int | tuple[int, int], path:
     ``(DNABERT-S dim, ESM-2 dim)`` or their sum)."""
     if isinstance(expected, tuple):
         dna, esm = expected
-        given, expected = f"DNABERT-S {dna} + ESM-2 {esm} = {dna + esm}", dna + esm
+        given, expected = f"{dna} + {esm} = {dna + esm} (DNABERT-S + ESM-2)", dna + esm
     else:
         given = f"{expected} (DNABERT-S + ESM-2)"
     have = model.hidden_layer.in_features

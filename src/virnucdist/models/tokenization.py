@@ -35,6 +35,7 @@ class SequenceTokenizer(Protocol):
 #   unk_id: int                    the unknown token; records containing it are counted
 #                                  (run_report.json: records_with_unknown_letters)
 #   has_terminal_stop(seq) -> bool encode() drops one trailing '*' of this record (ESM-2)
+#   unknown_letters(seq) -> list   the letters of seq that encode() makes unk_id (for messages)
 
 
 # --------------------------------------------------------------------------- ESM-2
@@ -83,6 +84,12 @@ class EsmTokenizer:
         ids[0], ids[-1] = CLS, EOS
         ids[1:-1] = self._table[np.frombuffer(seq.encode("latin-1", "replace"), dtype=np.uint8)]
         return ids
+
+    def unknown_letters(self, seq: str) -> list[str]:
+        """Sorted letters of ``seq`` that :meth:`encode` makes ``<unk>`` (a stripped terminal stop is not one)."""
+        if self.has_terminal_stop(seq):
+            seq = seq[:-1]
+        return sorted(c for c in set(seq) if self._table[ord(c) if ord(c) < 256 else ord("?")] == UNK)
 
     def estimate_tokens(self, length: int) -> int:
         if self.truncation_seq_length is not None:
@@ -148,6 +155,10 @@ class DnaBertSTokenizer:
     def encode_batch(self, seqs: list[str]) -> list[np.ndarray]:
         encs = self.tokenizer.encode_batch([s.upper() for s in seqs])
         return [np.asarray(e.ids, dtype=np.int64) for e in encs]
+
+    def unknown_letters(self, seq: str) -> list[str]:
+        """Sorted letters of ``seq`` that the tokenizer makes ``[UNK]`` (each letter tried alone)."""
+        return sorted(c for c in set(seq) if (self.encode(c) == self.unk_id).any())
 
     def estimate_tokens(self, length: int) -> int:
         return math.ceil(length / BASES_PER_TOKEN) + 2
