@@ -201,16 +201,26 @@ def test_repr_layer_out_of_range(t6):
     assert model.module.resolve_layer(-7) == 0
 
 
-def _short_batch(model, n=12, seed=9):
+@pytest.fixture(scope="module")
+def tiny3(tmp_path_factory):
+    """A 3-layer, 64-wide ESM-2 with random weights, through testing.py's fair-esm writer and load_model."""
+    from virnucdist.testing import random_esm2
+
+    path = save_fair_esm_checkpoint(_perturb(random_esm2(ESM2Config(3, 64, 4), seed=4), 4),
+                                    tmp_path_factory.mktemp("tiny3") / "esm2_tiny3.pt")
+    return load_model(str(path))
+
+
+def _short_batch(model, n=6, seed=9):
     recs = [r for r in _proteins(40, seed=seed) if len(r[1]) < 400][:n]
     return pack_token_arrays([model.tokenizer.encode(s) for _, s in recs], list(range(len(recs))))
 
 
-def test_adapter_several_layers_in_one_pass(t6):
+def test_adapter_several_layers_in_one_pass(tiny3):
     """pooled of the default layer is the module's own mean (the old LoadedModel.embed); several layers
     from one pass equal one-layer calls; per-token states are the residues of the forward's output."""
-    model = load_model(str(t6[0]))
-    assert model.dim == 320 and model.num_layers == 6 and model.molecule == "protein"
+    model = tiny3
+    assert model.dim == 64 and model.num_layers == 3 and model.molecule == "protein"
     batch = _short_batch(model)
     b = batch
     with torch.inference_mode():
@@ -218,15 +228,17 @@ def test_adapter_several_layers_in_one_pass(t6):
         default = model.embed(batch)
         assert default.tokens is None and default.token_lengths is None and len(default.pooled) == 1
         assert default.pooled[0].dtype == torch.float32 and torch.equal(default.pooled[0], old)
-        many = model.embed(batch, (0, -1, 3), per_token=True)
-        assert model.check_layers((0, -1, 3)) == (0, 6, 3)
-        for k, layer in enumerate((0, 6, 3)):
+        many = model.embed(batch, (0, -1, 2), per_token=True)
+        assert model.check_layers((0, -1, 2)) == (0, 3, 2)
+        assert torch.equal(many.pooled[1], default.pooled[0])
+        cu = b.cu_seqlens.tolist()
+        for k, layer in ((0, 0), (2, 2)):
             one = model.embed(batch, (layer,), per_token=True)
             assert torch.equal(many.pooled[k], one.pooled[0]), layer
             assert torch.equal(many.tokens[k], one.tokens[0]), layer
             assert torch.equal(many.token_lengths, one.token_lengths)
+        for k, layer in ((1, 3), (2, 2)):  # per-token states: the residues of the forward's output
             hidden = model.module(b.tokens, b.positions, b.seg, b.cu_seqlens, b.max_seqlen, layer)
-            cu = b.cu_seqlens.tolist()
             want = torch.cat([hidden[cu[i] + 1:cu[i + 1] - 1] for i in range(b.num_seqs)]).float()
             assert torch.equal(many.tokens[k], want), layer
             torch.testing.assert_close(many.pooled[k], torch.stack(
@@ -236,18 +248,18 @@ def test_adapter_several_layers_in_one_pass(t6):
         assert not torch.allclose(many.pooled[0], many.pooled[2]) and not torch.allclose(many.pooled[1], many.pooled[2])
 
 
-def test_adapter_layer_out_of_range(t6):
-    model = load_model(str(t6[0]))
-    for bad in (7, -8, 99):
-        with pytest.raises(LayerError, match=r"outside esm2_t6_8M_UR50D's layers: 0\.\.6 ") as e:
+def test_adapter_layer_out_of_range(tiny3):
+    model = tiny3
+    for bad in (4, -5, 99):
+        with pytest.raises(LayerError, match=r"outside esm2_tiny3's layers: 0\.\.3 ") as e:
             model.embed(_short_batch(model, 2), (bad,))
         assert isinstance(e.value, UserError) and isinstance(e.value, ValueError)
         assert str(bad) in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(LayerError, match="twice"):
-        model.check_layers((-1, 6))
+        model.check_layers((-1, 3))
     with pytest.raises(LayerError, match="no --repr-layer"):
         model.check_layers(())
-    assert model.check_layers((-7,)) == (0,)
+    assert model.check_layers((-4,)) == (0,)
 
 
 def test_terminal_stop_is_stripped_once():
@@ -268,8 +280,8 @@ def test_terminal_stop_is_stripped_once():
     assert load_model("esm2_t6_8M_UR50D", random_init=True, strip_stop=False).tokenizer.strip_stop is False
 
 
-def test_terminal_stop_gives_the_clean_embedding(t6):
-    model = load_model(str(t6[0]))
+def test_terminal_stop_gives_the_clean_embedding(tiny3):
+    model = tiny3
     seqs = ["MKVLATTGHRE", "ACDEFGHIKLMNPQ"]
     with torch.inference_mode():
         a = model.embed(pack_token_arrays([model.tokenizer.encode(s + "*") for s in seqs], [0, 1])).pooled[0]
