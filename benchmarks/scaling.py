@@ -32,7 +32,7 @@ from plots import plot_scaling  # noqa: E402
 
 from virnucdist.embedding import EmbedConfig, embed  # noqa: E402
 from virnucdist.launch import init_distributed  # noqa: E402
-from virnucdist.models.classifier import save_random_classifier  # noqa: E402
+from virnucdist.testing import save_random_classifier  # noqa: E402
 from virnucdist.prediction import PredictConfig, predict  # noqa: E402
 from virnucdist.vnp.chunk import chunk_records  # noqa: E402
 from virnucdist.vnp.translate import translate_records  # noqa: E402

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from virnucdist.models.classifier import load_classifier, save_random_classifier
-from virnucdist.models.dnabert_s import DnaBertSConfig, random_dnabert_s, save_hf_dir
+from virnucdist.models.classifier import load_classifier
+from virnucdist.models.dnabert_s import DnaBertSConfig
 from virnucdist.models.esm2 import ESM2Config
-from virnucdist.models.loading import load_model, random_esm2, save_fair_esm_checkpoint
+from virnucdist.models.loading import load_model
 from virnucdist.packing import pack_token_arrays
+from virnucdist.testing import random_dnabert_s, random_esm2, save_fair_esm_checkpoint, save_hf_dir, save_random_classifier
 from virnucdist.vnp.chunk import chunk_records
 from virnucdist.vnp.translate import CODON_TABLE, translate_records
 
@@ -97,8 +98,8 @@ def reference(reads, chunk_size: int, models: dict) -> list[dict]:
     out = []
     with torch.inference_mode():
         for fr in translate_records(chunk_records(reads, chunk_size)):
-            p = esm.embed(pack_token_arrays([esm.tokenizer.encode(fr.protein)], [0]))
-            n = dna.embed(pack_token_arrays([dna.tokenizer.encode(fr.nucleotide)], [0]))
+            p = esm.embed(pack_token_arrays([esm.tokenizer.encode(fr.protein)], [0])).pooled[0]
+            n = dna.embed(pack_token_arrays([dna.tokenizer.encode(fr.nucleotide)], [0])).pooled[0]
             s = torch.softmax(clf(torch.cat([n, p], dim=1)), dim=1)[0]
             out.append({"id": fr.id, "score1": float(s[0]), "score2": float(s[1]), "nuc": n[0].numpy().copy(),
                         "prot": p[0].numpy().copy(), "nucleotide": fr.nucleotide, "protein": fr.protein})

@@ -1,4 +1,8 @@
-"""User-facing errors: one clear line, no traceback, exit code 2."""
+"""User-facing errors: one clear line, no traceback, exit code 2.
+
+Every error a user can fix subclasses :class:`UserError` (model loading:
+``virnucdist.models.errors``), so this module imports nothing of the package.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ class PeerFailed(UserError):
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
+    # FastaError (fasta.py) is a ValueError until it subclasses UserError; then this
+    # function becomes ``(UserError, PermissionError, IsADirectoryError)``, or goes.
     from .fasta import FastaError
-    from .models.loading import ModelLoadError
 
-    return (UserError, FastaError, ModelLoadError, FileNotFoundError, PermissionError, IsADirectoryError)
+    return (UserError, FastaError, FileNotFoundError, PermissionError, IsADirectoryError)

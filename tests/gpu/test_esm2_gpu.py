@@ -23,7 +23,7 @@ def _proteins(n=64, seed=0):
 def weights(tmp_path_factory):
     import esm
 
-    from virnucdist.models.loading import save_fair_esm_checkpoint
+    from virnucdist.testing import save_fair_esm_checkpoint
 
     torch.manual_seed(0)
     ref = esm.model.esm2.ESM2(num_layers=12, embed_dim=480, attention_heads=20,
@@ -57,7 +57,7 @@ def _ours(path, seqs, dtype):
     lm = load_model(str(path), device="cuda", dtype=dtype)
     batch = pack_token_arrays([lm.tokenizer.encode(s) for _, s in seqs], list(range(len(seqs)))).to("cuda")
     with torch.inference_mode():
-        return lm.embed(batch).cpu()
+        return lm.embed(batch).pooled[0].cpu()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from virnucdist.fasta import write_fasta
-from virnucdist.models.dnabert_s import DnaBertSConfig, random_dnabert_s, save_hf_dir
+from virnucdist.models.dnabert_s import DnaBertSConfig
+from virnucdist.testing import random_dnabert_s, save_hf_dir
 from virnucdist.writers import read_embeddings
 
 pytestmark = pytest.mark.torchrun

@@ -35,9 +35,10 @@ import torch
 from virnucdist import EmbedConfig, embed, embedding
 from virnucdist.fasta import FastaError, write_fasta
 from virnucdist.launch.entry import run_entrypoint
-from virnucdist.models.dnabert_s import DnaBertSConfig, random_dnabert_s, save_hf_dir
+from virnucdist.models.dnabert_s import DnaBertSConfig
 from virnucdist.models.loading import load_model
 from virnucdist.packing import pack_token_arrays
+from virnucdist.testing import random_dnabert_s, save_hf_dir
 from virnucdist.writers import read_embeddings
 
 MODEL = "esm2_t6_8M_UR50D"
@@ -345,7 +346,7 @@ def test_protein_longer_than_1022_is_truncated_and_counted(tmp_path, capsys):
     # the truncated record is the model's embedding of its first 1022 residues
     m = load_model(MODEL, random_init=True)
     with torch.inference_mode():
-        direct = m.embed(pack_token_arrays([m.tokenizer.encode(long_seq[:1022])], [0]))
+        direct = m.embed(pack_token_arrays([m.tokenizer.encode(long_seq[:1022])], [0])).pooled[0]
     np.testing.assert_allclose(emb[1], direct[0].numpy(), rtol=0, atol=1e-5)
 
 
@@ -366,7 +367,7 @@ def test_very_long_dna_read_gets_its_own_batch(dnabert_dir, tmp_path):
     assert r0["batches"] >= 2 and r0["packing_efficiency"] <= 1.0  # the long read's batch counts at its own size
     assert rep["summary"]["truncated"] == 0 and rep["truncated_records"]["records"] == 0
     with torch.inference_mode():
-        direct = m.embed(pack_token_arrays([m.tokenizer.encode(long_read)], [0]))
+        direct = m.embed(pack_token_arrays([m.tokenizer.encode(long_read)], [0])).pooled[0]
     np.testing.assert_allclose(emb[3], direct[0].numpy(), rtol=0, atol=1e-5)
 
 

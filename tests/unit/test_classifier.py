@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from virnucdist.errors import UserError
 from virnucdist.models.classifier import (
     MLPClassifier,
+    check_input_dim,
     classifier_chunk_size_hint,
     load_classifier,
-    random_state_dict,
-    save_random_classifier,
 )
+from virnucdist.testing import random_classifier, random_state_dict, save_random_classifier
 
 
 @pytest.fixture(scope="module")
@@ -110,16 +111,51 @@ def test_malicious_pickle_is_refused(tmp_path):
 
 def test_wrong_shapes_give_clear_error(tmp_path):
     state = random_state_dict(0)
-    state["hidden_layer.weight"] = torch.zeros(512, 1024)
+    state["hidden_layer.weight"] = torch.zeros(256, 3328)  # another hidden width (the input width may vary)
     path = tmp_path / "other.pth"
     torch.save(state, path)
-    with pytest.raises(ValueError, match=r"other\.pth: these weights do not fit a VirNucPro MLP"):
+    with pytest.raises(ValueError, match=r"other\.pth: these weights do not fit a VirNucPro MLP") as e:
         load_classifier(path)
+    assert isinstance(e.value, UserError)
+
+
+@pytest.mark.parametrize("fmt", ["pickle", "safetensors"])
+def test_classifier_sized_to_small_models(tmp_path, fmt):
+    """A random classifier for DNABERT-S-tiny (128) + esm2_t6_8M_UR50D (320): a CPU demo of predict."""
+    path, probe = tmp_path / "300_model.pth", tmp_path / "probe.pt"
+    save_random_classifier(path, seed=3, fmt=fmt, probe_path=probe, input_dim=448)
+    model = load_classifier(path, expected_input_dim=(128, 320))
+    assert model.hidden_layer.in_features == 448 and not model.training
+    probe = torch.load(probe, weights_only=True)
+    with torch.no_grad():
+        torch.testing.assert_close(model(probe["x"]), probe["logits"], rtol=0, atol=0)
+        torch.testing.assert_close(random_classifier(448, seed=3)(probe["x"]), probe["logits"], rtol=0, atol=0)
+    with pytest.raises(ValueError) as e:
+        load_classifier(path, expected_input_dim=(768, 2560))
+    msg = str(e.value)
+    assert str(path) in msg and "takes 448 values" in msg and "the models give 768 + 2560 = 3328 (DNABERT-S + ESM-2)" in msg
+    assert isinstance(e.value, UserError) and "\n" not in msg
+    with pytest.raises(UserError, match="takes 448 values per frame, but the models give 3328"):
+        check_input_dim(model, 3328, path)
+
+
+def test_messages_have_no_ansi_codes(tmp_path):
+    """torch's weights_only errors carry ANSI bold codes and advice to load unsafely: none of it reaches the user."""
+    subprocess.run([sys.executable, "-c", "import torch; torch.save(torch.nn.GELU(), __import__('sys').argv[1])",
+                    str(tmp_path / "gelu.pth")], check=True)
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"\x80" + bytes(range(1, 200)))
+    for path in (tmp_path / "gelu.pth", bad):
+        with pytest.raises(ValueError) as e:
+            load_classifier(path)
+        msg = str(e.value)
+        assert str(path) in msg and "\x1b" not in msg and "\n" not in msg and "weights_only` set to `False" not in msg
 
 
 def test_other_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.pth"):
+    with pytest.raises(FileNotFoundError, match="missing.pth") as e:
         load_classifier(tmp_path / "missing.pth")
+    assert isinstance(e.value, UserError)
     text = tmp_path / "notes.pth"
     text.write_text("hello")
     with pytest.raises(ValueError, match="not a PyTorch checkpoint"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pickle
@@ -13,16 +14,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from virnucdist.models.dnabert_s import (
-    PACKAGED_TOKENIZER,
-    DnaBertSCheckpointError,
-    DnaBertSConfig,
-    DnaBertSTokenizer,
-    PackedDnaBertS,
-    load_dnabert_s,
-    random_dnabert_s,
-    save_hf_dir,
-)
+from virnucdist.errors import UserError
+from virnucdist.models.dnabert_s import DnaBertSConfig, PackedDnaBertS
+from virnucdist.models.dnabert_s_loading import DnaBertSCheckpointError, load_dnabert_s
+from virnucdist.models.errors import LayerError
+from virnucdist.models.loading import ModelLoadError, load_model
+from virnucdist.models.tokenization import PACKAGED_TOKENIZER, DnaBertSTokenizer
+from virnucdist.packing import pack_token_arrays
+from virnucdist.testing import DNABERT_S_TINY, random_dnabert_s, save_hf_dir
 
 SHARED_TOK = Path("/work/shared/data/dnabert-s-tokenizer")
 needs_shared = pytest.mark.skipif(not SHARED_TOK.is_dir(), reason="shared tokenizer dir absent")
@@ -307,8 +306,9 @@ def test_wrong_keys_error(tmp_path, small_model):
 
 
 def test_missing_files_errors(tmp_path, small_model):
-    with pytest.raises(FileNotFoundError, match="huggingface-cli download zhihan1996/DNABERT-S"):
+    with pytest.raises(FileNotFoundError, match="huggingface-cli download zhihan1996/DNABERT-S") as e:
         load_dnabert_s(tmp_path / "nope")
+    assert isinstance(e.value, UserError) and "\n" not in str(e.value)
     with pytest.raises(FileNotFoundError, match="huggingface-cli download"):
         load_dnabert_s("no-such-owner-xyz/no-such-model-xyz")
     d = save_hf_dir(small_model[0], tmp_path / "m")
@@ -344,3 +344,81 @@ def test_packaged_tokenizer_is_the_nopad_file():
     if (SHARED_TOK / "tokenizer.nopad.json").is_file():
         assert PACKAGED_TOKENIZER.read_bytes() == (SHARED_TOK / "tokenizer.nopad.json").read_bytes()
     assert PACKAGED_TOKENIZER.is_file()
+
+
+# --------------------------------------------------------------------------- adapter (load_model)
+
+
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory, small_model):
+    return save_hf_dir(small_model[0], tmp_path_factory.mktemp("small") / "dnabert")
+
+
+def _batch(tok, seed=5, n=9):
+    rng = np.random.default_rng(seed)
+    ids = [tok.encode(random_dna(rng, int(k))) for k in rng.integers(10, 300, n)]
+    return ids, pack_token_arrays(ids, list(range(n)))
+
+
+def test_adapter_layer_k_is_k_layers_of_the_reference(small_dir):
+    """Layer k (0 = embeddings) equals DNABERT-2's BertModel run for k layers; several layers in one pass
+    equal one-layer calls; the default is the last layer, the module's own embed (the old path)."""
+    model = load_model(str(small_dir))
+    assert (model.dim, model.num_layers, model.molecule, model.name) == (192, 2, "dna", "DNABERT-S")
+    ids, batch = _batch(model.tokenizer)
+    sd = model.module.state_dict()
+    with torch.inference_mode():
+        many = model.embed(batch, (1, 0, -1), per_token=True)
+        old = model.module.embed(batch.tokens, batch.cu_seqlens, batch.max_seqlen)
+        default = model.embed(batch)
+        for k, layer in enumerate((1, 0, 2)):
+            one = model.embed(batch, (layer,), per_token=True)
+            assert torch.equal(many.pooled[k], one.pooled[0]) and torch.equal(many.tokens[k], one.tokens[0])
+    assert torch.equal(default.pooled[0], old) and torch.equal(many.pooled[2], old)
+    assert many.token_lengths.tolist() == [len(a) for a in ids]  # [CLS] ... [SEP], every token
+    cu = batch.cu_seqlens.tolist()
+    for k, layer in enumerate((1, 0, 2)):
+        cfg = dataclasses.replace(SMALL, num_hidden_layers=layer)
+        for i, a in enumerate(ids):
+            ref = reference_hidden(sd, cfg, torch.from_numpy(a))
+            got = many.tokens[k][cu[i]:cu[i + 1]]
+            assert (got.double() - ref).abs().max().item() < 1e-3, (layer, i)
+            assert cos(many.pooled[k][i], ref.mean(0)).item() >= 0.9999
+    assert not torch.allclose(many.pooled[0], many.pooled[2])
+
+
+def test_adapter_layer_out_of_range(small_dir):
+    """--repr-layer 99 with DNABERT-S used to return the last layer silently."""
+    model = load_model(str(small_dir))
+    _, batch = _batch(model.tokenizer, n=2)
+    for bad in (3, 99, -4):
+        with pytest.raises(LayerError, match=r"outside DNABERT-S's layers: 0\.\.2 ") as e:
+            model.embed(batch, (bad,))
+        assert isinstance(e.value, UserError) and "\n" not in str(e.value)
+    assert model.check_layers((-3, -1)) == (0, 2)
+
+
+def test_tiny_random_dnabert_for_demos():
+    m = load_model("dnabert-s-tiny", random_init=True, seed=2)
+    assert (m.dim, m.num_layers, m.name) == (128, 2, "DNABERT-S-tiny")
+    assert m.module.config == DNABERT_S_TINY and m.attrs["random_weights"] and "RANDOM" in m.attrs["warning"]
+    assert m.source.startswith("random-init")
+    _, batch = _batch(m.tokenizer, n=3)
+    with torch.inference_mode():
+        out = m.embed(batch)
+    assert out.pooled[0].shape == (3, 128) and torch.isfinite(out.pooled[0]).all()
+    with pytest.raises(ModelLoadError, match="--random-init"):
+        load_model("dnabert-s-tiny")
+
+
+def test_empty_directory_says_what_is_missing(tmp_path):
+    d = tmp_path / "model"
+    d.mkdir()
+    with pytest.raises(ModelLoadError) as e:
+        load_model(str(d))
+    msg = str(e.value)
+    assert str(d) in msg and "empty directory" in msg and "config.json" in msg and "tokenizer.json" in msg
+    assert "does not exist" not in msg and "\n" not in msg
+    (d / "notes.txt").write_text("x")
+    with pytest.raises(ModelLoadError, match="lacks: config.json, model.safetensors or pytorch_model.bin"):
+        load_model(str(d))

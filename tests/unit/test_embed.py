@@ -72,7 +72,7 @@ def test_output_matches_direct_model(fasta, reference):
     m = load_model(MODEL, random_init=True, seed=0)
     batch = pack_token_arrays([m.tokenizer.encode(s) for _, s in kept], list(range(len(kept))))
     with torch.inference_mode():
-        direct = m.embed(batch, (-1,), False).pooled[0]
+        direct = m.embed(batch).pooled[0]
     cos = F.cosine_similarity(torch.from_numpy(emb).double(), direct.double(), dim=-1)
     assert cos.min().item() >= 0.9999, cos.min().item()
     assert np.abs(emb - direct.numpy()).max() < 1e-4

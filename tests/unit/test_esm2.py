@@ -12,14 +12,13 @@ import torch
 import torch.nn.functional as F
 from esm.model.esm2 import ESM2
 
-from virnucdist.models.esm2 import MASK, ESM2Config, EsmTokenizer
-from virnucdist.models.loading import (
-    ModelLoadError,
-    esm_hub_path,
-    load_model,
-    save_fair_esm_checkpoint,
-)
+from virnucdist.errors import UserError
+from virnucdist.models.errors import LayerError
+from virnucdist.models.esm2 import MASK, ESM2Config
+from virnucdist.models.loading import ModelLoadError, esm_hub_path, load_model
+from virnucdist.models.tokenization import UNK, EsmTokenizer
 from virnucdist.packing import pack_token_arrays
+from virnucdist.testing import save_fair_esm_checkpoint
 
 AA = list("ACDEFGHIKLMNPQRSTVWY")
 RARE = list("XBUZO")
@@ -91,7 +90,7 @@ def _fair_esm_embed(ref, alphabet, records, layers, batch_size=8):
 
 
 def _ours(model, records, repr_layer, hidden=False):
-    """Our pooled embeddings (LoadedModel.embed on packed batches: the long record alone, the rest
+    """Our pooled embeddings (the adapter's embed on packed batches: the long record alone, the rest
     packed 12 at a time) and, with ``hidden``, the per-token states of ``repr_layer``."""
     tok = model.tokenizer
     arrays = [tok.encode(s) for _, s in records]
@@ -103,7 +102,7 @@ def _ours(model, records, repr_layer, hidden=False):
     with torch.inference_mode():
         for g in groups:
             batch = pack_token_arrays([arrays[i] for i in g], g)
-            for i, v in zip(g, model.embed(batch, repr_layer)):
+            for i, v in zip(g, model.embed(batch, (repr_layer,)).pooled[0]):
                 pooled[i] = v
             if hidden:
                 h = model.module(batch.tokens, batch.positions, batch.seg, batch.cu_seqlens, batch.max_seqlen,
@@ -200,6 +199,94 @@ def test_repr_layer_out_of_range(t6):
         with pytest.raises(ValueError, match="repr-layer"):
             model.module.resolve_layer(bad)
     assert model.module.resolve_layer(-7) == 0
+
+
+@pytest.fixture(scope="module")
+def tiny3(tmp_path_factory):
+    """A 3-layer, 64-wide ESM-2 with random weights, through testing.py's fair-esm writer and load_model."""
+    from virnucdist.testing import random_esm2
+
+    path = save_fair_esm_checkpoint(_perturb(random_esm2(ESM2Config(3, 64, 4), seed=4), 4),
+                                    tmp_path_factory.mktemp("tiny3") / "esm2_tiny3.pt")
+    return load_model(str(path))
+
+
+def _short_batch(model, n=6, seed=9):
+    recs = [r for r in _proteins(40, seed=seed) if len(r[1]) < 400][:n]
+    return pack_token_arrays([model.tokenizer.encode(s) for _, s in recs], list(range(len(recs))))
+
+
+def test_adapter_several_layers_in_one_pass(tiny3):
+    """pooled of the default layer is the module's own mean (the old LoadedModel.embed); several layers
+    from one pass equal one-layer calls; per-token states are the residues of the forward's output."""
+    model = tiny3
+    assert model.dim == 64 and model.num_layers == 3 and model.molecule == "protein"
+    batch = _short_batch(model)
+    b = batch
+    with torch.inference_mode():
+        old = model.module.embed(b.tokens, b.positions, b.seg, b.cu_seqlens, b.max_seqlen, -1)
+        default = model.embed(batch)
+        assert default.tokens is None and default.token_lengths is None and len(default.pooled) == 1
+        assert default.pooled[0].dtype == torch.float32 and torch.equal(default.pooled[0], old)
+        many = model.embed(batch, (0, -1, 2), per_token=True)
+        assert model.check_layers((0, -1, 2)) == (0, 3, 2)
+        assert torch.equal(many.pooled[1], default.pooled[0])
+        cu = b.cu_seqlens.tolist()
+        for k, layer in ((0, 0), (2, 2)):
+            one = model.embed(batch, (layer,), per_token=True)
+            assert torch.equal(many.pooled[k], one.pooled[0]), layer
+            assert torch.equal(many.tokens[k], one.tokens[0]), layer
+            assert torch.equal(many.token_lengths, one.token_lengths)
+        for k, layer in ((1, 3), (2, 2)):  # per-token states: the residues of the forward's output
+            hidden = model.module(b.tokens, b.positions, b.seg, b.cu_seqlens, b.max_seqlen, layer)
+            want = torch.cat([hidden[cu[i] + 1:cu[i + 1] - 1] for i in range(b.num_seqs)]).float()
+            assert torch.equal(many.tokens[k], want), layer
+            torch.testing.assert_close(many.pooled[k], torch.stack(
+                [hidden[cu[i] + 1:cu[i + 1] - 1].float().mean(0) for i in range(b.num_seqs)]), rtol=1e-5, atol=1e-6)
+        assert many.token_lengths.tolist() == [cu[i + 1] - cu[i] - 2 for i in range(b.num_seqs)]
+        # layers differ from each other (the hooks did not all read one tensor)
+        assert not torch.allclose(many.pooled[0], many.pooled[2]) and not torch.allclose(many.pooled[1], many.pooled[2])
+
+
+def test_adapter_layer_out_of_range(tiny3):
+    model = tiny3
+    for bad in (4, -5, 99):
+        with pytest.raises(LayerError, match=r"outside esm2_tiny3's layers: 0\.\.3 ") as e:
+            model.embed(_short_batch(model, 2), (bad,))
+        assert isinstance(e.value, UserError) and isinstance(e.value, ValueError)
+        assert str(bad) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(LayerError, match="twice"):
+        model.check_layers((-1, 3))
+    with pytest.raises(LayerError, match="no --repr-layer"):
+        model.check_layers(())
+    assert model.check_layers((-4,)) == (0,)
+
+
+def test_terminal_stop_is_stripped_once():
+    tok = EsmTokenizer()
+    clean = tok.encode("MKVLAT")
+    np.testing.assert_array_equal(tok.encode("MKVLAT*"), clean)
+    assert tok.has_terminal_stop("MKVLAT*") and not tok.has_terminal_stop("MKVLAT")
+    assert not tok.has_terminal_stop("MK*VL")
+    inner = tok.encode("MK*VL")  # only a terminal stop goes; an inner one stays <unk>
+    assert inner[3] == UNK and len(inner) == 7
+    two = tok.encode("MKV**")
+    assert len(two) == 6 and two[4] == UNK and two[-1] != UNK  # one stripped, the other counted as unknown
+    keep = EsmTokenizer(strip_stop=False)
+    assert keep.encode("MKVLAT*")[-2] == UNK and not keep.has_terminal_stop("MKVLAT*")
+    np.testing.assert_array_equal(EsmTokenizer(4).encode("MKVLA*"), EsmTokenizer(4).encode("MKVLA"))
+    assert tok.estimate_tokens(7) == 9  # unchanged: an upper bound
+    assert tok.unknown_letters("MK*V1J*") == ["*", "1", "J"] and tok.unknown_letters("MKV*") == []
+    assert load_model("esm2_t6_8M_UR50D", random_init=True, strip_stop=False).tokenizer.strip_stop is False
+
+
+def test_terminal_stop_gives_the_clean_embedding(tiny3):
+    model = tiny3
+    seqs = ["MKVLATTGHRE", "ACDEFGHIKLMNPQ"]
+    with torch.inference_mode():
+        a = model.embed(pack_token_arrays([model.tokenizer.encode(s + "*") for s in seqs], [0, 1])).pooled[0]
+        b = model.embed(pack_token_arrays([model.tokenizer.encode(s) for s in seqs], [0, 1])).pooled[0]
+    assert torch.equal(a, b)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -345,3 +432,32 @@ def test_random_init_is_seeded():
     differ = [k for k in a if not torch.equal(a[k], c[k])]
     assert "embed_tokens.weight" in differ and "layers.5.fc2.weight" in differ
     assert all(torch.isfinite(v).all() for v in a.values())
+
+
+def test_non_checkpoint_files_give_one_clean_line(tmp_path):
+    """A text file, a pickled module: one line, no torch internals (mmap advice, ANSI codes)."""
+    text = tmp_path / "notes.pt"
+    text.write_text("not weights\n")
+    with pytest.raises(ModelLoadError) as e:
+        load_model(str(text))
+    msg = str(e.value)
+    assert str(text) in msg and "not a PyTorch file" in msg and "fair-esm" in msg
+    assert "mmap" not in msg and "\x1b" not in msg and "\n" not in msg and "_use_new_zipfile" not in msg
+    module = tmp_path / "module.pt"
+    torch.save(torch.nn.Linear(2, 2), module)
+    with pytest.raises(ModelLoadError) as e:
+        load_model(str(module))
+    msg = str(e.value)
+    assert str(module) in msg and "torch.nn.modules.linear.Linear" in msg and "not allowed" in msg
+    assert "\x1b" not in msg and "\n" not in msg and "weights_only` set to `False" not in msg
+    assert isinstance(e.value, UserError)
+
+
+def test_legacy_format_checkpoint_loads(tmp_path, t6):
+    """A fair-esm .pt saved without the zip format cannot be memory-mapped; it still loads (safely)."""
+    data = torch.load(t6[0], weights_only=False)
+    legacy = tmp_path / "legacy.pt"
+    torch.save(data, legacy, _use_new_zipfile_serialization=False)
+    a, b = load_model(str(legacy)), load_model(str(t6[0]))
+    for (ka, va), (kb, vb) in zip(a.module.state_dict().items(), b.module.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)

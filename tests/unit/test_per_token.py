@@ -12,9 +12,10 @@ import torch
 from virnucdist import EmbedConfig, embed
 from virnucdist.errors import UserError
 from virnucdist.fasta import write_fasta
-from virnucdist.models.dnabert_s import DnaBertSConfig, random_dnabert_s, save_hf_dir
+from virnucdist.models.dnabert_s import DnaBertSConfig
 from virnucdist.models.loading import load_model
 from virnucdist.packing import pack_token_arrays
+from virnucdist.testing import random_dnabert_s, save_hf_dir
 from virnucdist.writers import read_embeddings, read_token_embeddings
 
 AA = list("ACDEFGHIKLMNPQRSTVWY")

@@ -1,7 +1,8 @@
 """DNABERT-S (MosaicBERT / DNABERT-2 architecture) on packed sequences.
 
-Read top to bottom: config -> modules -> packed forward and mean embedding ->
-tokenizer -> loading, random init and saving in the Hugging Face layout.
+Read top to bottom: config -> modules -> packed forward and mean embedding.
+The tokenizer is in :mod:`.tokenization`, loading a Hugging Face directory in
+:mod:`.dnabert_s_loading`, random weights and savers in :mod:`virnucdist.testing`.
 
 The forward follows DNABERT-2's ``bert_layers.py`` (``BertModel``) exactly,
 without padding:
@@ -29,31 +30,15 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .attention import alibi_slopes, varlen_attention
 
-__all__ = [
-    "DnaBertSConfig",
-    "PackedDnaBertS",
-    "DnaBertSTokenizer",
-    "DnaBertSCheckpointError",
-    "PACKAGED_TOKENIZER",
-    "load_dnabert_s",
-    "random_dnabert_s",
-    "save_hf_dir",
-    "resolve_model_dir",
-]
-
-HF_REPO_ID = "zhihan1996/DNABERT-S"
-PACKAGED_TOKENIZER = Path(__file__).resolve().parent.parent / "data" / "dnabert_s_tokenizer.json"
+__all__ = ["DnaBertSConfig", "PackedDnaBertS", "segment_mean"]
 
 
 # --------------------------------------------------------------------------- config
@@ -251,232 +236,3 @@ def segment_mean(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor
     sums.index_add_(0, seg, hidden.to(torch.float32))
     lengths = (ends - cu_seqlens[:-1].to(torch.int64)).to(torch.float32)
     return sums / lengths.clamp(min=1)[:, None]
-
-
-# --------------------------------------------------------------------------- tokenizer
-
-# Mean bases per token measured on uniform random ACGT (500 sequences each):
-#   150 bp: 4.62 (min 4.05), 300 bp: 4.66 (min 4.17), 500 bp: 4.68 (min 4.35),
-#   1000 bp: 4.70, 2000 bp: 4.71.
-# 4.0 bases/token (+2 specials) bounds every random sequence measured from 150 bp
-# up; repetitive DNA gives fewer tokens (longer merges). Runs of N (or other
-# non-ACGT letters) give one [UNK] per letter, so N-rich reads can exceed it.
-BASES_PER_TOKEN = 4.0
-
-
-class DnaBertSTokenizer:
-    """The DNABERT-S BPE tokenizer (``SequenceTokenizer``): upper-cases input and
-    returns ``[CLS] ... [SEP]`` ids as int64. Picklable: only the path travels;
-    the ``tokenizers.Tokenizer`` is loaded lazily in each process."""
-
-    cls_id = 1
-    sep_id = 2
-    pad_id = 3
-    unk_id = 0
-
-    def __init__(self, path: str | os.PathLike = PACKAGED_TOKENIZER):
-        self.path = str(path)
-        self._tok = None
-
-    @property
-    def tokenizer(self):
-        if self._tok is None:
-            from tokenizers import Tokenizer
-
-            tok = Tokenizer.from_file(self.path)
-            # the upstream tokenizer.json keeps training-time padding/truncation to 2000
-            tok.no_padding()
-            tok.no_truncation()
-            self._tok = tok
-        return self._tok
-
-    def __getstate__(self):
-        return {"path": self.path}
-
-    def __setstate__(self, state):
-        self.path = state["path"]
-        self._tok = None
-
-    def __repr__(self):
-        return f"DnaBertSTokenizer({self.path!r})"
-
-    def encode(self, seq: str) -> np.ndarray:
-        return np.asarray(self.tokenizer.encode(seq.upper()).ids, dtype=np.int64)
-
-    def encode_batch(self, seqs: list[str]) -> list[np.ndarray]:
-        encs = self.tokenizer.encode_batch([s.upper() for s in seqs])
-        return [np.asarray(e.ids, dtype=np.int64) for e in encs]
-
-    def estimate_tokens(self, length: int) -> int:
-        return math.ceil(length / BASES_PER_TOKEN) + 2
-
-
-# --------------------------------------------------------------------------- loading
-
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
-class DnaBertSCheckpointError(ValueError):
-    """The weights do not match the DNABERT-S architecture."""
-
-
-def _how_to_get(what: str) -> str:
-    return (f"{what}\nDownload DNABERT-S with:\n"
-            f"  huggingface-cli download {HF_REPO_ID} --local-dir DIR\n"
-            f"and pass DIR (or --random-init for a test run with random weights).")
-
-
-def resolve_model_dir(model_dir: str | os.PathLike) -> Path:
-    """A local directory, or a hub id (``zhihan1996/DNABERT-S``) found in the
-    local Hugging Face cache (never downloads)."""
-    p = Path(model_dir).expanduser()
-    if p.is_dir():
-        return p
-    s = str(model_dir)
-    looks_like_repo_id = s.count("/") == 1 and not s.startswith((".", "/", "~")) and not p.exists()
-    if looks_like_repo_id:
-        try:
-            from huggingface_hub import snapshot_download
-
-            return Path(snapshot_download(s, local_files_only=True))
-        except Exception as e:  # not in the cache / no huggingface_hub
-            raise FileNotFoundError(_how_to_get(
-                f"DNABERT-S model {s!r}: no such directory, and the hub id is not in the "
-                f"local Hugging Face cache ({type(e).__name__})."
-            )) from None
-    raise FileNotFoundError(_how_to_get(
-        f"DNABERT-S model directory {str(p)!r} does not exist (expected config.json, "
-        f"{' or '.join(WEIGHT_FILES)} and tokenizer.json)."))
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    try:
-        # weights_only: a pickle can run code; only tensors and containers are accepted
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DnaBertSCheckpointError(
-            f"{path}: refused to load (weights_only=True): it is not a plain tensor "
-            f"checkpoint or contains arbitrary Python objects.\n  {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}") from None
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise DnaBertSCheckpointError(f"{path}: not a state dict of tensors")
-    return sd
-
-
-def _check_state_dict(sd: dict[str, torch.Tensor], model: PackedDnaBertS, source) -> dict:
-    if sd and all(k.startswith("bert.") for k in sd):  # saved from a wrapper
-        sd = {k[len("bert."):]: v for k, v in sd.items()}
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    if missing or unexpected:
-        hint = ""
-        if any(k.startswith(("encoder.sentence_encoder.", "embed_tokens", "layers.",
-                             "emb_layer_norm_after", "contact_head")) for k in sd):
-            hint = " This looks like an ESM checkpoint, not DNABERT-S."
-        elif any(k.startswith("cls.") for k in unexpected):
-            hint = " This looks like a masked-LM (BertForMaskedLM) checkpoint."
-        raise DnaBertSCheckpointError(
-            f"{source}: the weights do not match DNABERT-S ({len(expected)} tensors).{hint}\n"
-            f"  missing ({len(missing)}): {missing[:8]}{' ...' if len(missing) > 8 else ''}\n"
-            f"  unexpected ({len(unexpected)}): {unexpected[:8]}"
-            f"{' ...' if len(unexpected) > 8 else ''}")
-    bad = [f"{k}: {tuple(sd[k].shape)} != {s}" for k, s in expected.items() if tuple(sd[k].shape) != s]
-    if bad:
-        raise DnaBertSCheckpointError(
-            f"{source}: tensor shapes do not match config.json:\n  " + "\n  ".join(bad[:8]))
-    return sd
-
-
-def _finish(model: PackedDnaBertS, device, dtype) -> PackedDnaBertS:
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-
-
-def load_dnabert_s(model_dir: str | os.PathLike, *, device="cpu", dtype=torch.float32):
-    """Loads a DNABERT-S Hugging Face directory (``config.json``, ``model.safetensors``
-    or ``pytorch_model.bin``, ``tokenizer.json``) or a cached hub id.
-    Returns ``(PackedDnaBertS in eval mode, DnaBertSTokenizer)``."""
-    d = resolve_model_dir(model_dir)
-    config_path = d / "config.json"
-    weights = next((d / w for w in WEIGHT_FILES if (d / w).is_file()), None)
-    tok_path = d / "tokenizer.json"
-    missing = [str(p.name) for p, ok in ((config_path, config_path.is_file()),
-                                         (Path(" or ".join(WEIGHT_FILES)), weights is not None),
-                                         (tok_path, tok_path.is_file())) if not ok]
-    if missing:
-        raise FileNotFoundError(_how_to_get(
-            f"DNABERT-S directory {str(d)!r} lacks: {', '.join(missing)}."))
-
-    cfg = DnaBertSConfig.from_json(config_path)
-    with torch.device("meta"):
-        model = PackedDnaBertS(cfg)
-    sd = _check_state_dict(_read_state_dict(weights), model, weights)
-    model.load_state_dict(sd, strict=True, assign=True)
-    return _finish(model, device, dtype), DnaBertSTokenizer(tok_path)
-
-
-def random_dnabert_s(seed: int = 0, *, config: DnaBertSConfig | None = None,
-                     device="cpu", dtype=torch.float32):
-    """Random BERT-initialised weights (normal(0, initializer_range) for linear and
-    embedding weights, zero biases, LayerNorm 1/0) with the packaged tokenizer."""
-    cfg = config or DnaBertSConfig()
-    with torch.device("meta"):
-        model = PackedDnaBertS(cfg)
-    gen = torch.Generator().manual_seed(seed)
-    sd = {}
-    for name, p in model.state_dict().items():
-        if ".LayerNorm." in name or ".layernorm." in name:
-            t = torch.ones(p.shape) if name.endswith("weight") else torch.zeros(p.shape)
-        elif name.endswith("bias"):
-            t = torch.zeros(p.shape)
-        else:
-            t = torch.empty(p.shape).normal_(0.0, cfg.initializer_range, generator=gen)
-        sd[name] = t
-    model.load_state_dict(sd, strict=True, assign=True)
-    return _finish(model, device, dtype), DnaBertSTokenizer(PACKAGED_TOKENIZER)
-
-
-_TOKENIZER_CONFIG = {
-    "clean_up_tokenization_spaces": True,
-    "cls_token": "[CLS]",
-    "mask_token": "[MASK]",
-    "model_max_length": 1000000000000000019884624838656,
-    "pad_token": "[PAD]",
-    "sep_token": "[SEP]",
-    "tokenizer_class": "PreTrainedTokenizerFast",
-    "unk_token": "[UNK]",
-}
-_SPECIAL_TOKENS_MAP = {"cls_token": "[CLS]", "mask_token": "[MASK]", "pad_token": "[PAD]",
-                       "sep_token": "[SEP]", "unk_token": "[UNK]"}
-
-
-def save_hf_dir(model: PackedDnaBertS, out_dir: str | os.PathLike, fmt: str = "safetensors",
-                tokenizer: DnaBertSTokenizer | None = None) -> Path:
-    """Writes ``model`` as a DNABERT-S Hugging Face directory (fp32 weights as
-    ``model.safetensors`` or ``pytorch_model.bin``, config.json, tokenizer files)."""
-    if fmt not in ("safetensors", "bin"):
-        raise ValueError(f"fmt must be 'safetensors' or 'bin', not {fmt!r}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "config.json", "w") as f:
-        json.dump(model.config.to_hf_json(), f, indent=2)
-    sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    if fmt == "safetensors":
-        from safetensors.torch import save_file
-
-        save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
-    else:
-        torch.save(sd, out / "pytorch_model.bin")
-    shutil.copyfile(tokenizer.path if tokenizer else PACKAGED_TOKENIZER, out / "tokenizer.json")
-    with open(out / "tokenizer_config.json", "w") as f:
-        json.dump(_TOKENIZER_CONFIG, f, indent=2)
-    with open(out / "special_tokens_map.json", "w") as f:
-        json.dump(_SPECIAL_TOKENS_MAP, f, indent=2)
-    return out

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .attention import varlen_attention
 from .rotary import rotary_qk, rotary_tables, uses_triton
+from .tokenization import CLS, EOS, MASK, PAD, VOCAB, EsmTokenizer  # noqa: F401 (CLS, EOS, EsmTokenizer: re-exported)
 
-__all__ = ["ESM2Config", "PackedESM2", "EsmTokenizer", "ESM2_ARCHS"]
+__all__ = ["ESM2Config", "PackedESM2", "ESM2_ARCHS"]
 
 #: fair-esm's published ESM-2 sizes: name -> (layers, dim, heads)
 ESM2_ARCHS: dict[str, tuple[int, int, int]] = {
@@ -29,11 +29,6 @@ ESM2_ARCHS: dict[str, tuple[int, int, int]] = {
     "esm2_t36_3B_UR50D": (36, 2560, 40),
     "esm2_t48_15B_UR50D": (48, 5120, 40),
 }
-
-# fair-esm's "ESM-1b" alphabet
-ESM_TOKENS = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO.-", "<null_1>", "<mask>"]
-CLS, PAD, EOS, UNK, MASK = 0, 1, 2, 3, 32
-VOCAB = len(ESM_TOKENS)  # 33
 
 
 @dataclass(frozen=True)
@@ -47,37 +42,6 @@ class ESM2Config:
     def from_name(cls, name: str) -> "ESM2Config":
         layers, dim, heads = ESM2_ARCHS[name]
         return cls(layers, dim, heads)
-
-
-class EsmTokenizer:
-    """Residues -> fair-esm token ids with BOS/EOS; truncates like extract.py."""
-
-    unk_id = UNK  # letters outside the alphabet (digits, '*', 'J'...) become <unk>; the loader counts them
-
-    def __init__(self, truncation_seq_length: int | None = 1022):
-        self.truncation_seq_length = truncation_seq_length
-        table = np.full(256, UNK, dtype=np.int64)
-        for i, tok in enumerate(ESM_TOKENS):
-            if len(tok) == 1:
-                table[ord(tok)] = i
-                table[ord(tok.lower())] = i  # fair-esm is case-sensitive; lowercase would all be <unk>
-        self._table = table
-
-    def encode(self, seq: str) -> np.ndarray:
-        if self.truncation_seq_length is not None:
-            seq = seq[: self.truncation_seq_length]
-        ids = np.empty(len(seq) + 2, dtype=np.int64)
-        ids[0], ids[-1] = CLS, EOS
-        ids[1:-1] = self._table[np.frombuffer(seq.encode("latin-1", "replace"), dtype=np.uint8)]
-        return ids
-
-    def estimate_tokens(self, length: int) -> int:
-        if self.truncation_seq_length is not None:
-            length = min(length, self.truncation_seq_length)
-        return length + 2
-
-    def is_truncated(self, length: int) -> bool:
-        return self.truncation_seq_length is not None and length > self.truncation_seq_length
 
 
 def rotary_inv_freq(cfg: ESM2Config, device=None) -> torch.Tensor:

@@ -1,75 +1,44 @@
-"""Loading real checkpoints (or seeded random weights) into the packed models.
+"""``load_model(spec)``: a model spec in, an :class:`EmbeddingModel` adapter out.
 
-ESM-2: ``--model`` is a fair-esm name (looked up in the torch hub cache,
+ESM-2: ``spec`` is a fair-esm name (looked up in the torch hub cache,
 ``<hub>/checkpoints/NAME.pt``, downloaded there from fair-esm's URL when a
-network exists) or a path to a fair-esm ``.pt``. DNABERT-S: a Hugging Face
-directory (``config.json`` + weights + tokenizer) or the hub id
-``zhihan1996/DNABERT-S`` found in the local HF cache.
+network exists) or a path to a fair-esm ``.pt``, read here. DNABERT-S: a Hugging
+Face directory or the hub id ``zhihan1996/DNABERT-S`` in the local HF cache, read
+by :mod:`.dnabert_s_loading`. Any existing directory is taken for a DNABERT-S one.
 
-Checkpoints are read with ``torch.load(weights_only=True)``; fair-esm's
-``argparse.Namespace`` config is the one extra class allowed.
+Checkpoints are read with ``torch.load(weights_only=True)`` (memory-mapped);
+fair-esm's ``argparse.Namespace`` config is the one extra class allowed. Models
+are built on the meta device and the checkpoint's tensors assigned to them.
+
+``random_init`` (seeded random weights; the architectures of the names above, and
+``dnabert-s-tiny``, a small DNABERT-S for CPU demos) takes the weights from
+:mod:`virnucdist.testing`, imported only then.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from torch import nn
 
-from .esm2 import ESM2_ARCHS, ESM2Config, EsmTokenizer, PackedESM2, rotary_inv_freq
-from .tokenization import SequenceTokenizer
+from .adapters import DnaBertSEmbedder, EmbeddingModel, ESM2Embedder
+from .dnabert_s_loading import HF_REPO_ID, load_dnabert_s
+from .errors import CheckpointError, ModelLoadError, ModelNotFoundError, torch_error_line
+from .esm2 import ESM2_ARCHS, ESM2Config, PackedESM2, rotary_inv_freq
+from .tokenization import EsmTokenizer
 
-__all__ = ["LoadedModel", "load_model", "ModelLoadError", "save_fair_esm_checkpoint", "esm_hub_path"]
+__all__ = ["EmbeddingModel", "LoadedModel", "load_model", "ModelLoadError", "esm_hub_path",
+           "read_fair_esm_checkpoint", "DNABERT_S_NAMES", "DNABERT_S_TINY_NAME"]
 
 FAIR_ESM_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
-DNABERT_S_HUB_ID = "zhihan1996/DNABERT-S"
+DNABERT_S_HUB_ID = HF_REPO_ID
+DNABERT_S_TINY_NAME = "dnabert-s-tiny"  # random weights only (a CPU demo)
+DNABERT_S_NAMES = {"dnabert-s", "dnabert_s", DNABERT_S_TINY_NAME}
 
-
-class ModelLoadError(RuntimeError):
-    """Missing or unusable weights; the message says where we looked and what to do."""
-
-
-@dataclass
-class LoadedModel:
-    """A packed model with its tokenizer and what to record about it."""
-
-    kind: str  # "esm2" | "dnabert_s"
-    name: str
-    module: nn.Module
-    tokenizer: SequenceTokenizer
-    embed_dim: int
-    source: str
-    attrs: dict = field(default_factory=dict)
-
-    def embed(self, batch, repr_layer: int = -1) -> torch.Tensor:
-        """Pooled fp32 ``[B, D]`` embeddings of a :class:`~virnucdist.packing.PackedBatch` on the model's device."""
-        m = self.module
-        if self.kind == "esm2":
-            return m.embed(batch.tokens, batch.positions, batch.seg, batch.cu_seqlens, batch.max_seqlen, repr_layer)
-        return m.embed(batch.tokens, batch.cu_seqlens, batch.max_seqlen)
-
-    def embed_with_tokens(self, batch, repr_layer: int = -1):
-        """``(pooled [B, D], per-token [M, D], tokens per sequence [B])``, fp32, one forward pass.
-
-        Per-token states are the pooled ones: residues only for ESM-2 (BOS/EOS excluded, as
-        fair-esm's extract.py writes them), every token for DNABERT-S.
-        """
-        from .dnabert_s import segment_mean
-        from .esm2 import residue_mask, residue_mean
-
-        m, cu = self.module, batch.cu_seqlens
-        lengths = (cu[1:] - cu[:-1]).to(torch.int64)
-        if self.kind == "esm2":
-            hidden = m(batch.tokens, batch.positions, batch.seg, cu, batch.max_seqlen, repr_layer)
-            keep = residue_mask(batch.positions, batch.seg, cu)
-            return residue_mean(hidden, batch.positions, batch.seg, cu), hidden[keep].float(), lengths - 2
-        hidden = m(batch.tokens, cu, batch.max_seqlen)
-        return segment_mean(hidden, cu), hidden.float(), lengths
+#: the old name of the model object (now the protocol every adapter implements)
+LoadedModel = EmbeddingModel
 
 
 def esm_hub_path(name: str) -> Path:
@@ -77,8 +46,13 @@ def esm_hub_path(name: str) -> Path:
 
 
 def is_dnabert_spec(spec: str) -> bool:
-    p = Path(spec)
-    return spec == DNABERT_S_HUB_ID or spec.lower() in {"dnabert-s", "dnabert_s"} or (p.is_dir() and (p / "config.json").exists())
+    return spec == DNABERT_S_HUB_ID or spec.lower() in DNABERT_S_NAMES or Path(spec).expanduser().is_dir()
+
+
+def _random_attrs(seed: int, what: str) -> tuple[str, dict]:
+    source = f"random-init(seed={seed})"
+    return source, {"random_weights": True,
+                    "warning": f"RANDOM WEIGHTS ({what}, seed {seed}): for tests and demos; the vectors mean nothing"}
 
 
 def load_model(
@@ -89,64 +63,70 @@ def load_model(
     random_init: bool = False,
     seed: int = 0,
     truncation_seq_length: int | None = 1022,
-) -> LoadedModel:
-    """Load ESM-2 (name or ``.pt``) or DNABERT-S (HF directory / hub id), ready for inference."""
+    strip_stop: bool = True,
+) -> EmbeddingModel:
+    """Load ESM-2 (name or ``.pt``) or DNABERT-S (HF directory / hub id), ready for inference.
+
+    ``truncation_seq_length`` and ``strip_stop`` (drop one terminal ``*``) are ESM-2's
+    tokenizer options. Raises a :class:`ModelLoadError` (a ``UserError``) with one line.
+    """
     device = torch.device(device)
+    spec = str(spec)
     if is_dnabert_spec(spec):
-        from . import dnabert_s
-
-        if random_init:
-            module, tok = dnabert_s.random_dnabert_s(seed, device=device, dtype=dtype)
-            source = f"random-init(seed={seed})"
-        else:
-            try:
-                module, tok = dnabert_s.load_dnabert_s(spec, device=device, dtype=dtype)
-            except FileNotFoundError:  # already says where it looked and how to download
-                raise
-            except (ValueError, KeyError, TypeError, OSError, SafetensorError) as e:
-                # weights of another model, a corrupt weights file, a broken config.json
-                raise ModelLoadError(f"DNABERT-S model {spec}: {e}" + (
-                    "" if isinstance(e, dnabert_s.DnaBertSCheckpointError) else
-                    f" ({type(e).__name__}); is this DNABERT-S's directory (config.json, model.safetensors, "
-                    f"tokenizer.json)?")) from None
-            source = str(spec)
-        return LoadedModel("dnabert_s", "DNABERT-S", module.eval(), tok, module.config.hidden_size, source,
-                           {"pooling": "mean over all tokens incl. [CLS]/[SEP]"})
-    return _load_esm2(spec, device, dtype, random_init, seed, truncation_seq_length)
+        return _load_dnabert_s(spec, device, dtype, random_init, seed)
+    return _load_esm2(spec, device, dtype, random_init, seed, EsmTokenizer(truncation_seq_length, strip_stop))
 
 
-def _load_esm2(spec, device, dtype, random_init, seed, trunc) -> LoadedModel:
-    tok = EsmTokenizer(trunc)
+def _load_dnabert_s(spec, device, dtype, random_init, seed) -> DnaBertSEmbedder:
+    tiny = spec.lower() == DNABERT_S_TINY_NAME
+    if random_init:
+        from .. import testing
+
+        config = testing.DNABERT_S_TINY if tiny else None
+        module, tok = testing.random_dnabert_s(seed, config=config, device=device, dtype=dtype)
+        name = "DNABERT-S-tiny" if tiny else "DNABERT-S"
+        source, attrs = _random_attrs(seed, f"{name}, {module.config.num_hidden_layers} layers, "
+                                            f"dim {module.config.hidden_size}")
+        return DnaBertSEmbedder(name, module, tok, source, attrs)
+    if tiny:
+        raise ModelLoadError(f"{spec} is a small random-weight DNABERT-S for demos: add --random-init, or give "
+                             f"a DNABERT-S directory for real weights")
+    module, tok = load_dnabert_s(spec, device=device, dtype=dtype)
+    return DnaBertSEmbedder("DNABERT-S", module, tok, str(spec))
+
+
+def _load_esm2(spec, device, dtype, random_init, seed, tok) -> ESM2Embedder:
     name = Path(spec).stem if spec.endswith(".pt") else spec
     if random_init:
         if name not in ESM2_ARCHS:
-            raise ModelLoadError(f"--random-init needs an ESM-2 architecture name, one of {', '.join(ESM2_ARCHS)}; got {spec!r}")
-        module = random_esm2(ESM2Config.from_name(name), seed, device, dtype)
-        source = f"random-init(seed={seed})"
-    else:
-        path = _find_esm_checkpoint(spec)
-        cfg, state = read_fair_esm_checkpoint(path)
-        with torch.device("meta"):
-            module = PackedESM2(cfg)
-        _load_strict(module, state, path)
-        module.inv_freq = rotary_inv_freq(cfg)
-        module = module.to(device=device, dtype=dtype)
-        module.inv_freq = module.inv_freq.float()
-        source = str(path)
-    return LoadedModel("esm2", name, module.eval(), tok, module.cfg.embed_dim, source,
-                       {"pooling": "mean over residues (BOS/EOS excluded)"})
+            raise ModelLoadError(f"--random-init needs an ESM-2 architecture name, one of {', '.join(ESM2_ARCHS)}; "
+                                 f"got {spec!r}")
+        from .. import testing
+
+        module = testing.random_esm2(ESM2Config.from_name(name), seed, device, dtype)
+        source, attrs = _random_attrs(seed, name)
+        return ESM2Embedder(name, module.eval(), tok, source, attrs)
+    path = _find_esm_checkpoint(spec)
+    cfg, state = read_fair_esm_checkpoint(path)
+    with torch.device("meta"):
+        module = PackedESM2(cfg)
+    _load_strict(module, state, path)
+    module.inv_freq = rotary_inv_freq(cfg)
+    module = module.to(device=device, dtype=dtype)
+    module.inv_freq = module.inv_freq.float()
+    return ESM2Embedder(name, module.eval().requires_grad_(False), tok, str(path))
 
 
 def _find_esm_checkpoint(spec: str) -> Path:
     p = Path(spec).expanduser()
     if p.suffix == ".pt" or os.sep in spec:
         if not p.is_file():
-            raise ModelLoadError(f"ESM-2 checkpoint {p} does not exist. Give a fair-esm .pt file or a model name "
-                                 f"({', '.join(ESM2_ARCHS)}).")
+            raise ModelNotFoundError(f"ESM-2 checkpoint {p} does not exist. Give a fair-esm .pt file or a model name "
+                                     f"({', '.join(ESM2_ARCHS)}).")
         return p
     if spec not in ESM2_ARCHS:
-        raise ModelLoadError(f"unknown model {spec!r}: give an ESM-2 name ({', '.join(ESM2_ARCHS)}), a fair-esm .pt "
-                             f"path, or a DNABERT-S directory")
+        raise ModelNotFoundError(f"unknown model {spec!r}: give an ESM-2 name ({', '.join(ESM2_ARCHS)}), a fair-esm "
+                                 f".pt path, or a DNABERT-S directory")
     path = esm_hub_path(spec)
     if path.is_file():
         return path
@@ -156,7 +136,7 @@ def _find_esm_checkpoint(spec: str) -> Path:
         torch.hub.download_url_to_file(url, str(path), progress=False)
         return path
     except Exception as e:  # no network, proxy, disk
-        raise ModelLoadError(
+        raise ModelNotFoundError(
             f"ESM-2 weights {spec} not found at {path} and downloading {url} failed ({type(e).__name__}). "
             f"Download that file on a machine with network access into {path.parent} (or set TORCH_HOME), "
             f"pass the .pt path with --model, or use --random-init for a test run.") from None
@@ -164,20 +144,26 @@ def _find_esm_checkpoint(spec: str) -> Path:
 
 def read_fair_esm_checkpoint(path: Path) -> tuple[ESM2Config, dict]:
     """Config and encoder state dict of a fair-esm ESM-2 ``.pt`` (prefixes stripped), loaded safely."""
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    zipped = magic == b"PK\x03\x04"
+    if not zipped and not magic.startswith(b"\x80"):  # neither torch.save's zip nor a legacy pickle
+        raise CheckpointError(f"{path}: not a loadable fair-esm checkpoint: not a PyTorch file (torch.save). "
+                              f"Give a fair-esm ESM-2 .pt file or a model name ({', '.join(ESM2_ARCHS)}).")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except Exception as e:
-        raise ModelLoadError(f"{path}: not a loadable fair-esm checkpoint ({str(e).splitlines()[0][:200]}). "
-                             f"Only plain tensors and fair-esm's config are accepted.") from None
+        raise CheckpointError(f"{path}: not a loadable fair-esm checkpoint ({torch_error_line(e)}). "
+                              f"Only plain tensors and fair-esm's config are accepted.") from None
     try:
         m = data["cfg"]["model"]
         cfg = ESM2Config(int(m.encoder_layers), int(m.encoder_embed_dim), int(m.encoder_attention_heads),
                          bool(getattr(m, "token_dropout", True)))
         raw = data["model"]
-    except (KeyError, TypeError, AttributeError):
-        raise ModelLoadError(f"{path}: not a fair-esm ESM-2 checkpoint (expected 'model' and 'cfg'['model'] "
-                             f"with encoder_layers/encoder_embed_dim/encoder_attention_heads)") from None
+    except (KeyError, TypeError, AttributeError, IndexError):
+        raise CheckpointError(f"{path}: not a fair-esm ESM-2 checkpoint (expected 'model' and 'cfg'['model'] "
+                              f"with encoder_layers/encoder_embed_dim/encoder_attention_heads)") from None
     state = {}
     for k, v in raw.items():
         for prefix in ("encoder.sentence_encoder.", "encoder."):
@@ -195,53 +181,7 @@ def _load_strict(module: PackedESM2, state: dict, path) -> None:
         result = module.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as e:  # size mismatches raise even with strict=False
         detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
-        raise ModelLoadError(f"{fits}: {detail[:300]}. Is this the right model file?") from None
+        raise CheckpointError(f"{fits}: {detail[:300]}. Is this the right model file?") from None
     if result.missing_keys or result.unexpected_keys:
-        raise ModelLoadError(f"{fits}; missing {result.missing_keys[:4]}, unexpected "
-                             f"{result.unexpected_keys[:4]}. Is this the right model file?")
-
-
-def random_esm2(cfg: ESM2Config, seed: int, device, dtype) -> PackedESM2:
-    """Seeded random weights, built directly on ``device`` (no 11 GB fp32 CPU copy for the 3B)."""
-    with torch.device("meta"):
-        module = PackedESM2(cfg)
-    module = module.to_empty(device=device)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if "layer_norm" in name and name.endswith("weight"):
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, 0.02, generator=gen)
-        module.inv_freq = rotary_inv_freq(cfg, device)
-    module = module.to(dtype)
-    module.inv_freq = module.inv_freq.float()
-    return module
-
-
-def save_fair_esm_checkpoint(model: PackedESM2 | nn.Module, path: str | Path, cfg: ESM2Config | None = None) -> Path:
-    """Write weights in fair-esm's on-disk format (``encoder.sentence_encoder.`` prefix, Namespace cfg).
-
-    Accepts a :class:`PackedESM2` (q/k/v split back out) or a fair-esm ``ESM2``.
-    """
-    if isinstance(model, PackedESM2):
-        cfg = model.cfg
-        state = {}
-        for k, v in model.state_dict().items():
-            if ".self_attn.qkv." in k:
-                q, kk, vv = v.chunk(3)
-                for p, t in zip("qkv", (q, kk, vv)):
-                    state[k.replace(".qkv.", f".{p}_proj.")] = t.clone()
-            else:
-                state[k] = v
-    else:
-        state = dict(model.state_dict())
-        cfg = cfg or ESM2Config(model.num_layers, model.embed_dim, model.attention_heads, model.token_dropout)
-    ns = argparse.Namespace(encoder_layers=cfg.num_layers, encoder_embed_dim=cfg.embed_dim,
-                            encoder_attention_heads=cfg.attention_heads, token_dropout=cfg.token_dropout)
-    payload = {"model": {f"encoder.sentence_encoder.{k}": v.detach().float().cpu() for k, v in state.items()},
-               "cfg": {"model": ns}, "args": None}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, path)
-    return path
+        raise CheckpointError(f"{fits}; missing {result.missing_keys[:4]}, unexpected "
+                              f"{result.unexpected_keys[:4]}. Is this the right model file?")
