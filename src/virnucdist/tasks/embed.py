@@ -87,8 +87,9 @@ class _MakeEmbedBlock:
         unk = getattr(tok, "unk_id", None)
         count("truncated", [j for j, s in enumerate(seqs) if is_truncated and is_truncated(len(s))])
         count("unknown_letters", [j for j, t in enumerate(ids) if unk is not None and (t == unk).any()])
-        if getattr(tok, "strips_terminal_stop", False):
-            count("terminal_stops", [j for j, s in enumerate(seqs) if s.endswith("*")])
+        has_stop = getattr(tok, "has_terminal_stop", None)  # ESM-2 strips one terminal '*': counted
+        if has_stop is not None:
+            count("terminal_stops", [j for j, s in enumerate(seqs) if has_stop(s)])
         batches = pack_longest_first(ids, self.budget)
         tokens = sum(len(t) for t in ids)
         counters["packed_tokens"] = tokens

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from ..models.esm2 import ESM2_ARCHS
 from ..models.loading import is_dnabert_spec
 
-__all__ = ["model_identity", "molecule_of_spec"]
+__all__ = ["model_identity", "molecule_of_spec", "width_of_spec"]
 
 
 def model_identity(spec: str, random_init: bool, seed: int) -> dict:
@@ -19,3 +21,21 @@ def model_identity(spec: str, random_init: bool, seed: int) -> dict:
 def molecule_of_spec(spec: str) -> str:
     """'dna' for DNABERT-S, 'protein' for ESM-2."""
     return "dna" if is_dnabert_spec(spec) else "protein"
+
+
+def width_of_spec(spec: str, random_init: bool) -> int | None:
+    """A model's embedding width read from its name or config, without loading weights (None: unknown here)."""
+    if is_dnabert_spec(spec):
+        if spec.lower() == "dnabert-s-tiny":
+            from ..testing import DNABERT_S_TINY
+
+            return DNABERT_S_TINY.hidden_size
+        cfg = Path(spec).expanduser() / "config.json"
+        if cfg.is_file():
+            try:
+                return int(json.loads(cfg.read_text())["hidden_size"])
+            except (ValueError, KeyError, TypeError):
+                return None  # the loader says what is wrong with it
+        return 768
+    name = Path(spec).stem if spec.endswith(".pt") else spec
+    return ESM2_ARCHS[name][1] if name in ESM2_ARCHS else None

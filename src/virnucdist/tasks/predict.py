@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import torch
 from ..engine import DEFAULT_TOKS, RunResult, run, run_main
 from ..errors import UserError
 from ..launch.dist import DistContext
-from ..models.classifier import MLPClassifier, classifier_chunk_size_hint, load_classifier
+from ..models.classifier import classifier_chunk_size_hint, load_classifier
 from ..models.loading import load_model
 from ..packing import pack_pairs
 from ..runner import DTYPES, BatchRunner, resolve_dtype, to_host_async
@@ -34,7 +35,7 @@ from ..vnp.consensus import ReadFrames, consensus, write_consensus, write_predic
 from ..vnp.translate import FRAME_NAMES, six_frame, translate_records
 from ..writers import Column, Part, ShardSchema, replace_durably
 from .base import Block, RunPlan
-from .identity import model_identity
+from .identity import model_identity, width_of_spec
 
 __all__ = ["PredictConfig", "PredictTask", "predict", "build_parser", "main"]
 
@@ -128,6 +129,9 @@ class PredictTask:
         if c.classifier is not None and not Path(c.classifier).is_file():
             raise UserError(f"classifier file {c.classifier} not found; pass VirNucPro's 300_model.pth or 500_model.pth")
         self.config, self.runners = c, []
+        widths = (width_of_spec(c.dnabert_model, c.random_init), width_of_spec(c.esm_model, c.random_init))
+        if c.classifier is not None and None not in widths:  # before any indexing: the models' widths are known
+            load_classifier(c.classifier, expected_input_dim=widths)
 
     def identity(self) -> dict:
         c = self.config
@@ -151,24 +155,17 @@ class PredictTask:
             raise UserError(f"--esm-model must be ESM-2 and --dnabert-model DNABERT-S (got {self.esm.name}, "
                             f"{self.dna.name})")
         dim = self.dna.dim + self.esm.dim
-        if c.classifier is None:
-            torch.manual_seed(c.seed)
-            clf = MLPClassifier(input_dim=dim)
+        if c.classifier is None:  # --random-init demo: a seeded random MLP sized to these models
+            from ..testing import random_classifier
+
+            clf = random_classifier(dim, c.seed)
         else:
-            try:
-                clf = load_classifier(c.classifier)
-            except ValueError as e:
-                raise UserError(str(e)) from None
+            clf = load_classifier(c.classifier, expected_input_dim=(self.dna.dim, self.esm.dim))
             hint = classifier_chunk_size_hint(c.classifier)
             if ctx.is_main and hint is not None and hint != c.chunk_size:
-                import logging
                 logging.getLogger("virnucdist").warning(
-                    "classifier %s looks trained for %d-bp chunks but --chunk-size is %d", c.classifier, hint,
-                    c.chunk_size)
-        if clf.hidden_layer.in_features != dim:
-            raise UserError(f"the classifier takes {clf.hidden_layer.in_features} values per frame, but these models give "
-                            f"{self.dna.dim} + {self.esm.dim} = {dim} (DNABERT-S + ESM-2); VirNucPro's classifiers "
-                            f"need DNABERT-S and esm2_t36_3B_UR50D")
+                    "classifier %s looks trained for %d-bp chunks but --chunk-size is %d; VirNucPro pairs "
+                    "300_model.pth with 300 and 500_model.pth with 500", c.classifier, hint, c.chunk_size)
         self.clf = clf.to(device=ctx.device, dtype=torch.float32).eval()
         self.budget = c.toks_per_batch or DEFAULT_TOKS.get(ctx.device.type, 4096)
         self.runners = [BatchRunner(lambda b, m=m: m.embed(b, (-1,), False).pooled[0], ctx.device)
