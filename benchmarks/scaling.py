@@ -24,22 +24,28 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import random_dna, table, write_fasta  # noqa: E402
 from plots import plot_scaling  # noqa: E402
 
-from virnucdist.embedding import EmbedConfig, embed  # noqa: E402
+from virnucdist import EmbedConfig, PredictConfig, embed, predict  # noqa: E402
 from virnucdist.launch import init_distributed  # noqa: E402
 from virnucdist.testing import save_random_classifier  # noqa: E402
-from virnucdist.prediction import PredictConfig, predict  # noqa: E402
 from virnucdist.vnp.chunk import chunk_records  # noqa: E402
 from virnucdist.vnp.translate import translate_records  # noqa: E402
 
 
-def make_workload(work: Path, reads: int, length: int, chunk: int, name: str = "") -> dict[str, str]:
+def make_workload(work: Path, reads: int, length: int, chunk: int, name: str = "", dup: float = 0.0) -> dict[str, str]:
     recs = random_dna(reads, length, seed=length)
+    if dup > 0:  # exact duplicates (PCR/optical, abundant organisms): a copy of an earlier read, spread at random
+        rng = np.random.default_rng(7)
+        copies = rng.choice(reads, size=int(dup * reads), replace=False)
+        src = rng.integers(0, reads, size=len(copies))
+        for c, o in zip(copies.tolist(), src.tolist()):
+            recs[c] = (recs[c][0], recs[o][1])
     frames = list(translate_records(chunk_records(recs, chunk)))
     paths = {"reads": str(write_fasta(work / f"reads{name}.fa", recs)),
              "proteins": str(write_fasta(work / f"proteins{name}.fa", [(f.id, f.protein) for f in frames])),
@@ -49,7 +55,7 @@ def make_workload(work: Path, reads: int, length: int, chunk: int, name: str = "
 
 def run_task(task: str, paths: dict, work: Path, ws: int, args, ctx, tag: str = "") -> dict:
     out = str(work / f"{task}_ws{ws}{tag}")
-    common = dict(random_init=True, overwrite=True, quiet=True, num_workers=args.workers)
+    common = dict(random_init=True, overwrite=True, quiet=True, num_workers=args.workers, dedup=not args.no_dedup)
     if task == "esm2":
         rep = embed(EmbedConfig(inputs=(paths["proteins"],), model=args.esm_model, output_dir=out,
                                 toks_per_batch=args.toks_per_batch, **common), ctx).report
@@ -77,6 +83,9 @@ def main() -> None:
     ap.add_argument("--workdir", default=None, help="shared directory (default: a temp dir on rank 0's node)")
     ap.add_argument("--warmup-reads", type=int, default=2000,
                     help="run every task on this many reads first, untimed (JIT/compile caches, NCCL); 0: none")
+    ap.add_argument("--dup-fraction", type=float, default=0.0,
+                    help="fraction of reads that are exact copies of another read (dedup benchmark)")
+    ap.add_argument("--no-dedup", action="store_true", help="compute duplicates again (virnucdist --no-dedup)")
     ap.add_argument("--baseline", default=None, help="JSON of an earlier (1-rank) run")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -84,11 +93,13 @@ def main() -> None:
     ctx = init_distributed()
     ws = ctx.world_size
     work = Path(ctx.broadcast_object(args.workdir or (tempfile.mkdtemp(prefix="vnd-scaling-") if ctx.is_main else None)))
-    paths = make_workload(work, args.reads, args.read_length, args.chunk_size) if ctx.is_main else None
+    paths = make_workload(work, args.reads, args.read_length, args.chunk_size, dup=args.dup_fraction) \
+        if ctx.is_main else None
     paths = ctx.broadcast_object(paths)
     baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
     base = baseline["tasks"] if baseline else {}
     results = {"world_size": ws, "reads": args.reads, "read_length": args.read_length,
+               "dup_fraction": args.dup_fraction, "dedup": not args.no_dedup,
                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "tasks": {}}
     if args.warmup_reads:
         warm = make_workload(work, args.warmup_reads, args.read_length, args.chunk_size, "_warmup") \
@@ -105,7 +116,8 @@ def main() -> None:
         entry = {"inference_s": inf, "wall_s": summ["wall_s"], "tokens": summ["tokens"],
                  "sequences": summ["sequences"], "tokens_per_s": summ["tokens"] / inf,
                  "token_imbalance": summ["token_imbalance"], "time_spread": summ["inference_time_spread"],
-                 "phases_rank0": ranks[0]["phases"], "ranks": ranks}
+                 "phases_rank0": ranks[0]["phases"], "ranks": ranks, "dedup": rep.get("dedup"),
+                 "finalize_s": ranks[0]["phases"].get("finalize", 0.0)}
         if task in base:
             entry["speedup"] = base[task]["inference_s"] / inf
             entry["efficiency"] = entry["speedup"] / ws
