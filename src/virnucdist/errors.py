@@ -1,6 +1,13 @@
-"""User-facing errors: one clear line, no traceback, exit code 2."""
+"""User-facing errors: one clear line, no traceback, exit code 2.
+
+A leaf module (imports nothing of the package): every user-facing error class of the
+library subclasses :class:`UserError` (``FastaError``, ``ModelLoadError``, ...), so the
+entrypoints (``launch.entry``, ``cli``) catch this one class.
+"""
 
 from __future__ import annotations
+
+__all__ = ["UserError", "PeerFailed"]
 
 
 class UserError(RuntimeError):
@@ -9,10 +16,3 @@ class UserError(RuntimeError):
 
 class PeerFailed(UserError):
     """Another rank (usually rank 0) failed first; that rank reports the reason."""
-
-
-def user_error_types() -> tuple[type[BaseException], ...]:
-    from .fasta import FastaError
-    from .models.loading import ModelLoadError
-
-    return (UserError, FastaError, ModelLoadError, FileNotFoundError, PermissionError, IsADirectoryError)

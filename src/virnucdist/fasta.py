@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO, Iterable, Iterator
 
+from .errors import UserError
+
 __all__ = [
     "FastaRecord",
     "FastaError",
@@ -44,7 +46,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
 
 
-class FastaError(ValueError):
+class FastaError(UserError, ValueError):
     """A user-facing FASTA problem: names the file, the line and what to do."""
 
     def __init__(self, path: str | Path, line: int | None, message: str):

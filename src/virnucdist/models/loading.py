@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from ..errors import UserError
 from .esm2 import ESM2_ARCHS, ESM2Config, EsmTokenizer, PackedESM2, rotary_inv_freq
 from .tokenization import SequenceTokenizer
 
@@ -30,7 +31,7 @@ FAIR_ESM_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
 DNABERT_S_HUB_ID = "zhihan1996/DNABERT-S"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError):
     """Missing or unusable weights; the message says where we looked and what to do."""
 
 
