@@ -142,7 +142,8 @@ def watch_launcher(rank: int, poll_s: float = 1.0, grace_s: float = 10.0) -> Non
     ``os.getppid()`` (portable; also catches a parent that died before the signal was set).
     When the launcher is gone the thread sends SIGTERM if the kernel did not, and if the rank
     has not exited ``grace_s`` later (its main thread blocked in a collective whose peers are
-    gone), ends it with ``os._exit(143)``: shards are resumable after any kill. DataLoader
+    gone, or ignoring SIGTERM), says so and ends it with ``os._exit(143)``: shards are
+    resumable after any kill. DataLoader
     workers, children of the rank, exit through torch's own watchdog on their parent
     (``MP_STATUS_CHECK_INTERVAL``, 5 s) once the rank is gone.
     """
@@ -158,12 +159,11 @@ def watch_launcher(rank: int, poll_s: float = 1.0, grace_s: float = 10.0) -> Non
         stop = threading.Event()
         while os.getppid() == launcher:
             stop.wait(poll_s)
-        if rank == 0:
-            print(f"virnucdist: rank {rank}: the torchrun launcher (pid {launcher}) is gone; stopping",
-                  file=sys.stderr, flush=True)
         if not by_kernel:
             os.kill(os.getpid(), signal.SIGTERM)
-        stop.wait(grace_s)
+        stop.wait(grace_s)  # the main thread unwinds and exits (launch.entry) unless it is stuck
+        print(f"virnucdist: rank {rank}: the torchrun launcher (pid {launcher}) is gone and this rank did not "
+              f"stop within {grace_s:g} s; ending it (rerun the same command to resume)", file=sys.stderr, flush=True)
         os._exit(128 + signal.SIGTERM)
 
     threading.Thread(target=watch, name="virnucdist-launcher-watch", daemon=True).start()

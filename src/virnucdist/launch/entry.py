@@ -30,6 +30,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from typing import Callable
@@ -108,6 +109,8 @@ def _install_handlers() -> dict[int, object]:
     old = {}
     if sys.platform == "win32":
         return old
+    if threading.current_thread() is threading.main_thread():
+        old[signal.SIGCHLD] = signal.getsignal(signal.SIGCHLD)  # _on_signal may reset it: put it back after
     for sig in (signal.SIGINT, signal.SIGTERM):
         cur = signal.getsignal(sig)
         # leave a handler someone else installed alone (and SIGINT ignored by a shell's `&`)
@@ -121,7 +124,8 @@ def _install_handlers() -> dict[int, object]:
 
 def _restore_handlers(old: dict[int, object]) -> None:
     for sig, h in old.items():
-        signal.signal(sig, h)
+        if h is not None:
+            signal.signal(sig, h)
 
 
 def _under_torchrun() -> bool:
@@ -195,6 +199,15 @@ def run_entrypoint(main: Callable[[list[str] | None], int | None], argv: list[st
     _signalled = None
     old = _install_handlers()
     line, last_word = None, False
+
+    def orphaned(wait_s: float = 0.0) -> bool:
+        # the parent-death SIGTERM can come a moment before this process is handed to a new parent
+        # (the launcher's thread that started us died first): give getppid() that moment
+        end = time.monotonic() + wait_s
+        while os.getppid() == launcher and time.monotonic() < end:
+            time.sleep(0.02)
+        return _under_torchrun() and os.getppid() != launcher
+
     try:
         code = main(argv)
     except SystemExit:
@@ -204,6 +217,8 @@ def run_entrypoint(main: Callable[[list[str] | None], int | None], argv: list[st
             sig = _signalled or signal.SIGINT
             code = 128 + int(sig)
             what = "interrupted" if sig == signal.SIGINT else f"interrupted ({signal.Signals(sig).name})"
+            if sig == signal.SIGTERM and _under_torchrun() and orphaned(wait_s=1.0):
+                what = f"interrupted ({signal.Signals(sig).name}: the torchrun launcher is gone)"
             line = f"virnucdist: {what}; rerun the same command to resume; {_safe_records()}"
             # torchrun forwards Ctrl-C and never restarts after it; a SIGTERM comes from torchrun
             # itself (another rank failed: that rank has the last word) or from the scheduler
@@ -241,6 +256,9 @@ def run_entrypoint(main: Callable[[list[str] | None], int | None], argv: list[st
         sys.stderr.flush()
     except OSError:  # a closed pipe: nothing more can be said
         pass
+    if code and orphaned():
+        # no launcher to report to; torch's teardown would try to reach its store (seconds, or a hang)
+        os._exit(code)
     sys.exit(code or 0)
 
 
