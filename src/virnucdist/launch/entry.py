@@ -225,6 +225,7 @@ def run_entrypoint(main: Callable[[list[str] | None], int | None], argv: list[st
             last_word = rank == 0 and sig == signal.SIGINT
             if rank != 0:
                 _log_only(line)
+                _write_error_file(line)
                 line = None
         elif isinstance(e, USER_ERRORS):
             msg = _one_line(str(e)) or type(e).__name__
