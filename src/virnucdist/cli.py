@@ -4,7 +4,8 @@ Subcommands live in :data:`COMMANDS` (name -> :class:`Command`); add one by
 writing an ``add_arguments(parser)`` and a ``run(args) -> int`` and registering
 them there. User errors (bad FASTA, missing file, invalid values) end with ONE line
 ``virnucdist: error: ...`` on stderr and exit status 2, without a traceback; set
-``VIRNUCDIST_DEBUG=1`` to see the traceback anyway.
+``VIRNUCDIST_DEBUG=1`` to see the traceback anyway. A reader that closes the pipe early
+(``virnucdist inspect --json | head``) ends the command quietly with status 141.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from virnucdist.fasta import FastaError, read_fasta, write_fasta
+from virnucdist.errors import UserError
+from virnucdist.fasta import read_fasta, write_fasta
 
 __all__ = ["Command", "COMMANDS", "build_parser", "main"]
 
@@ -210,8 +212,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args._run(args) or 0)
-    except (FastaError, OSError, ValueError) as exc:
+        code = int(args._run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        return _closed_stdout()
+    except (UserError, OSError, ValueError) as exc:
         if os.environ.get("VIRNUCDIST_DEBUG"):
             raise
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
@@ -219,6 +225,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+
+
+def _closed_stdout() -> int:
+    """The reader of our stdout went away (``virnucdist inspect --json | head``): stop quietly.
+
+    Point stdout at /dev/null so that the interpreter's final flush does not print
+    "Exception ignored ... BrokenPipeError"; exit status 141 (128 + SIGPIPE), what a
+    process killed by SIGPIPE (``cat``) gives.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 if __name__ == "__main__":

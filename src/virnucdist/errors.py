@@ -1,10 +1,13 @@
 """User-facing errors: one clear line, no traceback, exit code 2.
 
-Every error a user can fix subclasses :class:`UserError` (model loading:
-``virnucdist.models.errors``), so this module imports nothing of the package.
+A leaf module (imports nothing of the package): every user-facing error class of the
+library subclasses :class:`UserError` (``FastaError``, ``ModelLoadError``, ...), so the
+entrypoints (``launch.entry``, ``cli``) catch this one class.
 """
 
 from __future__ import annotations
+
+__all__ = ["UserError", "PeerFailed"]
 
 
 class UserError(RuntimeError):
@@ -13,11 +16,3 @@ class UserError(RuntimeError):
 
 class PeerFailed(UserError):
     """Another rank (usually rank 0) failed first; that rank reports the reason."""
-
-
-def user_error_types() -> tuple[type[BaseException], ...]:
-    # FastaError (fasta.py) is a ValueError until it subclasses UserError; then this
-    # function becomes ``(UserError, PermissionError, IsADirectoryError)``, or goes.
-    from .fasta import FastaError
-
-    return (UserError, FastaError, FileNotFoundError, PermissionError, IsADirectoryError)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from virnucdist.vnp.chunk import chunk_records
 from virnucdist.vnp.consensus import read_consensus, read_predictions
 from virnucdist.vnp.translate import translate_records
 
+pytestmark = pytest.mark.torchrun
 
 def torchrun(nproc: int, args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
@@ -78,7 +80,17 @@ def test_every_frame_scored_exactly_once_across_ranks(runs):
     assert sum(r["sequences"] for r in rep["ranks"]) == len(frame_ids) == rep["counts"]["frames"]
     assert rep["skipped"]["empty_read"] == ["empty_read"]
     assert (out / "logs" / "rank1.log").is_file()
-    assert "rank 0 of 2" in outs["stderr2"] or "predicting" in outs["stderr2"]
+    # rank 0's closing progress line: all of its reads, with a rate estimated for both ranks
+    rank0_reads = 0
+    for p in shards:
+        if p.name.startswith("shard-r00000"):
+            with h5py.File(p, "r") as f:
+                rank0_reads += int(f.attrs["committed"])
+    lines = [m for m in map(re.compile(r"^predicting: 100\.0% +(\d+)/(\d+) seqs on rank 0, ([\d,]+) bp/s "
+                                       r"\(all ranks, est\.\)$").match, outs["stderr2"].splitlines()) if m]
+    assert lines, outs["stderr2"][-3000:]
+    done, total, rate = lines[-1].groups()
+    assert int(done) == int(total) == rank0_reads > 0 and int(rate.replace(",", "")) > 0
 
 
 def test_rerun_with_two_ranks_is_a_noop(runs):

@@ -149,7 +149,7 @@ def test_packed_esm2_matches_fair_esm_t6(t6):
             assert tok_diff < 1e-3
 
 
-def test_truncation_is_counted(t6):
+def test_truncation_is_counted():
     tok = EsmTokenizer(TRUNC)
     assert tok.is_truncated(1500) and not tok.is_truncated(TRUNC)
     assert len(tok.encode("A" * 1500)) == TRUNC + 2 == tok.estimate_tokens(1500)

@@ -8,9 +8,9 @@ import pytest
 from virnucdist.vnp.consensus import (
     PredictionRow,
     ReadFrames,
+    chunk_of,
     consensus,
     format_score,
-    group_by_read,
     read_consensus,
     read_predictions,
     read_of_chunk,
@@ -19,6 +19,33 @@ from virnucdist.vnp.consensus import (
     write_predictions,
     write_read_summary,
 )
+
+
+def group_by_read(chunk_counts, rows):
+    """Test helper (the library joins reads and frames from its shards, prediction.py).
+
+    Join per-read chunk counts (input order, empty reads with 0) with scored frame rows.
+
+    ``rows`` are ``(frame_id, score1, score2)`` (or :class:`PredictionRow`); a frame's
+    chunk is ``frame_id[:-2]`` and its read is the chunk ID up to the last ``_chunk_``.
+    Yields one :class:`ReadFrames` per entry of ``chunk_counts``, in that order. A frame
+    whose read is not listed raises ``ValueError`` (it would silently vanish otherwise).
+    """
+    frames: dict[str, list[tuple[str, float, float]]] = {}
+    for row in rows:
+        if isinstance(row, PredictionRow):
+            seq_id, s1, s2 = row.seq_id, row.score1, row.score2
+        else:
+            seq_id, s1, s2 = row
+        cid = chunk_of(seq_id)
+        frames.setdefault(read_of_chunk(cid), []).append((cid, s1, s2))
+    counts = list(chunk_counts)
+    listed = {read_id for read_id, _ in counts}
+    unknown = [r for r in frames if r not in listed]
+    if unknown:
+        raise ValueError(f"scored frames for {len(unknown)} read(s) not in the read list, e.g. {unknown[0]!r}")
+    for read_id, n in counts:
+        yield ReadFrames(read_id, n, tuple(frames.get(read_id, ())))
 
 
 @pytest.fixture

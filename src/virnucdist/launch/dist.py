@@ -1,20 +1,26 @@
 """Distributed setup from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK).
 
 NCCL when CUDA is present, gloo otherwise; a plain ``python -m`` run is a world
-of one with no process group at all.
+of one with no process group at all. Under torchrun a rank also exits when its launcher
+dies (SIGKILL, the OOM killer, a lost Slurm step) instead of holding its GPU as an orphan:
+see :func:`watch_launcher`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import os
+import signal
+import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "init_distributed"]
+__all__ = ["DistContext", "init_distributed", "watch_launcher"]
 
 
 @dataclass
@@ -66,6 +72,8 @@ def init_distributed(device: str | None = None, timeout_s: float = 3600.0) -> Di
     ``device``: "cuda", "cpu" or None for CUDA when available.
     """
     rank = int(os.environ.get("RANK", "0"))
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun's agent: leave when it dies
+        watch_launcher(rank)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
@@ -110,3 +118,52 @@ def _restart_store(world: int, timeout: datetime.timedelta) -> dist.Store | None
         return None
     base = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=False, timeout=timeout)
     return dist.PrefixStore(f"virnucdist/attempt{attempt}", base)
+
+
+_watched: int | None = None  # the launcher pid this process watches (once per process)
+
+
+def _set_parent_death_signal(sig: int) -> bool:
+    """Linux: the kernel sends ``sig`` to this process when its parent dies (not inherited by forks)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(1, int(sig), 0, 0, 0) == 0  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return False
+
+
+def watch_launcher(rank: int, poll_s: float = 1.0, grace_s: float = 10.0) -> None:
+    """Exit this rank when its launcher (the parent process now, torchrun's agent) dies.
+
+    Two mechanisms: the Linux parent-death signal (SIGTERM at once, which the entrypoint turns
+    into "interrupted; rerun the same command to resume") and a daemon thread that polls
+    ``os.getppid()`` (portable; also catches a parent that died before the signal was set).
+    When the launcher is gone the thread sends SIGTERM if the kernel did not, and if the rank
+    has not exited ``grace_s`` later (its main thread blocked in a collective whose peers are
+    gone, or ignoring SIGTERM), says so and ends it with ``os._exit(143)``: shards are
+    resumable after any kill. DataLoader
+    workers, children of the rank, exit through torch's own watchdog on their parent
+    (``MP_STATUS_CHECK_INTERVAL``, 5 s) once the rank is gone.
+    """
+    global _watched
+    launcher = os.getppid()
+    if _watched is not None or launcher <= 1:
+        return
+    _watched = launcher
+    # if the launcher died before the signal was set, the kernel will not send it: the thread does
+    by_kernel = _set_parent_death_signal(signal.SIGTERM) and os.getppid() == launcher
+
+    def watch() -> None:
+        stop = threading.Event()
+        while os.getppid() == launcher:
+            stop.wait(poll_s)
+        if not by_kernel:
+            os.kill(os.getpid(), signal.SIGTERM)
+        stop.wait(grace_s)  # the main thread unwinds and exits (launch.entry) unless it is stuck
+        print(f"virnucdist: rank {rank}: the torchrun launcher (pid {launcher}) is gone and this rank did not "
+              f"stop within {grace_s:g} s; ending it (rerun the same command to resume)", file=sys.stderr, flush=True)
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="virnucdist-launcher-watch", daemon=True).start()

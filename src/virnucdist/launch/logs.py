@@ -27,6 +27,3 @@ def setup_logging(out_dir: Path | None, rank: int, quiet: bool = False) -> loggi
         log.addHandler(fh)
     return log
 
-
-def rank_log_path(out_dir: Path, rank: int) -> Path:
-    return out_dir / "logs" / f"rank{rank}.log"

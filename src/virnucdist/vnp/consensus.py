@@ -40,7 +40,6 @@ __all__ = [
     "consensus",
     "write_consensus",
     "read_consensus",
-    "group_by_read",
     "summarize_read",
     "write_read_summary",
 ]
@@ -223,33 +222,6 @@ def summarize_read(read: ReadFrames) -> ReadSummary:
     virus = any(chunk_is_virus(scores) for scores in by_chunk.values())
     best = max(np.float32(s2) for _, _, s2 in read.frames)
     return ReadSummary(read.read_id, read.chunks, len(read.frames), best, "virus" if virus else "others")
-
-
-def group_by_read(
-    chunk_counts: Iterable[tuple[str, int]], rows: Iterable[tuple[str, float, float]]
-) -> Iterator[ReadFrames]:
-    """Join per-read chunk counts (input order, empty reads with 0) with scored frame rows.
-
-    ``rows`` are ``(frame_id, score1, score2)`` (or :class:`PredictionRow`); a frame's
-    chunk is ``frame_id[:-2]`` and its read is the chunk ID up to the last ``_chunk_``.
-    Yields one :class:`ReadFrames` per entry of ``chunk_counts``, in that order. A frame
-    whose read is not listed raises ``ValueError`` (it would silently vanish otherwise).
-    """
-    frames: dict[str, list[tuple[str, float, float]]] = {}
-    for row in rows:
-        if isinstance(row, PredictionRow):
-            seq_id, s1, s2 = row.seq_id, row.score1, row.score2
-        else:
-            seq_id, s1, s2 = row
-        cid = chunk_of(seq_id)
-        frames.setdefault(read_of_chunk(cid), []).append((cid, s1, s2))
-    counts = list(chunk_counts)
-    listed = {read_id for read_id, _ in counts}
-    unknown = [r for r in frames if r not in listed]
-    if unknown:
-        raise ValueError(f"scored frames for {len(unknown)} read(s) not in the read list, e.g. {unknown[0]!r}")
-    for read_id, n in counts:
-        yield ReadFrames(read_id, n, tuple(frames.get(read_id, ())))
 
 
 def write_read_summary(path: str | Path, reads: Iterable[ReadFrames]) -> dict[str, int]:

@@ -1,0 +1,224 @@
+"""How a run ends when it does not finish: Ctrl-C, SIGTERM, a closed pipe, torchrun's error file.
+
+Interrupts are real signals sent to a real ``python -m virnucdist.embed`` slowed down by the
+test-only ``VIRNUCDIST_TEST_BATCH_DELAY_S`` hook; the exit codes are documented in the README
+("Exit codes"). The torchrun side (the last line under torchrun, a killed launcher) is in
+tests/multigpu/test_launcher.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from virnucdist.errors import UserError
+from virnucdist.fasta import FastaError, write_fasta
+from virnucdist.inspection import describe
+from virnucdist.launch import entry
+from virnucdist.launch.entry import run_entrypoint, set_safe_counter
+from virnucdist.models.loading import ModelLoadError
+
+MODEL = "esm2_t6_8M_UR50D"
+AA = "ACDEFGHIKLMNPQRSTVWY"
+INTERRUPTED = re.compile(r"^virnucdist: interrupted( \(SIGTERM\))?; rerun the same command to resume; "
+                         r"(?:([\d,]+) records are safe|records already written are safe)$")
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRNUCDIST_TEST_", "TORCHELASTIC_"))}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def _last_line(text: str) -> str:
+    return [ln for ln in text.splitlines() if ln.strip()][-1]
+
+
+def _wait_for(path: Path, needle: str, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.is_file() and needle in path.read_text():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{needle!r} never appeared in {path}")
+
+
+@pytest.fixture(scope="module")
+def fasta(tmp_path_factory) -> Path:
+    import random
+
+    rng = random.Random(3)
+    path = tmp_path_factory.mktemp("exits") / "prot.fa"
+    write_fasta(path, [(f"q{i:03d}", "".join(rng.choice(AA) for _ in range(rng.randint(5, 30)))) for i in range(150)])
+    return path
+
+
+def _embed_cmd(fasta: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "virnucdist.embed", str(fasta), "--model", MODEL, "--random-init", "-o", str(out),
+            "--device", "cpu", "--toks-per-batch", "96", "--flush-every", "4", "--num-workers", "1"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_is_one_line_and_resumable(fasta, tmp_path, sig):
+    """A real run gets SIGINT (Ctrl-C) or SIGTERM (scancel) mid-embedding: one line, 130/143, resumable."""
+    out = tmp_path / "out"
+    p = subprocess.Popen(_embed_cmd(fasta, out), env=_env(VIRNUCDIST_TEST_BATCH_DELAY_S="0.3"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(out / "logs" / "rank0.log", "to embed on")  # in the batch loop (with its DataLoader worker)
+        time.sleep(2.0)  # a few batches, some committed
+        p.send_signal(sig)
+        _, stderr = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 128 + sig, f"rc {p.returncode}\n{stderr}"
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    m = INTERRUPTED.match(_last_line(stderr))
+    assert m, stderr
+    assert bool(m.group(1)) == (sig == signal.SIGTERM)
+    d = describe(out)
+    safe = d["shards"]["committed_records"]
+    assert d["state"] == f"resumable: {safe} of 150 records committed" and not d["shards"]["unreadable"]
+    if m.group(2):  # the job registered its safe counter (launch.entry.set_safe_counter)
+        assert int(m.group(2).replace(",", "")) == safe
+    if sig == signal.SIGINT:  # the same command finishes the run from the shards
+        done = subprocess.run(_embed_cmd(fasta, out), env=_env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        rep = json.loads((out / "run_report.json").read_text())
+        assert rep["summary"]["resumed_records"] == safe and rep["summary"]["sequences"] == 150 - safe
+
+
+def _entry(main, **env) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        run_entrypoint(main, [])
+    return exit_.value.code, err.getvalue()
+
+
+def test_interrupt_names_the_registered_safe_count_in_process():
+    def main(argv):
+        set_safe_counter(lambda: 12345)
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered as an interrupt at the next bytecode
+        time.sleep(5)
+        raise AssertionError("SIGTERM did not interrupt")
+
+    before = signal.getsignal(signal.SIGTERM)
+    code, err = _entry(main)
+    assert code == 143 and err.strip() == \
+        "virnucdist: interrupted (SIGTERM); rerun the same command to resume; 12,345 records are safe"
+    assert signal.getsignal(signal.SIGTERM) is before  # the handlers are put back
+    assert entry._safe_counter is None  # and the counter forgotten
+
+    def main2(argv):
+        raise KeyboardInterrupt
+
+    assert _entry(main2) == (130, "virnucdist: interrupted; rerun the same command to resume; "
+                                  "records already written are safe\n")
+
+
+def test_user_error_classes_are_one_line():
+    for exc in (UserError("bad flag"), FastaError("x.fa", 3, "bad line"), ModelLoadError("no weights here"),
+                FileNotFoundError("nothing")):
+        def main(argv, exc=exc):
+            raise exc
+        code, err = _entry(main)
+        assert code == 2 and err.count("\n") == 1 and err.startswith("virnucdist: error: "), err
+    assert issubclass(FastaError, ValueError)  # still what callers caught before
+
+
+def test_torchrun_error_file_carries_the_line(tmp_path, monkeypatch):
+    """torchrun's summary shows the error file's py_callstack: our line, not a traceback."""
+    path = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(path))
+
+    def main(argv):
+        raise UserError("input x.fa does not exist\n  pass an existing file")
+
+    code, err = _entry(main)
+    line = "virnucdist: error: input x.fa does not exist pass an existing file"
+    assert code == 2 and err == line + "\n"
+    data = json.loads(path.read_text())
+    assert data["message"]["message"] == data["message"]["extraInfo"]["py_callstack"] == line
+    assert abs(int(data["message"]["extraInfo"]["timestamp"]) - time.time()) < 60
+    # and torchrun's own reader formats it as the root cause
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    text = str(ChildFailedError("virnucdist.embed", {0: ProcessFailure(0, 1, 2, str(path))}))
+    assert f"traceback : {line}" in text and "Traceback" not in text
+
+
+def test_last_word_waits_for_the_launcher():
+    """The detached printer writes the line only after the launcher pid has exited."""
+    launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-I", "-S", "-c", entry._LAST_WORD, str(launcher.pid), "virnucdist: last",
+                        "30"], capture_output=True, text=True, timeout=60)
+    waited = time.monotonic() - t0
+    launcher.wait()
+    assert p.returncode == 0 and p.stderr == "virnucdist: last\n"
+    assert waited >= 1.0  # it waited for the launcher to exit
+    gone = subprocess.run([sys.executable, "-I", "-S", "-c", entry._LAST_WORD, str(launcher.pid), "again", "0.5"],
+                          capture_output=True, text=True, timeout=60)
+    assert gone.stderr == "again\n"  # a launcher already gone: at once
+
+
+_ORPHAN = r"""
+import os, signal, sys, time
+from virnucdist.launch.dist import watch_launcher
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a rank that cannot react (stuck in a collective)
+watch_launcher(0, poll_s=0.1, grace_s=0.5)
+print(os.getpid(), flush=True)
+time.sleep(60)
+"""
+
+
+def test_watchdog_ends_a_rank_that_does_not_stop(tmp_path):
+    """The launcher dies; the rank ignores SIGTERM: the watchdog thread ends it after its grace time."""
+    launcher = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                                 f"subprocess.Popen([sys.executable, '-c', {_ORPHAN!r}]); time.sleep(60)"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        rank = int(launcher.stdout.readline())
+        launcher.kill()
+        launcher.wait()
+        end = time.monotonic() + 10
+        while time.monotonic() < end and Path(f"/proc/{rank}").exists() and \
+                Path(f"/proc/{rank}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX":
+            time.sleep(0.05)
+        alive = Path(f"/proc/{rank}").exists() and \
+            Path(f"/proc/{rank}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    if alive:
+        os.kill(rank, signal.SIGKILL)
+    assert not alive, "the orphaned rank kept running"
+    err = launcher.stderr.read()
+    assert "the torchrun launcher (pid" in err and "did not stop within 0.5 s; ending it" in err, err
+
+
+def test_inspect_into_a_closed_pipe_is_quiet(fasta, tmp_path):
+    """``virnucdist inspect --json | head``: the reader left; no BrokenPipeError traceback, status 141."""
+    out = tmp_path / "run"
+    (out / "shards").mkdir(parents=True)
+    (out / "run.json").write_text(json.dumps({"records": 3, "blob": ["x" * 100] * 2000}))  # > a pipe buffer
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the first write
+    p = subprocess.run([sys.executable, "-m", "virnucdist.cli", "inspect", str(out), "--json"], stdout=w,
+                       stderr=subprocess.PIPE, text=True, env=_env(), timeout=60)
+    os.close(w)
+    assert p.returncode == 141 and p.stderr == "", p.stderr
