@@ -185,7 +185,9 @@ def add_layer_norm(x: torch.Tensor, delta: torch.Tensor | None, weight, bias, ep
     if uses_triton(x):
         triton, kern, _, _ = _lib()
         t, d = x.shape
+        x = x.contiguous()
         has_delta = delta is not None
+        delta = delta.contiguous() if has_delta else None
         r = torch.empty_like(x) if has_delta and write_sum else x
         y = torch.empty(t, d, device=x.device, dtype=FP8_DTYPE if quant else x.dtype)
         s = torch.empty(t if quant else 1, device=x.device, dtype=torch.float32)
