@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
-# One device call: install the project, check the GPU stack, run GPU tests, benchmarks.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh STEP... ; results go to $OUT.
+# One device call: install the project, check the GPU stack, benchmarks, GPU tests; logs go to $OUT.
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [STEP...]
+#   no STEP: env kernels_esm kernels_dnabert gputests  (~6 min expected on an H100/H200; each step has its own
+#   timeout, 9.5 min worst case). Other steps: throughput sweep dnabert scaling profile, or any shell command.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-if [ -d .whl ]; then
+if [ -d .whl ]; then  # fair-esm (the reference) travels as a wheel: the device machine has no network
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || python3 -m pip install -q --no-deps -e . 2>&1 | tail -2
+[ $# -eq 0 ] && set -- env kernels_esm kernels_dnabert gputests
 for step in "$@"; do
   echo "=== $step $(date +%T)"
   case "$step" in
     env)
-      nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-      python3 -c "import torch, inspect; from torch.nn.attention.varlen import varlen_attn; print(torch.__version__, torch.cuda.get_device_name()); print(inspect.signature(varlen_attn))"
-      python3 -c "import flash_attn" 2>&1 | tail -1 ;;
+      nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv
+      timeout 60 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name(), 'cc', torch.cuda.get_device_capability(), '_scaled_mm', hasattr(torch, '_scaled_mm'))"
+      timeout 30 python3 -c "import flash_attn" 2>&1 | tail -1 ;;
+    kernels_esm)  # ESM-2 3B, 10k frames of 150-bp reads: fair-esm bf16 / unfused / fused / fp8, roofline, fidelity, profiles
+      timeout 270 python3 benchmarks/throughput.py --task kernels --which esm2 --num-seqs 10000 --fp32-n 1000 \
+        --out "$OUT" --json "$OUT/kernels_esm2.json" 2>&1 | tee "$OUT/kernels_esm2.log" | grep -v "^\[.*{'" | tail -60 ;;
+    kernels_dnabert)  # DNABERT-S, 100k 150-bp reads: eager/fused x padded SDPA / Flex / Triton ALiBi
+      timeout 150 python3 benchmarks/throughput.py --task kernels --which dnabert --dna-reads 100000 --fp32-n 1000 \
+        --out "$OUT" --json "$OUT/kernels_dnabert.json" 2>&1 | tee "$OUT/kernels_dnabert.log" | grep -v "^\[.*{'" | tail -40 ;;
     gputests)
-      python3 -m pytest -q -s tests/gpu 2>&1 | tee "$OUT/gputests.log" | tail -30 ;;
+      timeout 180 python3 -m pytest -q -s -p no:cacheprovider tests/gpu 2>&1 | tee "$OUT/gputests.log" \
+        | grep -E "cosine|cos min|rel error|passed|failed|error|Error|SKIP" | tail -40 ;;
+    smoke)  # CPU-sized run of the kernels task (what CI-less machines can check)
+      timeout 600 python3 benchmarks/throughput.py --task kernels --smoke --fp32-n 100 --out "$OUT" 2>&1 | tail -20 ;;
     throughput)
       torchrun --standalone --nproc_per_node=1 benchmarks/throughput.py --model esm2_t36_3B_UR50D --num-seqs 10000 \
         --fp32-n 1000 --json "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.log" | grep -v "done:" ;;
@@ -40,3 +52,4 @@ for step in "$@"; do
     *) eval "$step" ;;
   esac
 done
+echo "=== done $(date +%T)"

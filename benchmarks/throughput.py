@@ -43,11 +43,8 @@ from _common import (  # noqa: E402
 )
 from _dnabert_baselines import padded_embed  # noqa: E402
 
-from virnucdist.embedding import EmbedConfig, embed  # noqa: E402
-from virnucdist.launch import init_distributed  # noqa: E402
 from virnucdist.models.esm2 import PackedESM2  # noqa: E402
 from virnucdist.models.loading import load_model  # noqa: E402
-from virnucdist.writers import read_embeddings  # noqa: E402
 
 
 def fair_esm_from_packed(packed: PackedESM2, dtype: torch.dtype, device) -> torch.nn.Module:
@@ -97,7 +94,9 @@ def run_fair_esm(model, records, toks_per_batch: int, device) -> tuple[float, in
 
 
 def bench_dnabert(args, ctx) -> dict:
+    from virnucdist.embedding import EmbedConfig, embed
     from virnucdist.models import attention
+    from virnucdist.writers import read_embeddings
 
     dev = ctx.device
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
@@ -125,7 +124,7 @@ def bench_dnabert(args, ctx) -> dict:
         res[f"padded_batched_{args.dtype}"] = {"tokens_per_s": sum(map(len, sub2)) / t.seconds,
                                                "seqs_per_s": len(sub2) / t.seconds}
         fasta = write_fasta(work / f"reads_{length}.fa", recs)
-        for kernel in ("flex", "sdpa"):
+        for kernel in ("flex", "sdpa", "triton"):
             attention.ALIBI_KERNEL = kernel
             warm = EmbedConfig(inputs=(str(write_fasta(work / f"warm_{length}.fa", recs[:2000])),), model=spec,
                                output_dir=str(work / f"warm_{length}_{kernel}"), toks_per_batch=args.dna_toks,
@@ -145,8 +144,8 @@ def bench_dnabert(args, ctx) -> dict:
             ref = torch.cat(orig).cpu()
             cos = torch.nn.functional.cosine_similarity(torch.from_numpy(emb[:len(sub)]), ref)
             res[f"virnucdist_{kernel}"]["min_cosine_vs_original_fp32"] = float(cos.min())
-        attention.ALIBI_KERNEL = "flex"
-        best = max(res[k]["tokens_per_s"] for k in ("virnucdist_flex", "virnucdist_sdpa"))
+        attention.ALIBI_KERNEL = "auto"
+        best = max(res[k]["tokens_per_s"] for k in ("virnucdist_flex", "virnucdist_sdpa", "virnucdist_triton"))
         for name, r in res.items():
             rows.append({"wl": f"{length} bp", "impl": name, "tps": r["tokens_per_s"], "sps": r["seqs_per_s"],
                          "xo": best / res["original_fp32_one_at_a_time"]["tokens_per_s"],
@@ -162,7 +161,11 @@ def bench_dnabert(args, ctx) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", choices=["esm2", "dnabert"], default="esm2")
+    ap.add_argument("--task", choices=["esm2", "dnabert", "kernels"], default="esm2",
+                    help="kernels: model-level table of the kernel variants (no torchrun needed); see _kernels.py")
+    ap.add_argument("--smoke", action="store_true", help="kernels task: tiny sizes (esm2_t6_8M_UR50D), runs on CPU")
+    ap.add_argument("--which", default="esm2,dnabert", help="kernels task: esm2, dnabert or both")
+    ap.add_argument("--out", default=None, help="kernels task: directory for the table and profiler files")
     ap.add_argument("--dnabert-model", default=None, help="a real DNABERT-S directory (default: random weights)")
     ap.add_argument("--dna-reads", type=int, default=60000, help="150-bp reads (500-bp: a third of that)")
     ap.add_argument("--dna-toks", type=int, default=262144, help="virnucdist token budget for DNABERT-S")
@@ -180,6 +183,15 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
+    if args.task == "kernels":
+        from _kernels import main as kernels_main
+
+        kernels_main(args)
+        return
+
+    from virnucdist.embedding import EmbedConfig, embed
+    from virnucdist.launch import init_distributed
+    from virnucdist.writers import read_embeddings
 
     ctx = init_distributed()
     if args.task == "dnabert":

@@ -95,3 +95,24 @@ def test_cuda_large_batch_runs(setup):
     print(f"{tokens.numel()} tokens / {len(ids)} seqs: {dt * 1e3:.1f} ms, "
           f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     assert torch.isfinite(emb).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_short_reads_triton_alibi_kernel(setup, dtype):
+    """150-500-bp reads (<= 128 tokens): the Triton short-sequence ALiBi kernel and fused kernels."""
+    model = setup[0]
+    tok = random_dnabert_s(7)[1]
+    rng = np.random.default_rng(5)
+    ids = tok.encode_batch(_seqs(rng, list(rng.integers(100, 500, 400)) + [150] * 200))
+    tokens, cu, max_len = _pack(ids, "cpu")
+    assert max_len <= 128
+    with torch.inference_mode():
+        ref = model.embed(tokens, cu, max_len)
+    m = random_dnabert_s(7, device="cuda", dtype=dtype)[0]
+    assert kernel_name("cuda", alibi=True, dtype=dtype, max_seqlen=max_len) == "triton_short"
+    with torch.inference_mode():
+        emb = m.embed(tokens.cuda(), cu.cuda(), max_len)
+    c = _cos(emb, ref)
+    print(f"triton_short {dtype}, {len(ids)} reads: embedding cos min {c.min().item():.6f}, "
+          f"0.1th pct {torch.quantile(c, 0.001).item():.6f}, mean {c.mean().item():.6f}")
+    assert c.min().item() >= 0.999

@@ -5,13 +5,18 @@ Models call :func:`varlen_attention` with packed ``[T, H, D]`` tensors and
 
 * CUDA, no bias: ``flash_attn.flash_attn_varlen_func`` when importable, else
   PyTorch's ``torch.nn.attention.varlen.varlen_attn``.
-* CUDA, ALiBi: ``flash_attn_varlen_func(alibi_slopes=...)`` when importable,
-  else FlexAttention with a document mask and an ALiBi ``score_mod``.
+* CUDA, ALiBi: ``flash_attn_varlen_func(alibi_slopes=...)`` when importable;
+  else, up to 128 tokens per sequence, the Triton kernel of
+  :mod:`.short_attention` (whole sequence per program, bias in fp32), and
+  FlexAttention with a document mask and an ALiBi ``score_mod`` above.
 * CPU (or anything else): SDPA over a padded view with a key mask (and an
   additive ALiBi bias), which equals block-diagonal attention on the packed
   tokens. Padding only exists inside this fallback.
 
-All kernels accumulate in fp32 internally.
+All kernels accumulate in fp32 internally, and every ALiBi kernel adds the
+bias in fp32 (the padded-SDPA path attends in fp32 when it carries a bias:
+SDPA wants the mask in the query's dtype, and bf16 rounds ``slope * |i - j|``
+by up to 0.25 logits at 128 tokens).
 """
 
 from __future__ import annotations
@@ -22,14 +27,16 @@ import os
 import torch
 import torch.nn.functional as F
 
+from . import short_attention
+
 __all__ = ["varlen_attention", "kernel_name", "alibi_slopes"]
 
 
-#: ALiBi kernel on CUDA without flash_attn: "auto" (padded SDPA up to ALIBI_SDPA_MAX_LEN tokens per
-#: sequence, FlexAttention above, where padding to the longest sequence and a [B, H, L, L] bias
-#: stop paying), "flex" or "sdpa". benchmarks/throughput.py --task dnabert on an H200, 120k reads:
-#: 150-bp reads (~35 tokens) SDPA 940k vs Flex 926k tokens/s; 500-bp reads (~110 tokens) SDPA 964k
-#: vs Flex 952k. SDPA also needs no compilation.
+#: ALiBi kernel on CUDA without flash_attn: "auto" (up to ALIBI_SDPA_MAX_LEN tokens per sequence the
+#: Triton short-sequence kernel, or padded SDPA without Triton; FlexAttention above, where padding to
+#: the longest sequence stops paying), "triton", "flex" or "sdpa". benchmarks/throughput.py --task
+#: dnabert on an H200, 120k reads, before the Triton kernel: 150-bp reads (~35 tokens) SDPA 940k vs
+#: Flex 926k tokens/s; 500-bp reads (~110 tokens) SDPA 964k vs Flex 952k.
 ALIBI_KERNEL = os.environ.get("VIRNUCDIST_ALIBI_KERNEL", "auto")
 ALIBI_SDPA_MAX_LEN = 128
 
@@ -64,8 +71,12 @@ def kernel_name(device: torch.device | str, alibi: bool = False, dtype: torch.dt
     if _flash_attn() is not None and dtype != torch.float32:
         return "flash_attn"
     if alibi:
-        flex = ALIBI_KERNEL == "flex" or (ALIBI_KERNEL == "auto" and max_seqlen > ALIBI_SDPA_MAX_LEN)
-        return "flex_attention" if flex else "sdpa-padded"
+        flex = ALIBI_KERNEL == "flex" or (ALIBI_KERNEL != "sdpa" and max_seqlen > ALIBI_SDPA_MAX_LEN)
+        if flex:
+            return "flex_attention"
+        if ALIBI_KERNEL in ("auto", "triton") and dtype != torch.float32 and short_attention.available():
+            return "triton_short"
+        return "sdpa-padded"
     if _torch_varlen() is not None:
         return "torch_varlen"
     return "sdpa-padded"
@@ -108,6 +119,9 @@ def varlen_attention(
                              softmax_scale=scale, alibi_slopes=alibi)
     if name == "flex_attention":
         return _flex_alibi(q, k, v, cu_seqlens, scale, alibi)
+    if name == "triton_short":
+        return short_attention.short_attention(q, k, v, cu_seqlens, max_seqlen,
+                                               q.shape[-1] ** -0.5 if scale is None else scale, alibi)
     if name == "torch_varlen":
         return _torch_varlen()(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale)
     return _sdpa_padded(q, k, v, cu_seqlens, max_seqlen, scale, alibi)
@@ -129,11 +143,14 @@ def _sdpa_padded(q, k, v, cu_seqlens, max_seqlen, scale, alibi):
         return x[src].transpose(1, 2)  # [B, H, L, D]
 
     mask = valid[:, None, None, :]  # keys only: padded queries are dropped below
+    qp, kp, vp = pad(q), pad(k), pad(v)
     if alibi is not None:
+        # the bias stays fp32 (SDPA wants the mask in the query dtype: attend in fp32)
+        qp, kp, vp = qp.float(), kp.float(), vp.float()
         rel = (pos[None, :] - pos[:, None]).abs().to(torch.float32)  # [L, L]
         bias = -alibi.to(q.device, torch.float32)[:, None, None] * rel  # [H, L, L]
-        mask = torch.where(mask, bias[None].to(q.dtype), torch.finfo(q.dtype).min)
-    out = F.scaled_dot_product_attention(pad(q), pad(k), pad(v), attn_mask=mask, scale=scale)
+        mask = torch.where(mask, bias[None], torch.finfo(torch.float32).min)
+    out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=scale).to(q.dtype)
     return out.transpose(1, 2).flatten(0, 1)[slot]  # [T, H, D]
 
 

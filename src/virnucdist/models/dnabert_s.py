@@ -33,10 +33,10 @@ import os
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .attention import alibi_slopes, varlen_attention
+from .fused import add_layer_norm, gated_gelu
 
 __all__ = ["DnaBertSConfig", "PackedDnaBertS", "segment_mean"]
 
@@ -145,7 +145,8 @@ class Attention(nn.Module):
         a = varlen_attention(q, k, v, cu_seqlens, max_seqlen,
                              scale=1.0 / math.sqrt(self.head_dim), alibi=slopes)
         a = a.reshape(T, self.n_heads * self.head_dim)
-        return self.output.LayerNorm(self.output.dense(a) + x)
+        ln = self.output.LayerNorm  # LayerNorm(dense(a) + x): one fused kernel on CUDA
+        return add_layer_norm(x, self.output.dense(a), ln.weight, ln.bias, ln.eps, write_sum=False)[1]
 
 
 class GatedMLP(nn.Module):  # "mlp"
@@ -157,10 +158,9 @@ class GatedMLP(nn.Module):  # "mlp"
         self.layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
     def forward(self, x):
-        g = self.gated_layers(x)
-        gated, non_gated = g[:, : self.intermediate_size], g[:, self.intermediate_size:]
-        h = F.gelu(gated, approximate="none") * non_gated
-        return self.layernorm(self.wo(h) + x)
+        h = gated_gelu(self.gated_layers(x))  # gelu(g[:, :I]) * g[:, I:], exact GELU, one pass
+        ln = self.layernorm
+        return add_layer_norm(x, self.wo(h), ln.weight, ln.bias, ln.eps, write_sum=False)[1]
 
 
 class Layer(nn.Module):

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .attention import varlen_attention
+from .fused import add_layer_norm, gelu
 from .rotary import rotary_qk, rotary_tables, uses_triton
 from .tokenization import CLS, EOS, MASK, PAD, VOCAB, EsmTokenizer  # noqa: F401 (CLS, EOS, EsmTokenizer: re-exported)
 
@@ -65,14 +65,23 @@ class SelfAttention(nn.Module):
                 state_dict[f"{prefix}qkv.{kind}"] = torch.cat([state_dict.pop(f"{n}.{kind}") for n in names])
         state_dict.pop(f"{prefix}rot_emb.inv_freq", None)
 
-    def forward(self, x, rope, cu_seqlens, max_seqlen):
-        t = x.shape[0]
-        q, k, v = rotary_qk(self.qkv(x).view(t, 3, self.heads, self.head_dim), *rope)
+    def forward(self, h, rope, cu_seqlens, max_seqlen):
+        """``h``: the normalised input ``[T, D]``, or ``(e4m3 [T, D], scale [T])`` when qkv is an FP8 linear."""
+        qkv = self.qkv(h)
+        t = qkv.shape[0]
+        q, k, v = rotary_qk(qkv.view(t, 3, self.heads, self.head_dim), *rope)
         out = varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale=self.head_dim**-0.5)
-        return self.out_proj(out.reshape(t, -1))
+        return self.out_proj(out.reshape(t, -1))  # an FP8 out_proj quantises ``out`` per token itself
 
 
 class TransformerLayer(nn.Module):
+    """Pre-LN: ``x = x + attn(LN1(x)); x = x + fc2(gelu(fc1(LN2(x))))``.
+
+    :meth:`step` leaves the last residual add pending, so that the next LayerNorm adds it in the
+    same kernel (:func:`.fused.add_layer_norm`). When the linears are FP8 (:mod:`.fp8`), the
+    LayerNorm and GELU kernels emit e4m3 activations with per-token scales.
+    """
+
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.self_attn = SelfAttention(dim, heads)
@@ -81,9 +90,19 @@ class TransformerLayer(nn.Module):
         self.fc2 = nn.Linear(4 * dim, dim)
         self.final_layer_norm = nn.LayerNorm(dim)
 
+    def step(self, x, delta, rope, cu_seqlens, max_seqlen):
+        """``(x, delta) -> (x', delta')`` with ``x + delta`` the residual stream before this layer
+        (``delta`` may be None) and ``x' + delta'`` the one after it."""
+        ln1, ln2 = self.self_attn_layer_norm, self.final_layer_norm
+        fp8 = getattr(self.fc1, "takes_fp8", False)
+        x, h = add_layer_norm(x, delta, ln1.weight, ln1.bias, ln1.eps, quant=fp8)
+        a = self.self_attn(h, rope, cu_seqlens, max_seqlen)
+        x, h = add_layer_norm(x, a, ln2.weight, ln2.bias, ln2.eps, quant=fp8)
+        return x, self.fc2(gelu(self.fc1(h), quant=fp8))
+
     def forward(self, x, rope, cu_seqlens, max_seqlen):
-        x = x + self.self_attn(self.self_attn_layer_norm(x), rope, cu_seqlens, max_seqlen)
-        return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
+        x, delta = self.step(x, None, rope, cu_seqlens, max_seqlen)
+        return x + delta
 
 
 class PackedESM2(nn.Module):
@@ -126,11 +145,13 @@ class PackedESM2(nn.Module):
             return x
         tables = None if uses_triton(x.device) else rotary_tables(positions, self.inv_freq, x.dtype)
         rope = (positions, self.inv_freq, tables)
+        delta = None
         for i in range(layer):
-            x = self.layers[i](x, rope, cu_seqlens, max_seqlen)
+            x, delta = self.layers[i].step(x, delta, rope, cu_seqlens, max_seqlen)
         if layer == self.cfg.num_layers:
-            x = self.emb_layer_norm_after(x)
-        return x
+            ln = self.emb_layer_norm_after
+            return add_layer_norm(x, delta, ln.weight, ln.bias, ln.eps, write_sum=False)[1]
+        return x + delta
 
     def embed(self, tokens, positions, seg, cu_seqlens, max_seqlen: int, repr_layer: int = -1) -> torch.Tensor:
         """Per-sequence mean over residues (BOS/EOS excluded), fp32 ``[B, D]``."""

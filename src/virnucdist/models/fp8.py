@@ -1,0 +1,132 @@
+"""FP8 (e4m3) inference for ESM-2's four layer GEMMs: qkv, out_proj, fc1, fc2 (opt-in, ``--dtype fp8``).
+
+Weights: e4m3 with one fp32 scale per output channel, quantised once by :func:`to_fp8`.
+Activations: e4m3 with one fp32 scale per token, produced by the kernel that computes them (the
+fused add + LayerNorm kernel for qkv and fc1, the GELU kernel for fc2, a small quantisation kernel
+for the attention output before out_proj; see :mod:`.fused`). The GEMM is
+``torch._scaled_mm(a, w.t(), scale_a [T, 1], scale_b [1, N], out_dtype=bf16)`` with the bias in
+its epilogue. Attention, LayerNorm statistics, the residual stream and pooling stay bf16 / fp32.
+
+The model to convert is a bf16 :class:`~.esm2.PackedESM2` (``load_model(..., dtype=bf16)``, then
+:func:`to_fp8`). On a GPU without FP8 tensor cores (compute capability < 8.9) or on CPU,
+:func:`to_fp8` raises :class:`FP8UnsupportedError`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .fused import _quant_ref, quant_rows
+
+__all__ = ["fp8_supported", "to_fp8", "quantize_model", "FP8Linear", "FP8UnsupportedError"]
+
+#: ``use_fast_accum`` of ``torch._scaled_mm`` (skips the periodic fp32 promotion of the tensor-core
+#: accumulator: faster, less exact over long K); off unless VIRNUCDIST_FP8_FAST_ACCUM=1.
+FAST_ACCUM = os.environ.get("VIRNUCDIST_FP8_FAST_ACCUM", "0") == "1"
+
+LINEARS = ("self_attn.qkv", "self_attn.out_proj", "fc1", "fc2")
+
+
+class FP8UnsupportedError(UserError, ValueError):
+    """``--dtype fp8`` on a device without FP8 tensor cores (a user error: one line, exit code 2)."""
+
+
+def fp8_supported(device) -> bool:
+    """CUDA device of compute capability >= 8.9 (Ada, Hopper, Blackwell) with ``torch._scaled_mm``."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available() or not hasattr(torch, "_scaled_mm"):
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def _describe(device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
+    return f"a {device.type.upper()} device"
+
+
+def _scaled_mm_emulated(a, w, scale_a, scale_w, bias, out_dtype):
+    """What ``torch._scaled_mm`` computes, in fp32 (CPU tests; exact dequantisation, fp32 products)."""
+    out = (a.float() * scale_a) @ (w.float() * scale_w[:, None]).t()
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype)
+
+
+class FP8Linear(nn.Module):
+    """``y = x @ W^T + b`` with W in e4m3 (per-output-channel scales) and x quantised per token.
+
+    ``forward`` takes a bf16 ``[T, K]`` (quantised here, one kernel) or the ``(e4m3 [T, K],
+    scale [T])`` pair a fused kernel emitted, and returns ``[T, N]`` in ``out_dtype``.
+    """
+
+    takes_fp8 = True
+    _bias_in_epilogue: bool | None = None  # learnt on the first CUDA call (torch versions differ)
+
+    def __init__(self, linear: nn.Linear, out_dtype=torch.bfloat16):
+        super().__init__()
+        w = linear.weight.detach()
+        q, scale = _quant_ref(w)  # per output channel = per row of W [N, K]
+        self.register_buffer("weight", q)
+        self.register_buffer("weight_scale", scale.reshape(1, -1))  # [1, N], as _scaled_mm's scale_b
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(out_dtype))
+        self.out_dtype = out_dtype
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, e4m3 per-channel x per-token"
+
+    def forward(self, x):
+        a, sa = x if isinstance(x, tuple) else quant_rows(x)
+        sa = sa.reshape(-1, 1)
+        if not a.is_cuda:
+            return _scaled_mm_emulated(a, self.weight, sa, self.weight_scale[0], self.bias, self.out_dtype)
+        cls = type(self)
+        if cls._bias_in_epilogue is not False:
+            try:
+                out = torch._scaled_mm(a, self.weight.t(), scale_a=sa, scale_b=self.weight_scale, bias=self.bias,
+                                       out_dtype=self.out_dtype, use_fast_accum=FAST_ACCUM)
+                cls._bias_in_epilogue = True
+                return out
+            except (RuntimeError, NotImplementedError, TypeError, ValueError):
+                if cls._bias_in_epilogue:
+                    raise
+                cls._bias_in_epilogue = False
+        out = torch._scaled_mm(a, self.weight.t(), scale_a=sa, scale_b=self.weight_scale,
+                               out_dtype=self.out_dtype, use_fast_accum=FAST_ACCUM)
+        return out if self.bias is None else out.add_(self.bias)
+
+
+def quantize_model(model: nn.Module) -> nn.Module:
+    """Replace the four layer GEMMs of every ESM-2 layer by :class:`FP8Linear` (in place; no device check)."""
+    layers = getattr(model, "layers", None)
+    if layers is None:
+        raise TypeError(f"FP8 conversion needs a PackedESM2 (ESM-2), not {type(model).__name__}")
+    for layer in layers:
+        for path in LINEARS:
+            parent_name, _, attr = path.rpartition(".")
+            parent = layer.get_submodule(parent_name) if parent_name else layer
+            lin = getattr(parent, attr)
+            if isinstance(lin, nn.Linear):
+                setattr(parent, attr, FP8Linear(lin, out_dtype=lin.weight.dtype
+                                                if lin.weight.dtype != torch.float32 else torch.bfloat16))
+    return model
+
+
+def to_fp8(model: nn.Module) -> nn.Module:
+    """The integrator's ``--dtype fp8``: a bf16 PackedESM2 on an FP8-capable GPU -> its FP8 version."""
+    device = next(model.parameters()).device
+    if not fp8_supported(device):
+        raise FP8UnsupportedError(
+            "--dtype fp8 needs a GPU with FP8 tensor cores (compute capability >= 8.9, e.g. H100); "
+            f"this is {_describe(device)}. Use --dtype bf16.")
+    if getattr(model, "layers", None) is None:
+        raise FP8UnsupportedError("--dtype fp8 is implemented for ESM-2 only (DNABERT-S runs in bf16/fp16)")
+    return quantize_model(model)
+
