@@ -35,6 +35,7 @@ from . import __version__
 from ._testhooks import active_test_hooks, test_hook
 from .errors import PeerFailed, UserError
 from .launch.dist import DistContext, init_distributed
+from .launch.entry import set_safe_counter
 from .launch.logs import setup_logging
 from .progress import Progress, index_progress
 from .sharding.index import SequenceIndex, quick_identity
@@ -239,6 +240,8 @@ def run(task: Task, ctx: DistContext | None = None) -> RunResult:
 
     # what is left to do: not done, not empty, the first of its sequence
     scan = _agree(ctx, _scan, out, n, fingerprint) if n else {"done": np.zeros(0, bool), "bad": {}, "corrupt": 0}
+    if ctx.is_main:  # what an interrupt message counts as safe: every rank's committed records, on disk
+        set_safe_counter(lambda: scan_shards(out / "shards", n, fingerprint=fingerprint, quarantine=False).n_done)
     done = scan["done"]
     empty = np.asarray(index.length) == 0
     with tel.phase("model_load"):  # every rank: costs come from the task's tokenizer
