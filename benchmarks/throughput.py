@@ -94,7 +94,7 @@ def run_fair_esm(model, records, toks_per_batch: int, device) -> tuple[float, in
 
 
 def bench_dnabert(args, ctx) -> dict:
-    from virnucdist.embedding import EmbedConfig, embed
+    from virnucdist import EmbedConfig, embed
     from virnucdist.models import attention
     from virnucdist.writers import read_embeddings
 
@@ -189,7 +189,7 @@ def main() -> None:
         kernels_main(args)
         return
 
-    from virnucdist.embedding import EmbedConfig, embed
+    from virnucdist import EmbedConfig, embed
     from virnucdist.launch import init_distributed
     from virnucdist.writers import read_embeddings
 

@@ -38,6 +38,7 @@ from .launch.dist import DistContext, init_distributed
 from .launch.entry import set_safe_counter
 from .launch.logs import setup_logging
 from .progress import Progress, index_progress
+from .runner import resolve_dtype
 from .sharding.index import SequenceIndex, quick_identity
 from .sharding.partition import partition, plan_windows
 from .tasks.base import Block, Counters, RunPlan, Task
@@ -138,8 +139,9 @@ def _open_run(task: Task, out: Path, progress: bool) -> dict:
                 return {"complete": True, "fingerprint": ref.fingerprint}
             if changed:
                 _remove(outputs + [out / "index.npz", path])
+                index = index or cached  # saved again below
         task.check(ref)
-        if index is None and cached._stale_reason(inputs, None) is not None:  # e.g. gzip copy removed
+        if index in (None, cached) and cached._stale_reason(inputs, None) is not None:  # e.g. gzip copy removed
             bar = index_progress(inputs, progress)
             index = SequenceIndex.build(inputs, gzip_dir=staging, progress=bar.advance)
             bar.close()
@@ -178,8 +180,9 @@ def _agree(ctx: DistContext, fn, *args):
     if ctx.is_main:
         try:
             result = fn(*args)
-        except UserError as e:
-            err = str(e)
+        except UserError as e:  # rank 0 raises the error itself (its type intact), the peers its message
+            ctx.broadcast_object((None, str(e), True))
+            raise
         except BaseException as e:  # a bug or an OS error: rank 0 raises it, the peers stop quietly
             err, user = f"{type(e).__name__}: {e}", False
             if not ctx.distributed:
@@ -223,6 +226,8 @@ def run(task: Task, ctx: DistContext | None = None) -> RunResult:
     out = Path(cfg.output_dir)
     setup_logging(None, ctx.rank, cfg.quiet)
     _check_inputs(cfg.inputs)
+    if getattr(cfg, "dtype", None):
+        resolve_dtype(cfg.dtype, ctx.device)  # e.g. --dtype fp8 on a GPU without FP8: one line, before any work
     if ctx.is_main:
         _writable(out)
     opened = _agree(ctx, _open_run, task, out, ctx.is_main and not cfg.quiet)

@@ -93,11 +93,17 @@ class BatchRunner:
             log.info("token cap raised to %d after %d clean batches", self.cap, REGROW_AFTER)
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: --dtype choices; fp8 loads bf16 weights and the task quantises ESM-2's layer GEMMs (models/fp8.py)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}
 
 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
-    """``--dtype``: bf16 on CUDA and fp32 on CPU by default."""
+    """``--dtype``: bf16 on CUDA and fp32 on CPU by default; ``fp8`` needs an FP8 GPU (checked here)."""
+    if name == "fp8":
+        from .models.fp8 import require_fp8
+
+        require_fp8(device)
+        return DTYPES[name]
     if name is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if device.type == "cpu" and name != "fp32":

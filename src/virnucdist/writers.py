@@ -464,10 +464,10 @@ class ShardWriter:
             bad_by[None] = b
         for name in self.schema.finite_columns:
             if name in cols:
-                v = cols[name].reshape(n, -1)
+                v = cols[name].reshape(n, int(np.prod(cols[name].shape[1:])))
                 b = ~np.isfinite(v).all(axis=1)
             else:
-                v = ragged[name].reshape(len(ragged[name]), -1)
+                v = ragged[name].reshape(len(ragged[name]), int(np.prod(ragged[name].shape[1:])))
                 bad_tok = ~np.isfinite(v).all(axis=1)
                 b = np.zeros(n, dtype=bool)
                 b[np.repeat(np.arange(n), lengths)[bad_tok]] = True

@@ -119,13 +119,17 @@ def quantize_model(model: nn.Module) -> nn.Module:
     return model
 
 
-def to_fp8(model: nn.Module) -> nn.Module:
-    """The integrator's ``--dtype fp8``: a bf16 PackedESM2 on an FP8-capable GPU -> its FP8 version."""
-    device = next(model.parameters()).device
+def require_fp8(device) -> None:
+    """One clear error (before any model is loaded) when ``device`` cannot run ``--dtype fp8``."""
     if not fp8_supported(device):
         raise FP8UnsupportedError(
             "--dtype fp8 needs a GPU with FP8 tensor cores (compute capability >= 8.9, e.g. H100); "
             f"this is {_describe(device)}. Use --dtype bf16.")
+
+
+def to_fp8(model: nn.Module) -> nn.Module:
+    """``--dtype fp8``: a bf16 PackedESM2 on an FP8-capable GPU -> its FP8 version."""
+    require_fp8(next(model.parameters()).device)
     if getattr(model, "layers", None) is None:
         raise FP8UnsupportedError("--dtype fp8 is implemented for ESM-2 only (DNABERT-S runs in bf16/fp16)")
     return quantize_model(model)

@@ -23,6 +23,7 @@ from .. import __version__
 from ..engine import DEFAULT_TOKS, RunResult, run, run_main
 from ..errors import UserError
 from ..launch.dist import DistContext
+from ..models.fp8 import to_fp8
 from ..models.loading import load_model
 from ..packing import pack_longest_first
 from ..runner import DTYPES, BatchRunner, resolve_dtype, to_host_async
@@ -127,10 +128,12 @@ class EmbedTask:
     def prepare(self, ctx: DistContext, index) -> None:
         c = self.config
         dtype = resolve_dtype(c.dtype, ctx.device)
-        self.dtype_name = str(dtype).removeprefix("torch.")
+        self.dtype_name = "fp8" if c.dtype == "fp8" else str(dtype).removeprefix("torch.")
         if self.model is None:
             self.model = load_model(c.model, device=ctx.device, dtype=dtype, random_init=c.random_init, seed=c.seed,
                                     truncation_seq_length=c.truncation_seq_length)
+            if c.dtype == "fp8":  # ESM-2's layer GEMMs in e4m3 with per-channel / per-token scales
+                self.model.module = to_fp8(self.model.module)
         try:
             self.layers = self.model.check_layers(c.layers)
         except ValueError as e:
@@ -181,7 +184,7 @@ class EmbedTask:
         n, d = len(plan.rows), m.dim
         attrs = {
             "model": m.name, "model_source": m.source, "random_init": c.random_init, "dtype": self.dtype_name,
-            "pooling": m.attrs.get("pooling", ""), "repr_layer": self.layers[0], "repr_layers": json.dumps(self.layers),
+            "pooling": m.attrs.get("pooling", ""), "repr_layer": c.layers[0], "repr_layers": json.dumps(self.layers),
             "truncation_seq_length": c.truncation_seq_length, "include": json.dumps(list(c.include)),
             "virnucdist_version": __version__, "input_fingerprint": plan.fingerprint,
             "inputs": json.dumps([str(p) for p in c.inputs]),
@@ -223,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--toks-per-batch", type=int, default=None,
                    help=f"token budget per packed batch (default {DEFAULT_TOKS})")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="default: bf16 on CUDA, fp32 on CPU; fp8 (ESM-2 on H100/H200-class GPUs) is opt-in")
     p.add_argument("--repr-layer", type=int, default=-1, help="layer to pool (default: last; 0 = embeddings)")
     p.add_argument("--repr-layers", type=int, nargs="+", default=None,
                    help="several layers in one pass (like fair-esm's --repr_layers), one dataset each")

@@ -26,6 +26,7 @@ from ..engine import DEFAULT_TOKS, RunResult, run, run_main
 from ..errors import UserError
 from ..launch.dist import DistContext
 from ..models.classifier import classifier_chunk_size_hint, load_classifier
+from ..models.fp8 import to_fp8
 from ..models.loading import load_model
 from ..packing import pack_pairs
 from ..runner import DTYPES, BatchRunner, resolve_dtype, to_host_async
@@ -96,16 +97,17 @@ class _MakePredictBlock:
         prot = [self.esm_tokenizer.encode(p) for p in proteins]
         nuc = self.dna_tokenizer.encode_batch(nucleotides) if nucleotides else []
         unk = getattr(self.dna_tokenizer, "unk_id", None)
-        frame_read = np.repeat(np.arange(len(rows)), n_frames)
-        unknown = sorted({int(frame_read[i]) for i, t in enumerate(nuc) if unk is not None and (t == unk).any()})
+        unknown = [i for i, t in enumerate(nuc) if unk is not None and (t == unk).any()]  # frames with N / IUPAC
         batches = pack_pairs(prot, nuc, self.budget, self.budget)
         ptok, ntok = sum(len(t) for t in prot), sum(len(t) for t in nuc)
         counters = {"chunks": int(n_chunks.sum()), "frames": len(prot), "packed_tokens": ptok,
                     "packed_capacity": sum(max(self.budget, b.protein.num_tokens) for b in batches)}
         examples = {}
         if unknown:
+            frame_read = np.repeat(rows, n_frames)
             counters["unknown_letters"] = len(unknown)
-            examples["unknown_letters"] = [index.ids[int(rows[j])] for j in unknown[:5]]
+            examples["unknown_letters"] = [f"{chunk_id(index.ids[int(frame_read[i])], chunks[i])}{FRAME_NAMES[codes[i]]}"
+                                           for i in unknown[:5]]
         payload = (n_chunks, n_frames, np.asarray(chunks, np.int32), np.asarray(codes, np.uint8))
         return Block(number, np.asarray(rows, dtype=np.int64), batches, ptok + ntok, counters, examples, payload)
 
@@ -151,6 +153,8 @@ class PredictTask:
         dtype = resolve_dtype(c.dtype, ctx.device)
         load = dict(device=ctx.device, dtype=dtype, random_init=c.random_init, seed=c.seed)
         self.esm, self.dna = load_model(c.esm_model, **load), load_model(c.dnabert_model, **load)
+        if c.dtype == "fp8":  # ESM-2's layer GEMMs in e4m3; DNABERT-S stays bf16
+            self.esm.module = to_fp8(self.esm.module)
         if self.esm.molecule != "protein" or self.dna.molecule != "dna":
             raise UserError(f"--esm-model must be ESM-2 and --dnabert-model DNABERT-S (got {self.esm.name}, "
                             f"{self.dna.name})")
@@ -198,7 +202,8 @@ class PredictTask:
             feats = torch.cat([d, e], dim=1).float()
             scores = torch.softmax(self.clf(feats), dim=1)
             out.append(torch.cat([scores, d.float(), e.float()], 1) if self.config.keep_intermediate else scores)
-        vals = torch.cat(out) if out else torch.zeros(0, 2, device=self.clf.hidden_layer.weight.device)
+        width = 2 + (self.dna.dim + self.esm.dim if self.config.keep_intermediate else 0)
+        vals = torch.cat(out) if out else torch.zeros(0, width, device=self.clf.hidden_layer.weight.device)
         (host,), ev = to_host_async(vals)
         ragged = {"chunk": chunks, "frame": codes, "score1": host[:, 0], "score2": host[:, 1]}
         if self.config.keep_intermediate:
@@ -319,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--toks-per-batch", type=int, default=None,
                    help=f"ESM-2 tokens per packed batch, DNABERT-S the same (default {DEFAULT_TOKS})")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="default: bf16 on CUDA, fp32 on CPU (the classifier always runs in fp32); fp8: ESM-2 in FP8")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes per rank")
     p.add_argument("--window-records", type=int, default=None,
