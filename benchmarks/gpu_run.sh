@@ -4,7 +4,8 @@
 #   no STEP: env kernels_esm kernels_dnabert gputests  (~6 min expected on an H100/H200; each step has its own
 #   timeout, 9.5 min worst case). Other steps: throughput sweep dnabert scaling profile, or any shell command.
 set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+# the device returns at most 8 files: every step writes under $OUT/run, packed into $OUT/run.tgz at the end
+FINAL=${OUT:-/tmp/out}; OUT=$FINAL/run; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 if [ -d .whl ]; then  # fair-esm (the reference) travels as a wheel: the device machine has no network
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
@@ -43,13 +44,29 @@ for step in "$@"; do
         2>&1 | tee "$OUT/dnabert.log" | grep -v "done:" ;;
     scaling)
       W=/tmp/vnd-scaling; mkdir -p $W
-      torchrun --standalone --nproc_per_node=1 benchmarks/scaling.py --reads ${READS:-30000} --workdir $W \
-        --json "$OUT/scaling_ws1.json" 2>&1 | tee "$OUT/scaling_ws1.log" | grep -v "^W1\|\*\*\*"
-      torchrun --standalone --nproc_per_node=2 benchmarks/scaling.py --reads ${READS:-30000} --workdir $W \
-        --baseline "$OUT/scaling_ws1.json" --json "$OUT/scaling_ws2.json" 2>&1 | tee "$OUT/scaling_ws2.log" | grep -v "^W1\|\*\*\*" ;;
+      timeout ${SCALE_T1:-300} torchrun --standalone --nproc_per_node=1 benchmarks/scaling.py --reads ${READS:-30000} \
+        --workdir $W --json "$OUT/scaling_ws1.json" 2>&1 | tee "$OUT/scaling_ws1.log" | grep -v "^W1\|\*\*\*" | tail -25
+      timeout ${SCALE_T2:-240} torchrun --standalone --nproc_per_node=2 benchmarks/scaling.py --reads ${READS:-30000} \
+        --workdir $W --baseline "$OUT/scaling_ws1.json" --json "$OUT/scaling_ws2.json" 2>&1 \
+        | tee "$OUT/scaling_ws2.log" | grep -v "^W1\|\*\*\*" | tail -25 ;;
     profile)
       python3 benchmarks/profile_esm.py --toks-per-batch 65536 2>&1 | tee "$OUT/profile.txt" | head -45 ;;
+    e2e)  # end to end on one GPU: embed/predict wall and finalize share, dedup, precision of calls, a report page
+      W=/tmp/vnd-e2e; mkdir -p $W
+      VIRNUCDIST_SAMPLE_EVERY_S=1 timeout 240 torchrun --standalone --nproc_per_node=1 benchmarks/scaling.py \
+        --reads ${E2E_READS:-100000} --workdir $W --json "$OUT/e2e_ws1.json" 2>&1 | tee "$OUT/e2e_ws1.log" \
+        | grep -v "^W1\|\*\*\*" | tail -30
+      timeout 120 virnucdist report $W/predict_ws1 --png 2>&1 | tail -2; cp $W/predict_ws1/report* "$OUT/" 2>/dev/null
+      timeout 150 python3 benchmarks/predict_fidelity.py --reads ${FID_READS:-5000} --dtypes fp32,bf16,fp8 \
+        --json "$OUT/predict_fidelity.json" 2>&1 | tee "$OUT/predict_fidelity.log" | tail -4
+      for d in dedup no-dedup; do
+        flag=""; [ $d = no-dedup ] && flag=--no-dedup
+        timeout 200 torchrun --standalone --nproc_per_node=1 benchmarks/scaling.py --tasks predict --warmup-reads 0 \
+          --reads ${DUP_READS:-300000} --dup-fraction 0.3 $flag --workdir $W/dup-$d --json "$OUT/dedup_$d.json" 2>&1 \
+          | tee "$OUT/dedup_$d.log" | grep -v "^W1\|\*\*\*" | tail -6
+      done ;;
     *) eval "$step" ;;
   esac
 done
 echo "=== done $(date +%T)"
+tar czf "$FINAL/run.tgz" -C "$FINAL" run && rm -rf "$OUT"; ls -la "$FINAL"
