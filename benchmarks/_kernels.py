@@ -139,7 +139,7 @@ def profile(fn, batch, dev, path: Path, title: str) -> str:
              "LayerNorm (eager)" if "layer_norm" in n else
              "GELU (eager)" if "gelu" in n else "other")
         groups[g] = groups.get(g, 0) + t(e)
-    lines = [f"{title}: {total / 1e3:.1f} ms GPU time, {int(batch[3][-1])} tokens"]
+    lines = [f"{title}: {total / 1e3:.1f} ms GPU time, {int(batch[0].numel())} tokens"]
     lines += [f"  {g:<24} {v / 1e3:8.2f} ms  {v / total:6.1%}" for g, v in sorted(groups.items(), key=lambda x: -x[1])]
     evs.sort(key=t, reverse=True)
     lines += ["  top kernels:"] + [f"    {t(e) / 1e3:8.2f} ms {t(e) / total:6.1%}  {e.count:5d}x  {e.key[:90]}" for e in evs[:15]]

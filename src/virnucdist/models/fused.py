@@ -63,13 +63,21 @@ if triton is not None:
         return tl.where(tl.abs(v) < 0.015625, s, n)
 
     @triton.jit
+    def to_e4m3(v, EMULATE: tl.constexpr):
+        """fp32 -> e4m3fn codes: the GPU's own saturating round-to-nearest-even conversion, or its
+        bit-exact emulation under the interpreter (which mis-rounds fp8 casts at binade edges)."""
+        if EMULATE:
+            return e4m3_round(v).to(tl.float8e4nv)
+        return tl.minimum(tl.maximum(v, -448.0), 448.0).to(tl.float8e4nv)
+
+    @triton.jit
     def gelu_f32(x):
         return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
 
     @triton.jit
     def add_ln_kernel(x_ptr, d_ptr, db_ptr, w_ptr, b_ptr, r_ptr, y_ptr, s_ptr, D, eps,
                       HAS_DELTA: tl.constexpr, HAS_DBIAS: tl.constexpr, WRITE_SUM: tl.constexpr,
-                      QUANT: tl.constexpr, BLOCK_D: tl.constexpr):
+                      QUANT: tl.constexpr, BLOCK_D: tl.constexpr, EMULATE: tl.constexpr = False):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK_D)
         m = cols < D
@@ -91,8 +99,8 @@ if triton is not None:
         y = xc * rstd * w + b
         if QUANT:
             amax = tl.maximum(tl.max(tl.where(m, tl.abs(y), 0.0), axis=0), 1e-12)
-            tl.store(s_ptr + row, amax / 448.0)
-            y = e4m3_round(y * (448.0 / amax))
+            tl.store(s_ptr + row, tl.fdiv(amax, 448.0, ieee_rounding=True))
+            y = to_e4m3(y * tl.fdiv(448.0, amax, ieee_rounding=True), EMULATE)
         tl.store(y_ptr + row * D + cols, y.to(y_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
@@ -112,32 +120,47 @@ if triton is not None:
 
     @triton.jit
     def quant_kernel(x_ptr, bias_ptr, y_ptr, s_ptr, C, x_stride,
-                     HAS_BIAS: tl.constexpr, GELU: tl.constexpr, BLOCK: tl.constexpr):
+                     HAS_BIAS: tl.constexpr, GELU: tl.constexpr, BLOCK: tl.constexpr, ONE_PASS: tl.constexpr,
+                     EMULATE: tl.constexpr):
         """One row per program: [bias +] [gelu] -> per-row amax -> e4m3 codes and the row's scale.
-        Two passes over the row (the second re-reads it from L2)."""
+        ONE_PASS (the row fits one block): read and compute once, keep it in registers; otherwise two
+        passes (the second re-reads the row from L2 and recomputes)."""
         row = tl.program_id(0).to(tl.int64)
-        amax = tl.zeros([BLOCK], dtype=tl.float32)
-        for start in range(0, C, BLOCK):
-            cols = start + tl.arange(0, BLOCK)
+        if ONE_PASS:
+            cols = tl.arange(0, BLOCK)
             m = cols < C
             v = tl.load(x_ptr + row * x_stride + cols, mask=m, other=0.0).to(tl.float32)
             if HAS_BIAS:
                 v += tl.load(bias_ptr + cols, mask=m, other=0.0).to(tl.float32)
             if GELU:
                 v = gelu_f32(v)
-            amax = tl.maximum(amax, tl.where(m, tl.abs(v), 0.0))
-        a = tl.maximum(tl.max(amax, axis=0), 1e-12)
-        tl.store(s_ptr + row, a / 448.0)
-        inv = 448.0 / a
-        for start in range(0, C, BLOCK):
-            cols = start + tl.arange(0, BLOCK)
-            m = cols < C
-            v = tl.load(x_ptr + row * x_stride + cols, mask=m, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                v += tl.load(bias_ptr + cols, mask=m, other=0.0).to(tl.float32)
-            if GELU:
-                v = gelu_f32(v)
-            tl.store(y_ptr + row * C + cols, e4m3_round(v * inv).to(y_ptr.dtype.element_ty), mask=m)
+            a = tl.maximum(tl.max(tl.where(m, tl.abs(v), 0.0), axis=0), 1e-12)
+            tl.store(s_ptr + row, tl.fdiv(a, 448.0, ieee_rounding=True))
+            q = to_e4m3(v * tl.fdiv(448.0, a, ieee_rounding=True), EMULATE)
+            tl.store(y_ptr + row * C + cols, q.to(y_ptr.dtype.element_ty), mask=m)
+        else:
+            amax = tl.zeros([BLOCK], dtype=tl.float32)
+            for start in range(0, C, BLOCK):
+                cols = start + tl.arange(0, BLOCK)
+                m = cols < C
+                v = tl.load(x_ptr + row * x_stride + cols, mask=m, other=0.0).to(tl.float32)
+                if HAS_BIAS:
+                    v += tl.load(bias_ptr + cols, mask=m, other=0.0).to(tl.float32)
+                if GELU:
+                    v = gelu_f32(v)
+                amax = tl.maximum(amax, tl.where(m, tl.abs(v), 0.0))
+            a = tl.maximum(tl.max(amax, axis=0), 1e-12)
+            tl.store(s_ptr + row, tl.fdiv(a, 448.0, ieee_rounding=True))
+            inv = tl.fdiv(448.0, a, ieee_rounding=True)
+            for start in range(0, C, BLOCK):
+                cols = start + tl.arange(0, BLOCK)
+                m = cols < C
+                v = tl.load(x_ptr + row * x_stride + cols, mask=m, other=0.0).to(tl.float32)
+                if HAS_BIAS:
+                    v += tl.load(bias_ptr + cols, mask=m, other=0.0).to(tl.float32)
+                if GELU:
+                    v = gelu_f32(v)
+                tl.store(y_ptr + row * C + cols, to_e4m3(v * inv, EMULATE).to(y_ptr.dtype.element_ty), mask=m)
 
 
 @functools.lru_cache(maxsize=None)
@@ -154,6 +177,17 @@ def uses_triton(x: torch.Tensor) -> bool:
 
 def _warps(block: int) -> int:
     return 8 if block >= 2048 else 4
+
+
+ONE_PASS_MAX = 16384  # a row of up to this many values is quantised from registers in one pass
+
+
+def _quant_launch(qkern, triton, x, bias, y, s, *, gelu: bool) -> None:
+    t, c = x.shape
+    one = triton.next_power_of_2(c) <= ONE_PASS_MAX
+    block = triton.next_power_of_2(c) if one else 4096
+    qkern[(t,)](x, bias if bias is not None else x, y, s, c, x.stride(0), HAS_BIAS=bias is not None, GELU=gelu,
+                BLOCK=block, ONE_PASS=one, EMULATE=_INTERPRET, num_warps=16 if block >= 8192 else _warps(block))
 
 
 # --------------------------------------------------------------------------- reference math
@@ -195,7 +229,8 @@ def add_layer_norm(x: torch.Tensor, delta: torch.Tensor | None, weight, bias, ep
         if t:
             kern[(t,)](x, delta if has_delta else x, delta_bias if delta_bias is not None else weight, weight, bias,
                        r, y, s, d, eps, HAS_DELTA=has_delta, HAS_DBIAS=delta_bias is not None,
-                       WRITE_SUM=write_sum, QUANT=quant, BLOCK_D=block, num_warps=_warps(block))
+                       WRITE_SUM=write_sum, QUANT=quant, BLOCK_D=block, EMULATE=_INTERPRET,
+                       num_warps=_warps(block))
         return (r if write_sum else None), ((y, s) if quant else y)
     if delta is not None:
         if delta_bias is not None:
@@ -213,10 +248,8 @@ def gelu(x: torch.Tensor, bias: torch.Tensor | None = None, *, quant: bool = Fal
         if quant:
             y = torch.empty(t, c, device=x.device, dtype=FP8_DTYPE)
             s = torch.empty(t, device=x.device, dtype=torch.float32)
-            block = min(triton.next_power_of_2(c), 4096)
             if t:
-                qkern[(t,)](x, bias if bias is not None else x, y, s, c, x.stride(0),
-                            HAS_BIAS=bias is not None, GELU=True, BLOCK=block, num_warps=_warps(block))
+                _quant_launch(qkern, triton, x, bias, y, s, gelu=True)
             return y, s
         y = torch.empty(t, c, device=x.device, dtype=x.dtype)
         block = min(triton.next_power_of_2(c), 2048)
@@ -253,9 +286,7 @@ def quant_rows(x: torch.Tensor):
         t, c = x.shape
         y = torch.empty(t, c, device=x.device, dtype=FP8_DTYPE)
         s = torch.empty(t, device=x.device, dtype=torch.float32)
-        block = min(triton.next_power_of_2(c), 4096)
         if t:
-            qkern[(t,)](x, x, y, s, c, x.stride(0), HAS_BIAS=False, GELU=False, BLOCK=block,
-                        num_warps=_warps(block))
+            _quant_launch(qkern, triton, x, None, y, s, gelu=False)
         return y, s
     return _quant_ref(x)
