@@ -251,6 +251,10 @@ def run(task: Task, ctx: DistContext | None = None) -> RunResult:
     empty = np.asarray(index.length) == 0
     with tel.phase("model_load"):  # every rank: costs come from the task's tokenizer
         task.prepare(ctx, index)
+    if ctx.is_main:
+        for m in getattr(task, "models", ()):
+            if m.attrs.get("warning"):  # e.g. RANDOM WEIGHTS: loud, every run
+                log.warning("%s: %s", m.name, m.attrs["warning"])
     costs = np.asarray(task.costs(index), dtype=np.int64)
     use_dedup = task.dedup and getattr(cfg, "dedup", True)
     source = np.asarray(index.representatives(), dtype=np.int64) if use_dedup else np.arange(n, dtype=np.int64)
@@ -263,6 +267,9 @@ def run(task: Task, ctx: DistContext | None = None) -> RunResult:
         log.info("%d records in %d file(s): %d distinct non-empty, %d served from a duplicate, %d empty; %d already "
                  "done; %d to compute on %d rank(s)", n, len(index.files), distinct, int((~first & ~empty).sum()),
                  int(empty.sum()), int((done & first).sum()), int(work.sum()), ctx.world_size)
+        if empty.any():
+            log.warning("skipping %d empty record(s), e.g. %s (listed in run_report.json)", int(empty.sum()),
+                        ", ".join(repr(index.ids[i]) for i in np.flatnonzero(empty)[:3]))
         if scan["corrupt"]:
             log.warning("set aside %d unreadable shard(s) (killed mid-write); their records are redone",
                         scan["corrupt"])
@@ -297,8 +304,9 @@ def run(task: Task, ctx: DistContext | None = None) -> RunResult:
                         "empty_count": int(empty.sum()),
                         **{reason: ids for reason, ids in counts.get("bad", {}).items()}},
             "test_hooks": active_test_hooks(),
+            **(task.report_extra() if hasattr(task, "report_extra") else {}),
         })
-        _warn(merged, task)
+        _warn(merged, index, task)
         if not cfg.keep_shards:
             _remove([out / "shards", out / "inputs"])
         _mark_complete(out)
@@ -331,9 +339,12 @@ def _loop(task, ctx, tel, index, mine, costs, toks, out, fingerprint, counters) 
     writer = ShardWriter(out / "shards", ctx.rank, task.schema(), fingerprint=fingerprint,
                          flush_every=getattr(cfg, "flush_every", 4096))
     progress = Progress(total_records=len(mine), total_tokens=int(costs[mine].sum()),
-                        enabled=ctx.is_main and not cfg.quiet, world_size=ctx.world_size)
+                        enabled=ctx.is_main and not cfg.quiet, world_size=ctx.world_size,
+                        desc=getattr(task, "verb", task.name), unit=getattr(task, "cost_unit", "tok"))
     s = tel.stats
     s.toks_per_batch = toks
+    for r in task.runners:  # tokens per forward into the timeline: O(1), no device sync
+        r.on_tokens = lambda n: tel.count(0, n)
     blocks = 0
     try:
         with torch.inference_mode(), tel.phase("inference"):
@@ -342,7 +353,7 @@ def _loop(task, ctx, tel, index, mine, costs, toks, out, fingerprint, counters) 
                 blocks += 1
                 s.sequences += len(block.rows)
                 s.tokens += block.tokens
-                tel.count(len(block.rows), block.tokens)  # the report's timeline; no device sync
+                tel.count(len(block.rows), 0)  # the report's timeline (tokens come per forward, below)
                 s.batches += len(block.batches)
                 counters.add(block.counters, block.examples)
                 progress.update(len(block.rows), int(costs[block.rows].sum()))
@@ -382,16 +393,25 @@ def _finalize(task: Task, out: Path, index, source: np.ndarray, empty: np.ndarra
     return counts
 
 
-def _warn(c: Counters, task: Task) -> None:
-    for key, what in (("truncated", "longer than the model's length cap were embedded from their start"),
-                      ("unknown_letters", "hold letters the model does not know (embedded as its unknown token)"),
+def _warn(c: Counters, index: SequenceIndex, task: Task) -> None:
+    """Rank 0, once per run: what was counted, with one example and where it is."""
+    for key, what in (("unknown_letters", "hold letters the model does not know (embedded as its unknown token)"),
                       ("terminal_stops", "ended with '*' (a stop codon); it was removed before embedding"),
                       ("oom_skipped", "did not fit in GPU memory even alone and were skipped")):
         n = c.counts.get(key, 0)
         if n:
             ex = c.examples.get(key, [])
-            log.warning("%d record(s) %s%s (counted in run_report.json: counters.%s)", n, what,
-                        f", e.g. {ex[0]!r}" if ex else "", key)
+            where = ""
+            if ex:
+                try:
+                    i = index.position(ex[0])
+                    where = f", e.g. {ex[0]!r} at {index.where(i)}"
+                    tok = task.models[0].tokenizer if getattr(task, "models", None) else None
+                    if key == "unknown_letters" and hasattr(tok, "unknown_letters"):
+                        where += f" has {', '.join(map(repr, tok.unknown_letters(index.read(i))))};"
+                except (KeyError, ValueError):  # an id of the task's own (e.g. a predict frame)
+                    where = f", e.g. {ex[0]!r}"
+            log.warning("%d record(s) %s%s (counted in run_report.json: counters.%s)", n, what, where, key)
 
 
 def _plain(cfg: Any) -> Any:

@@ -35,6 +35,7 @@ class BatchRunner:
 
     def __init__(self, fn: Callable[[PackedBatch], object], device: torch.device):
         self.fn, self.device = fn, device
+        self.on_tokens: Callable[[int], None] | None = None  # told each forward's tokens (the run's timeline)
         self.cap: int | None = None  # tokens per forward after an OOM; None: no cap
         self.clean = 0
         self.oom_splits = 0
@@ -67,6 +68,8 @@ class BatchRunner:
                 todo += [second, first]
                 continue
             self._clean_batch()
+            if self.on_tokens is not None:
+                self.on_tokens(b.num_tokens)
             yield b, out
 
     def _forward(self, b: PackedBatch):

@@ -104,15 +104,15 @@ def _alive(pid: int) -> bool:
 
 
 def _start_long_run(fasta: Path, out: Path) -> tuple[subprocess.Popen, set[int]]:
-    """A 2-rank run slowed to ~0.3 s a batch, each rank with one DataLoader worker; waits for the batch loop."""
-    p = subprocess.Popen(_cmd(str(fasta), "-o", str(out), "--toks-per-batch", "64", "--flush-every", "2",
+    """A 2-rank run slowed to ~0.3 s a window of 2 records, each rank with one DataLoader worker; waits for the batch loop."""
+    p = subprocess.Popen(_cmd(str(fasta), "-o", str(out), "--toks-per-batch", "64", "--window-records", "2",
                               "--num-workers", "1"),
                          env=_env(VIRNUCDIST_TEST_BATCH_DELAY_S="0.3"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, start_new_session=True)
     end = time.monotonic() + 150
     logs = [out / "logs" / f"rank{r}.log" for r in (0, 1)]
     while time.monotonic() < end and p.poll() is None:
-        if all(f.is_file() and "to embed on" in f.read_text() for f in logs[:1]) and logs[1].is_file():
+        if all(f.is_file() and "to compute on" in f.read_text() for f in logs[:1]) and logs[1].is_file():
             break
         time.sleep(0.2)
     time.sleep(2.0)  # both ranks in the loop, DataLoader workers up

@@ -45,7 +45,7 @@ def _env(**extra) -> dict:
 def _embed_args(fasta: Path, out: Path, *extra: str) -> list[str]:
     return ["-m", "virnucdist.embed", str(fasta), "--model", MODEL, "--random-init", "-o", str(out),
             "--num-workers", "0", "--device", "cpu", "--toks-per-batch", "512", "--flush-every", "32",
-            "--quiet", *extra]
+            "--window-records", "16", "--keep-shards", "--no-dedup", "--quiet", *extra]
 
 
 def _torchrun_cmd(nproc: int, fasta: Path, out: Path, *extra: str) -> list[str]:
@@ -130,6 +130,8 @@ def test_resume_with_other_world_size(data, ref1, run2):
     shutil.copytree(run2, out)
     (out / "embeddings.h5").unlink()
     (out / "run_report.json").unlink()
+    manifest = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**manifest, "complete": False}))  # as if lost before finalize
     lost = sorted((out / "shards").glob("shard-r00001-*.h5"))
     kept = sorted((out / "shards").glob("shard-r00000-*.h5"))
     assert len(lost) == len(kept) == 1

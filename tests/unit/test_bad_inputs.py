@@ -6,7 +6,7 @@ no traceback. Input that can be embedded anyway: embedded, and what was done to 
 (skipped, truncated, unknown letters) counted in run_report.json and warned about once,
 naming an example record. Never a silent drop.
 
-Error rows run the module's entrypoint (``run_entrypoint(embedding.main, argv)``, what
+Error rows run the module's entrypoint (``run_entrypoint(virnucdist.tasks.embed.main, argv)``, what
 ``python -m virnucdist.embed`` runs) in this process to save a torch start-up per row;
 two rows run a real subprocess.
 
@@ -32,7 +32,8 @@ import numpy as np
 import pytest
 import torch
 
-from virnucdist import EmbedConfig, embed, embedding
+from virnucdist import EmbedConfig, embed
+from virnucdist.tasks import embed as embedding
 from virnucdist.fasta import FastaError, write_fasta
 from virnucdist.launch.entry import run_entrypoint
 from virnucdist.models.dnabert_s import DnaBertSConfig
@@ -228,7 +229,9 @@ def test_missing_weights(proteins, dnabert_dir, tmp_path, case):
         spec, needles = str(d), (str(d), "lacks: model.safetensors or pytorch_model.bin")
     else:
         spec, needles = "dnabert-s", ("'dnabert-s' does not exist",)
-    _one_error_line(_cli(tmp_path, str(proteins), "--model", spec, subprocess_=case == "dnabert_not_downloaded"),
+    # --allow-any-molecule: proteins for DNABERT-S would be refused first (test_wrong_molecule_* covers that)
+    _one_error_line(_cli(tmp_path, str(proteins), "--model", spec, "--allow-any-molecule",
+                         subprocess_=case == "dnabert_not_downloaded"),
                     *needles,
                     "huggingface-cli download zhihan1996/DNABERT-S", "--random-init")
 
@@ -249,7 +252,7 @@ def test_weights_of_another_model(proteins, dnabert_dir, tmp_path, case):
         esm = load_model(MODEL, random_init=True).module
         save_file({k: v.contiguous() for k, v in esm.state_dict().items()}, str(spec / "model.safetensors"))
         needles = (f"{spec}/model.safetensors", "do not match DNABERT-S", "looks like an ESM checkpoint")
-    _one_error_line(_cli(tmp_path, str(proteins), "--model", str(spec)), *needles)
+    _one_error_line(_cli(tmp_path, str(proteins), "--model", str(spec), "--allow-any-molecule"), *needles)
 
 
 def test_error_keeps_earlier_output(proteins, tmp_path):
@@ -272,8 +275,7 @@ def test_empty_record_is_a_counted_skip(tmp_path, capsys):
     f.write_text(">p1\nMKTAYIAK\n>hollow description\n>p3\nGSHMLE\n")
     ids, emb, rep = _run([f], tmp_path / "out")
     assert ids == ["p1", "p3"] and emb.shape[0] == 2
-    assert rep["skipped"] == {"empty_sequence": ["hollow"]}
-    assert rep["ranks"][0]["skipped"] == {"empty_sequence": 1}
+    assert rep["skipped"] == {"empty": ["hollow"], "empty_count": 1}
     [warning] = _warnings(capsys.readouterr().err, "empty record")
     assert "'hollow'" in warning
 

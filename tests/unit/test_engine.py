@@ -122,3 +122,64 @@ def test_importing_the_entrypoint_modules_keeps_the_functions_callable():
     h = subprocess.run([sys.executable, "-m", "virnucdist.embed", "--help"], capture_output=True, text=True,
                        timeout=120)
     assert h.returncode == 0 and "--repr-layers" in h.stdout and "RuntimeWarning" not in h.stderr
+
+
+def test_several_layers_in_one_pass_one_dataset_each(tmp_path):
+    fa = tmp_path / "p.fa"
+    write_fasta(fa, _proteins(12))
+    res = embed(_cfg([fa], tmp_path / "multi", repr_layers=(0, 3, -1)))
+    with h5py.File(res.output, "r") as f:
+        got = {L: f[f"embeddings_layer{L}"][:] for L in (0, 3, 6)}
+        np.testing.assert_array_equal(f["embeddings"][:], got[0])  # the first layer asked for
+        assert json.loads(f.attrs["repr_layers"]) == [0, 3, 6]
+    for L in (0, 3, 6):
+        single = read_embeddings(embed(_cfg([fa], tmp_path / f"l{L}", repr_layer=L)).output)[1]
+        np.testing.assert_allclose(got[L], single, atol=1e-5, rtol=0)
+    assert np.abs(got[0] - got[6]).max() > 1e-3  # really different layers
+
+
+def test_fastq_and_fastq_gz_embed_like_fasta_and_resume(tmp_path):
+    recs = _proteins(16)
+    fa = tmp_path / "p.fa"
+    write_fasta(fa, recs)
+    fq = tmp_path / "p.fq.gz"
+    with gzip.open(fq, "wt") as fh:  # qualities are ignored; the name says nothing (content decides)
+        fh.write("".join(f"@{i} some description\n{s}\n+\n{'I' * len(s)}\n" for i, s in recs))
+    ids_a, emb_a = read_embeddings(embed(_cfg([fa], tmp_path / "fa")).output)
+    out = tmp_path / "fq"
+    res = embed(_cfg([fq], out, window_records=4, flush_every=1, keep_shards=True))
+    ids_b, emb_b = read_embeddings(res.output)
+    assert ids_b == ids_a and np.abs(emb_a - emb_b).max() < 1e-5
+    # resume: as if killed after two windows and before finalize
+    (out / "embeddings.h5").unlink()
+    m = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**m, "complete": False}))
+    (shard,) = (out / "shards").glob("shard-*.h5")
+    with h5py.File(shard, "r+") as f:
+        f.attrs["committed"] = 8
+    again = embed(_cfg([fq], out, window_records=4, flush_every=1))
+    assert again.report["summary"]["resumed_records"] == 8
+    np.testing.assert_array_equal(read_embeddings(again.output)[1], emb_b)
+
+
+def test_wrong_molecule_refused_in_one_line_unless_allowed(tmp_path):
+    rng = np.random.default_rng(0)
+    dna = tmp_path / "reads.fa"
+    write_fasta(dna, [(f"r{i}", "".join(rng.choice(list("ACGT"), 120))) for i in range(10)])
+    with pytest.raises(UserError, match=r"looks like DNA.*--allow-any-molecule") as e:
+        embed(_cfg([dna], tmp_path / "o1"))
+    assert "\n" not in str(e.value) and MODEL in str(e.value)
+    assert not (tmp_path / "o1" / "index.npz").exists()  # refused before anything was written
+    res = embed(_cfg([dna], tmp_path / "o2", allow_any_molecule=True))
+    assert len(read_embeddings(res.output)[0]) == 10
+
+
+def test_terminal_stops_stripped_counted_and_embedded_like_clean(tmp_path):
+    recs = _proteins(8)
+    fa, clean = tmp_path / "stops.fa", tmp_path / "clean.fa"
+    write_fasta(fa, [(i, s + "*") if k % 2 == 0 else (i, s) for k, (i, s) in enumerate(recs)])
+    write_fasta(clean, recs)
+    a = embed(_cfg([fa], tmp_path / "a"))
+    b = embed(_cfg([clean], tmp_path / "b"))
+    np.testing.assert_allclose(read_embeddings(a.output)[1], read_embeddings(b.output)[1], atol=1e-5, rtol=0)
+    assert a.report["counters"]["terminal_stops"] == 4

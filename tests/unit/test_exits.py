@@ -67,7 +67,7 @@ def fasta(tmp_path_factory) -> Path:
 
 def _embed_cmd(fasta: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "virnucdist.embed", str(fasta), "--model", MODEL, "--random-init", "-o", str(out),
-            "--device", "cpu", "--toks-per-batch", "96", "--flush-every", "4", "--num-workers", "1"]
+            "--device", "cpu", "--toks-per-batch", "96", "--window-records", "4", "--num-workers", "1"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -77,7 +77,7 @@ def test_signal_is_one_line_and_resumable(fasta, tmp_path, sig):
     p = subprocess.Popen(_embed_cmd(fasta, out), env=_env(VIRNUCDIST_TEST_BATCH_DELAY_S="0.3"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(out / "logs" / "rank0.log", "to embed on")  # in the batch loop (with its DataLoader worker)
+        _wait_for(out / "logs" / "rank0.log", "to compute on")  # in the batch loop (with its DataLoader worker)
         time.sleep(2.0)  # a few batches, some committed
         p.send_signal(sig)
         _, stderr = p.communicate(timeout=60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -266,3 +267,41 @@ def test_pack_pairs_budgets_and_pairing():
             assert b.protein.num_tokens <= 300 and b.nucleotide.num_tokens <= 200
     assert any(b.protein.num_tokens == 500 and b.protein.num_seqs == 1 for b in batches)
     assert pack_pairs([], [], 10, 10) == []
+
+
+# ----------------------------------------------------------------------------- reads as they come, dedup
+
+
+def test_fp32_labels_equal_the_one_frame_at_a_time_reference_exactly(run, data):
+    out, _ = run
+    rows = list(read_predictions(out / "prediction_results.txt"))
+    want = ["virus" if f["score2"] > f["score1"] else "others" for f in data["ref"]]
+    assert [r.prediction for r in rows] == want
+
+
+def test_fastq_and_rna_reads_give_the_fasta_results(data, tmp_path):
+    reads = [r for r in data["reads"][:24] if r[1]]
+    fq = tmp_path / "reads.fastq.gz"
+    with gzip.open(fq, "wt") as fh:  # FASTQ, gzipped; some reads as RNA (U for T)
+        fh.write("".join(f"@{i}\n{s.replace('T', 'U').replace('t', 'u') if k % 3 == 0 else s}\n+\n{'#' * len(s)}\n"
+                         for k, (i, s) in enumerate(reads)))
+    fa = write_fasta_wrapped(tmp_path / "reads.fa", reads)
+    predict(config(data, tmp_path / "fa", inputs=(str(fa),), num_workers=0))
+    predict(config(data, tmp_path / "fq", inputs=(str(fq),), num_workers=0))
+    _assert_same_results(tmp_path / "fa", tmp_path / "fq")
+    assert len(list(read_predictions(tmp_path / "fq" / "prediction_results.txt"))) > 5
+
+
+def test_dedup_gives_the_files_of_a_run_without_it(data, tmp_path):
+    reads = [r for r in data["reads"][:30] if r[1]]
+    dup = reads + [(f"copy_{i}", s.upper()) for i, (_, s) in enumerate(reads[::2])]  # same reads, other ids
+    fa = write_fasta_wrapped(tmp_path / "dup.fa", dup)
+    on = predict(config(data, tmp_path / "on", inputs=(str(fa),), num_workers=0))
+    predict(config(data, tmp_path / "off", inputs=(str(fa),), num_workers=0, dedup=False))
+    _assert_same_results(tmp_path / "on", tmp_path / "off")
+    assert on.report["dedup"]["served_from_duplicate"] == len(reads[::2])
+    rows = {r.seq_id: (r.score1, r.score2) for r in read_predictions(tmp_path / "on" / "prediction_results.txt")}
+    for i, (rid, _) in enumerate(reads[::2]):  # a copy's frames carry its original's scores, bit for bit
+        mine = {k.replace(f"copy_{i}_", ""): v for k, v in rows.items() if k.startswith(f"copy_{i}_chunk")}
+        theirs = {k.replace(f"{rid}_", ""): v for k, v in rows.items() if k.startswith(f"{rid}_chunk")}
+        assert mine == theirs

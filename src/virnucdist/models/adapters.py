@@ -178,12 +178,15 @@ class ESM2Embedder(_Adapter):
     def num_layers(self) -> int:
         return self.module.cfg.num_layers
 
-    def _where(self, k):
-        # layer 0 is what enters the first block; layer k < top what leaves block k-1
-        return (self.module.layers[0], True) if k == 0 else (self.module.layers[k - 1], False)
-
-    def _forward(self, batch, top):
-        return self.module(batch.tokens, batch.positions, batch.seg, batch.cu_seqlens, batch.max_seqlen, top)
+    def hidden_states(self, batch, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """One forward pass; the forward itself keeps the lower layers asked for (its layers run through
+        ``step``, which module hooks would not see)."""
+        layers = self.check_layers(layers)
+        got: dict[int, torch.Tensor | None] = dict.fromkeys(layers)
+        top = max(layers)
+        got[top] = self.module(batch.tokens, batch.positions, batch.seg, batch.cu_seqlens, batch.max_seqlen, top,
+                               keep=got)
+        return {k: got[k] for k in layers}
 
     def _pool(self, hidden, batch):
         return residue_mean(hidden, batch.positions, batch.seg, batch.cu_seqlens)

@@ -130,8 +130,12 @@ class PackedESM2(nn.Module):
             raise ValueError(f"--repr-layer {repr_layer} is outside this model's layers 0..{n} (or -1..-{n + 1})")
         return layer
 
-    def forward(self, tokens, positions, seg, cu_seqlens, max_seqlen: int, repr_layer: int = -1) -> torch.Tensor:
-        """Hidden states ``[T, D]`` of ``repr_layer`` (the last layer includes the final LayerNorm)."""
+    def forward(self, tokens, positions, seg, cu_seqlens, max_seqlen: int, repr_layer: int = -1,
+                keep: dict | None = None) -> torch.Tensor:
+        """Hidden states ``[T, D]`` of ``repr_layer`` (the last layer includes the final LayerNorm).
+
+        ``keep``: a dict whose keys are lower layers (0..repr_layer-1) to fill with their hidden states
+        in the same pass (several ``--repr-layers`` at once)."""
         layer = self.resolve_layer(repr_layer)
         x = self.embed_tokens(tokens)
         if self.cfg.token_dropout:
@@ -141,6 +145,8 @@ class PackedESM2(nn.Module):
             lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.float32)
             masked = torch.zeros_like(lengths).index_add_(0, seg, is_mask.to(torch.float32))
             x = x * ((1 - 0.15 * 0.8) / (1 - masked / lengths)).to(x.dtype)[seg, None]
+        if keep is not None and 0 in keep:
+            keep[0] = x
         if layer == 0:
             return x
         tables = None if uses_triton(x.device) else rotary_tables(positions, self.inv_freq, x.dtype)
@@ -148,6 +154,8 @@ class PackedESM2(nn.Module):
         delta = None
         for i in range(layer):
             x, delta = self.layers[i].step(x, delta, rope, cu_seqlens, max_seqlen)
+            if keep is not None and i + 1 in keep and i + 1 < layer:
+                keep[i + 1] = x + delta
         if layer == self.cfg.num_layers:
             ln = self.emb_layer_norm_after
             return add_layer_norm(x, delta, ln.weight, ln.bias, ln.eps, write_sum=False)[1]

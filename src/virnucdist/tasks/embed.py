@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from .base import Block, RunPlan
 from .identity import model_identity, molecule_of_spec
 
 __all__ = ["EmbedConfig", "EmbedTask", "embed", "build_parser", "main"]
+
+log = logging.getLogger("virnucdist")
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ class _MakeEmbedBlock:
 class EmbedTask:
     """Embed each record with one model; see the module docstring."""
 
-    name = "embed"
+    name, verb = "embed", "embedding"
     outputs = ("embeddings.h5",)
     dedup = True
 
@@ -138,8 +141,17 @@ class EmbedTask:
             self.layers = self.model.check_layers(c.layers)
         except ValueError as e:
             raise UserError(str(e)) from None
+        cap = getattr(self.model.tokenizer, "truncation_seq_length", None)  # ESM-2's; DNABERT-S has none
+        long = np.flatnonzero(np.asarray(index.length) > cap) if cap is not None else np.zeros(0, np.int64)
+        self.truncated = {"records": len(long), "max_residues": cap, "examples": [index.ids[i] for i in long[:10]]}
+        if ctx.is_main and len(long):
+            i = int(long[0])
+            log.warning("%d record(s) longer than %d residues are embedded from their first %d only (as fair-esm's "
+                        "extract.py does), e.g. %r (%d residues) at %s; --truncation-seq-length changes the cap",
+                        len(long), cap, cap, index.ids[i], int(index.length[i]), index.where(i))
         self.budget = c.toks_per_batch or DEFAULT_TOKS.get(ctx.device.type, 4096)
         self.runners = [BatchRunner(lambda b: self.model.embed(b, self.layers, self.per_token), ctx.device)]
+        self.models = [self.model]
 
     def costs(self, index) -> np.ndarray:
         est = self.model.tokenizer.estimate_tokens
@@ -177,6 +189,9 @@ class EmbedTask:
             return Part(part.rows, vals, event=ev)
         ragged = {f"tokens_layer{L}": host[k + i] for i, L in enumerate(self.layers)}
         return Part(part.rows, vals, host[-1], ragged, ev)
+
+    def report_extra(self) -> dict:
+        return {"truncated_records": getattr(self, "truncated", {"records": 0})}
 
     # -- rank 0
     def finalize(self, out: Path, index, results, plan: RunPlan) -> dict:

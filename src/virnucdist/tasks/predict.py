@@ -115,7 +115,7 @@ class _MakePredictBlock:
 class PredictTask:
     """VirNucPro's prediction as one pass; see the module docstring."""
 
-    name = "predict"
+    name, verb, cost_unit = "predict", "predicting", "bp"
     outputs = ("prediction_results.txt", "prediction_results_highestscore.csv", "read_summary.tsv",
                "nucleotide_embeddings.h5", "protein_embeddings.h5", "chunked.fa", "identified_nucleotide.fa",
                "identified_protein.faa")
@@ -163,6 +163,9 @@ class PredictTask:
             from ..testing import random_classifier
 
             clf = random_classifier(dim, c.seed)
+            if ctx.is_main:
+                logging.getLogger("virnucdist").warning(
+                    "classifier: RANDOM WEIGHTS (seed %d, %d inputs): a demo; the calls mean nothing", c.seed, dim)
         else:
             clf = load_classifier(c.classifier, expected_input_dim=(self.dna.dim, self.esm.dim))
             hint = classifier_chunk_size_hint(c.classifier)
@@ -172,8 +175,8 @@ class PredictTask:
                     "300_model.pth with 300 and 500_model.pth with 500", c.classifier, hint, c.chunk_size)
         self.clf = clf.to(device=ctx.device, dtype=torch.float32).eval()
         self.budget = c.toks_per_batch or DEFAULT_TOKS.get(ctx.device.type, 4096)
-        self.runners = [BatchRunner(lambda b, m=m: m.embed(b, (-1,), False).pooled[0], ctx.device)
-                        for m in (self.esm, self.dna)]
+        self.models = [self.esm, self.dna]
+        self.runners = [BatchRunner(lambda b, m=m: m.embed(b, (-1,), False).pooled[0], ctx.device) for m in self.models]
 
     def costs(self, index) -> np.ndarray:
         return np.asarray(index.length, dtype=np.int64) + 1  # frame tokens grow with the bases
