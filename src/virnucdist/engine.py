@@ -141,6 +141,8 @@ def _open_run(task: Task, out: Path, progress: bool) -> dict:
                 _remove(outputs + [out / "index.npz", path])
                 index = index or cached  # saved again below
         task.check(ref)
+        for stale in out.glob("index.npz.tmp*"):  # left by a process killed while saving the index
+            stale.unlink()
         if index in (None, cached) and cached._stale_reason(inputs, None) is not None:  # e.g. gzip copy removed
             bar = index_progress(inputs, progress)
             index = SequenceIndex.build(inputs, gzip_dir=staging, progress=bar.advance)
@@ -337,7 +339,7 @@ def _loop(task, ctx, tel, index, mine, costs, toks, out, fingerprint, counters) 
                         num_workers=workers, pin_memory=ctx.device.type == "cuda",
                         prefetch_factor=2 if workers > 0 else None)
     writer = ShardWriter(out / "shards", ctx.rank, task.schema(), fingerprint=fingerprint,
-                         flush_every=getattr(cfg, "flush_every", 4096))
+                         flush_every=getattr(cfg, "flush_every", 1))  # default: commit every window
     progress = Progress(total_records=len(mine), total_tokens=int(costs[mine].sum()),
                         enabled=ctx.is_main and not cfg.quiet, world_size=ctx.world_size,
                         desc=getattr(task, "verb", task.name), unit=getattr(task, "cost_unit", "tok"))

@@ -106,7 +106,7 @@ def test_every_frame_scored_exactly_once_across_ranks(runs):
     assert rep["world_size"] == 2 and [r["rank"] for r in rep["ranks"]] == [0, 1]
     assert sum(r["sequences"] for r in rep["ranks"]) == len(read_rows)
     assert len(frame_ids) == rep["counts"]["frames"] == rep["counters"]["frames"]
-    assert rep["skipped"]["empty_read"] == ["empty_read"]
+    assert rep["skipped"]["empty"] == ["empty_read"]
     assert (out / "logs" / "rank1.log").is_file()
     # rank 0's closing progress line: all of its reads, with a rate estimated for both ranks
     rank0_reads = 0

@@ -43,14 +43,14 @@ def _env(**extra) -> dict:
 def _embed(fasta: Path, out: Path, **env) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "virnucdist.embed", str(fasta), "--model", MODEL, "--random-init", "-o", str(out),
            "--num-workers", "0", "--device", "cpu", "--toks-per-batch", "512", "--flush-every", str(FLUSH),
-           "--quiet"]
+           "--window-records", str(FLUSH), "--quiet"]
     return subprocess.run(cmd, check=False, env=_env(**env), capture_output=True, text=True, timeout=120)
 
 
 def _rerun(fasta: Path, out: Path) -> None:
     """The same job as :func:`_embed` without the kill, in this process."""
     embed(EmbedConfig(inputs=(str(fasta),), model=MODEL, output_dir=str(out), random_init=True, num_workers=0,
-                      device="cpu", toks_per_batch=512, flush_every=FLUSH, quiet=True))
+                      device="cpu", toks_per_batch=512, flush_every=FLUSH, window_records=FLUSH, quiet=True))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -140,10 +140,15 @@ def test_kill_during_finalize(data, tmp_path):
 
 
 def test_kill_during_refinalize_keeps_previous_output(data, tmp_path):
-    """A finished run, rerun and killed while finalizing again: the earlier embeddings.h5 is untouched."""
+    """A run killed after its final rename but before it was marked complete finalizes again on the rerun;
+    killed during that second finalize, the earlier embeddings.h5 is untouched."""
     _, fasta, _, _ = data
     out = tmp_path / "run"
-    _rerun(fasta, out)
+    embed(EmbedConfig(inputs=(str(fasta),), model=MODEL, output_dir=str(out), random_init=True, num_workers=0,
+                      device="cpu", toks_per_batch=512, flush_every=FLUSH, window_records=FLUSH, quiet=True,
+                      keep_shards=True))
+    manifest = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**manifest, "complete": False}))
     before = (out / "embeddings.h5").read_bytes()
     _killed(_embed(fasta, out, VIRNUCDIST_TEST_KILL_AT="finalize"))
     assert (out / "embeddings.h5").read_bytes() == before

@@ -187,7 +187,7 @@ def _quant_launch(qkern, triton, x, bias, y, s, *, gelu: bool) -> None:
     one = triton.next_power_of_2(c) <= ONE_PASS_MAX
     block = triton.next_power_of_2(c) if one else 4096
     qkern[(t,)](x, bias if bias is not None else x, y, s, c, x.stride(0), HAS_BIAS=bias is not None, GELU=gelu,
-                BLOCK=block, ONE_PASS=one, EMULATE=_INTERPRET, num_warps=16 if block >= 8192 else _warps(block))
+                BLOCK=block, ONE_PASS=one, EMULATE=_INTERPRET, num_warps=_warps(block))
 
 
 # --------------------------------------------------------------------------- reference math
