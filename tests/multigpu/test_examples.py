@@ -51,3 +51,18 @@ def test_quick_start_and_custom_pipeline(tmp_path):
 
     out = _run([sys.executable, "-m", "virnucdist.cli", "inspect", str(tmp_path / "demo")], cwd=tmp_path).stdout
     assert "finished" in out and "256 x 320" in out and "world size 2" in out
+
+
+def test_readme_predict_demo_runs_on_the_bundled_reads(tmp_path):
+    """The README's CPU predict demo, as written: small random models, a random classifier, 200 reads."""
+    readme = (REPO / "README.md").read_text()
+    line = next(ln for ln in readme.splitlines() if ln.startswith("python -m virnucdist.predict examples/reads.fa"))
+    args = line.split()
+    out = tmp_path / "predict-demo"
+    args[args.index("-o") + 1] = str(out)
+    p = _run([sys.executable, *args[1:], "--device", "cpu"], cwd=REPO)
+    assert "RANDOM WEIGHTS" in p.stderr  # said loudly
+    lines = (out / "read_summary.tsv").read_text().splitlines()
+    assert len(lines) == 201 and lines[0].startswith("read_id")
+    assert (out / "prediction_results.txt").read_text().startswith("Sequence_ID\tPrediction")
+
