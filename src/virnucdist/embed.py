@@ -5,19 +5,10 @@ Importing this module never hides the function :func:`virnucdist.embed`: the mod
 callable with the function's signature.
 """
 
-import sys
-import types
-
-from .launch.entry import run_entrypoint
+from .launch.entry import callable_module, run_entrypoint
 from .tasks.embed import embed, main
 
-
-class _CallsEmbed(types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        return embed(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallsEmbed
+callable_module(__name__, embed)
 
 if __name__ == "__main__":
     run_entrypoint(main)

@@ -5,19 +5,10 @@ Importing this module never hides the function :func:`virnucdist.predict`: the m
 callable with the function's signature.
 """
 
-import sys
-import types
-
-from .launch.entry import run_entrypoint
+from .launch.entry import callable_module, run_entrypoint
 from .tasks.predict import main, predict
 
-
-class _CallsPredict(types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        return predict(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallsPredict
+callable_module(__name__, predict)
 
 if __name__ == "__main__":
     run_entrypoint(main)

@@ -37,7 +37,7 @@ from typing import Callable
 
 from ..errors import UserError
 
-__all__ = ["run_entrypoint", "set_safe_counter", "USER_ERRORS"]
+__all__ = ["run_entrypoint", "set_safe_counter", "callable_module", "USER_ERRORS"]
 
 #: what the entrypoints report as the user's mistake (one line, exit code 2)
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, PermissionError, IsADirectoryError)
@@ -48,6 +48,18 @@ _signalled_at = 0.0
 _rank = 0
 
 log = logging.getLogger("virnucdist")
+
+
+def callable_module(name: str, fn: Callable) -> None:
+    """Make the module ``name`` callable as ``fn``: importing the entrypoint module ``virnucdist.embed``
+    sets the package attribute ``embed`` to the module, which then still works as the function."""
+
+    class _Calls(type(sys.modules[name])):
+        def __call__(self, *args, **kwargs):
+            return fn(*args, **kwargs)
+
+    _Calls.__name__ = f"calls_{fn.__name__}"
+    sys.modules[name].__class__ = _Calls
 
 
 def set_safe_counter(fn: Callable[[], int] | None) -> None:

@@ -30,11 +30,10 @@ from ..models.fp8 import to_fp8
 from ..models.loading import load_model
 from ..packing import pack_pairs
 from ..runner import DTYPES, BatchRunner, resolve_dtype, to_host_async
-from ..fasta import write_fasta
-from ..vnp.chunk import chunk_id, chunk_records, chunk_spans
-from ..vnp.consensus import ReadFrames, consensus, write_consensus, write_predictions, write_read_summary
-from ..vnp.translate import FRAME_NAMES, six_frame, translate_records
-from ..writers import Column, Part, ShardSchema, replace_durably
+from ..vnp.chunk import chunk_id, chunk_spans
+from ..vnp.outputs import ScoredRead, write_frame_embeddings, write_result_files, write_stage_files
+from ..vnp.translate import FRAME_NAMES, six_frame
+from ..writers import Column, Part, ShardSchema
 from .base import Block, RunPlan
 from .identity import model_identity, width_of_spec
 
@@ -216,95 +215,31 @@ class PredictTask:
 
     # -- rank 0
     def finalize(self, out: Path, index, results, plan: RunPlan) -> dict:
-        ids, emb = index.ids, self.config.keep_intermediate
+        ids = index.ids
 
-        def reads(embeddings: bool = False):
-            """(read id, n_chunks, frame ids, score1, score2, window) for every read, input order."""
+        def reads():
+            """A ScoredRead per read, input order; reads without a result (empty, skipped) have no chunk."""
             at = 0
             for w in results.windows(plan.rows, plan.source, ragged=True, window=FINALIZE_WINDOW):
                 start = 0
                 for row, nc, nf in zip(w.rows.tolist(), w.columns["n_chunks"].tolist(), w.lengths.tolist()):
-                    while at < row:  # empty or skipped reads: no chunk scored
-                        yield ids[at], 0, [], [], [], None
-                        at += 1
+                    yield from (ScoredRead(ids[i], 0, [], [], []) for i in range(at, row))
                     sl = slice(start, start + nf)
                     fids = [f"{chunk_id(ids[row], int(k))}{FRAME_NAMES[int(c)]}"
                             for k, c in zip(w.ragged["chunk"][sl], w.ragged["frame"][sl])]
-                    yield ids[row], nc, fids, w.ragged["score1"][sl], w.ragged["score2"][sl], (w, sl) if embeddings \
-                        else None
-                    start += nf
-                    at = row + 1
-            while at < len(index):
-                yield ids[at], 0, [], [], [], None
-                at += 1
+                    yield ScoredRead(ids[row], nc, fids, w.ragged["score1"][sl], w.ragged["score2"][sl], (w, sl))
+                    start, at = start + nf, row + 1
+            yield from (ScoredRead(ids[i], 0, [], [], []) for i in range(at, len(index)))
 
-        def frame_rows():
-            for _, _, fids, s1, s2, _ in reads():
-                yield from zip(fids, s1.tolist() if len(fids) else [], s2.tolist() if len(fids) else [])
-
-        def read_frames():
-            for rid, nc, fids, s1, s2, _ in reads():
-                yield ReadFrames(rid, nc, tuple((f[:-2], a, b) for f, a, b in zip(fids, s1, s2)))
-
-        counts = {"reads": len(index), "chunks": 0, "frames": 0}
-        _atomic(out / "prediction_results.txt", lambda p: counts.__setitem__("frames", write_predictions(p, frame_rows())))
-        _atomic(out / "prediction_results_highestscore.csv",
-                lambda p: counts.__setitem__("chunks_scored", write_consensus(p, consensus(frame_rows()))))
-        _atomic(out / "read_summary.tsv", lambda p: counts.update(write_read_summary(p, read_frames())))
-        counts["chunks"] = sum(nc for _, nc, *_ in reads())
-        if emb:
-            self._write_stage_files(out, index)
-            self._write_embeddings(out, reads, counts["frames"], plan)
+        counts = {"reads": len(index), **write_result_files(out, reads)}
+        if self.config.keep_intermediate:
+            write_stage_files(out, lambda: ((rid, index.read(i)) for i, rid in enumerate(ids)), self.config.chunk_size)
+            for key, model in (("nucleotide_embedding", self.dna), ("protein_embedding", self.esm)):
+                write_frame_embeddings(out / f"{key}s.h5", reads, counts["frames"], model.dim,
+                                       lambda r, key=key: r.extra[0].ragged[key][r.extra[1]],
+                                       {"model": model.name, "input_fingerprint": plan.fingerprint,
+                                        "chunk_size": self.config.chunk_size})
         return counts
-
-    def _write_stage_files(self, out: Path, index) -> None:
-        """``chunked.fa``, ``identified_nucleotide.fa`` and ``identified_protein.faa``: the stage CLI's files."""
-        def chunks():
-            return chunk_records(((rid, index.read(i)) for i, rid in enumerate(index.ids)), self.config.chunk_size)
-
-        _atomic(out / "chunked.fa", lambda p: write_fasta(p, chunks()))
-        with open(out / "identified_protein.faa.tmp", "w", newline="\n") as prot:
-            def nucleotides():
-                for fr in translate_records(chunks()):
-                    prot.write(f">{fr.id}\n{fr.protein}\n")
-                    yield fr.id, fr.nucleotide
-
-            _atomic(out / "identified_nucleotide.fa", lambda p: write_fasta(p, nucleotides()))
-        replace_durably(out / "identified_protein.faa.tmp", out / "identified_protein.faa")
-
-    def _write_embeddings(self, out: Path, reads, n_frames: int, plan: RunPlan) -> None:
-        import h5py
-
-        from ..writers import STR
-
-        for key, name, dim in (("nucleotide_embedding", "nucleotide_embeddings.h5", self.dna.dim),
-                               ("protein_embedding", "protein_embeddings.h5", self.esm.dim)):
-            def write(tmp, key=key, dim=dim):
-                with h5py.File(tmp, "w", locking=False) as f:
-                    ids_ds = f.create_dataset("ids", (n_frames,), dtype=STR)
-                    emb = f.create_dataset("embeddings", (n_frames, dim), dtype="f4")
-                    at = 0
-                    for _, _, fids, _, _, ws in reads(embeddings=True):
-                        if fids:
-                            w, sl = ws
-                            ids_ds[at:at + len(fids)] = fids
-                            emb[at:at + len(fids)] = w.ragged[key][sl]
-                            at += len(fids)
-                    f.attrs.update({"model": (self.dna if key.startswith("nuc") else self.esm).name,
-                                    "input_fingerprint": plan.fingerprint, "chunk_size": self.config.chunk_size})
-
-            _atomic(out / name, write)
-
-
-def _atomic(path: Path, write) -> None:
-    """``write(tmp)`` then a durable rename onto ``path``: a reader never sees a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    replace_durably(tmp, path)
 
 
 def predict(cfg: PredictConfig, ctx: DistContext | None = None) -> RunResult:

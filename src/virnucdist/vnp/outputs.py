@@ -1,0 +1,92 @@
+"""VirNucPro's result files from scored reads in input order (what predict's finalize writes).
+
+``reads()`` is a callable that yields a :class:`ScoredRead` per read, in input order, every time it
+is called (the files are written one after the other, each from a fresh pass). Every file is written
+to a temporary name, fsync'd and renamed: a reader never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, NamedTuple
+
+import h5py
+
+from ..fasta import write_fasta
+from ..writers import STR, replace_durably
+from .chunk import chunk_records
+from .consensus import ReadFrames, consensus, write_consensus, write_predictions, write_read_summary
+from .translate import translate_records
+
+__all__ = ["ScoredRead", "atomic", "write_result_files", "write_stage_files", "write_frame_embeddings"]
+
+
+class ScoredRead(NamedTuple):
+    read_id: str
+    n_chunks: int  # 0: empty (or skipped) read
+    frame_ids: list[str]  # kept frames, output order
+    score1: object  # [frames] array
+    score2: object
+    extra: object = None  # e.g. (window, slice) to reach the frames' embeddings
+
+
+def atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` then a durable rename onto ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    replace_durably(tmp, path)
+
+
+def write_result_files(out: Path, reads: Callable[[], Iterator[ScoredRead]]) -> dict:
+    """``prediction_results.txt``, ``prediction_results_highestscore.csv`` and ``read_summary.tsv``; counts."""
+    def frame_rows():
+        for r in reads():
+            yield from zip(r.frame_ids, r.score1.tolist() if r.frame_ids else [], r.score2.tolist() if r.frame_ids else [])
+
+    def read_frames():
+        for r in reads():
+            yield ReadFrames(r.read_id, r.n_chunks, tuple((f[:-2], a, b) for f, a, b in zip(r.frame_ids, r.score1,
+                                                                                            r.score2)))
+
+    counts: dict = {}
+    atomic(out / "prediction_results.txt", lambda p: counts.__setitem__("frames", write_predictions(p, frame_rows())))
+    atomic(out / "prediction_results_highestscore.csv",
+           lambda p: counts.__setitem__("chunks_scored", write_consensus(p, consensus(frame_rows()))))
+    atomic(out / "read_summary.tsv", lambda p: counts.update(write_read_summary(p, read_frames())))
+    counts["chunks"] = sum(r.n_chunks for r in reads())
+    return counts
+
+
+def write_stage_files(out: Path, records: Callable[[], Iterable[tuple[str, str]]], chunk_size: int) -> None:
+    """``chunked.fa``, ``identified_nucleotide.fa`` and ``identified_protein.faa``: the stage CLI's files."""
+    atomic(out / "chunked.fa", lambda p: write_fasta(p, chunk_records(records(), chunk_size)))
+    with open(out / "identified_protein.faa.tmp", "w", newline="\n") as prot:
+        def nucleotides():
+            for fr in translate_records(chunk_records(records(), chunk_size)):
+                prot.write(f">{fr.id}\n{fr.protein}\n")
+                yield fr.id, fr.nucleotide
+
+        atomic(out / "identified_nucleotide.fa", lambda p: write_fasta(p, nucleotides()))
+    replace_durably(out / "identified_protein.faa.tmp", out / "identified_protein.faa")
+
+
+def write_frame_embeddings(path: Path, reads: Callable[[], Iterator[ScoredRead]], n_frames: int, dim: int,
+                           vectors: Callable[[ScoredRead], object], attrs: dict) -> None:
+    """One model's frame embeddings in embed's layout (``ids``, ``embeddings`` [frames, dim])."""
+    def write(tmp):
+        with h5py.File(tmp, "w", locking=False) as f:
+            ids = f.create_dataset("ids", (n_frames,), dtype=STR)
+            emb = f.create_dataset("embeddings", (n_frames, dim), dtype="f4")
+            at = 0
+            for r in reads():
+                if r.frame_ids:
+                    ids[at:at + len(r.frame_ids)] = r.frame_ids
+                    emb[at:at + len(r.frame_ids)] = vectors(r)
+                    at += len(r.frame_ids)
+            f.attrs.update(attrs)
+
+    atomic(path, write)
