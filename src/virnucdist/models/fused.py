@@ -179,6 +179,15 @@ def _warps(block: int) -> int:
     return 8 if block >= 2048 else 4
 
 
+def _col_block(triton, c: int) -> int:
+    """Columns per program for the elementwise GELU kernels: the largest of 2048/1024/512 that divides
+    ``c`` (no half-masked last block: DNABERT-S's 3072 runs as 3 x 1024, not 2048 + a half-empty 2048)."""
+    for b in (2048, 1024, 512):
+        if c % b == 0:
+            return b
+    return min(triton.next_power_of_2(c), 2048)
+
+
 ONE_PASS_MAX = 16384  # a row of up to this many values is quantised from registers in one pass
 
 
@@ -252,7 +261,7 @@ def gelu(x: torch.Tensor, bias: torch.Tensor | None = None, *, quant: bool = Fal
                 _quant_launch(qkern, triton, x, bias, y, s, gelu=True)
             return y, s
         y = torch.empty(t, c, device=x.device, dtype=x.dtype)
-        block = min(triton.next_power_of_2(c), 2048)
+        block = _col_block(triton, c)
         if t:
             gkern[(t, triton.cdiv(c, block))](x, bias if bias is not None else x, y, c, x.stride(0), c,
                                               HAS_BIAS=bias is not None, GATED=False, BLOCK=block, num_warps=4)
@@ -271,7 +280,7 @@ def gated_gelu(g: torch.Tensor) -> torch.Tensor:
         triton, _, gkern, _ = _lib()
         t = g.shape[0]
         y = torch.empty(t, i, device=g.device, dtype=g.dtype)
-        block = min(triton.next_power_of_2(i), 2048)
+        block = _col_block(triton, i)
         if t:
             gkern[(t, triton.cdiv(i, block))](g, g, y, i, g.stride(0), i, HAS_BIAS=False, GATED=True,
                                               BLOCK=block, num_warps=4)
