@@ -102,12 +102,12 @@ def main() -> None:
         # the fsync cost: the same 1-rank write without and with fsync, twice each (the best of two)
         for rep in range(2):
             for fsync in (False, True):
-                writers._FSYNC = fsync
+                writers.durable._FSYNC = fsync
                 key = "write_1rank_s" if fsync else "write_1rank_nofsync_s"
                 s = write_shards(root / "one", [(0, n)], dim, args.window, args.part, args.flush_every, base)
                 res[key] = min(s, res.get(key, s))
                 shutil.rmtree(root / "one")
-        writers._FSYNC = not args.no_fsync
+        writers.durable._FSYNC = not args.no_fsync
         write_shards(root / "one", [(0, n)], dim, args.window, args.part, args.flush_every, base)
         res["write_2rank_s"] = write_shards(root / "two", [(0, n // 2), (n // 2, n)], dim, args.window, args.part,
                                             args.flush_every, base)

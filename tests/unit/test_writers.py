@@ -298,9 +298,9 @@ def test_disk_full_is_one_clean_error(tmp_path, monkeypatch, capfd):
 
 
 def test_h5py_reports_enospc_inside_its_message():
-    assert writers._is_disk_full(RuntimeError("Can't flush cache (file write failed: ..., errno = 28, ...)"))
-    assert writers._is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
-    assert not writers._is_disk_full(OSError(errno.EIO, "Input/output error"))
+    assert writers.durable._is_disk_full(RuntimeError("Can't flush cache (file write failed: ..., errno = 28, ...)"))
+    assert writers.durable._is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert not writers.durable._is_disk_full(OSError(errno.EIO, "Input/output error"))
 
 
 _FULL_SCRIPT = textwrap.dedent("""
