@@ -208,3 +208,19 @@ def test_models_fused_equal_eager():
         got, want = dna(toks, cu, max(lengths)), eager(dna, toks, cu, max(lengths))
         assert rel(got, want) < 1e-5, rel(got, want)
     """)
+
+
+def test_quantisation_two_pass_path_equals_one_pass():
+    """Rows wider than ONE_PASS_MAX take the two-pass path (amax, then quantise): same bytes."""
+    run("""
+    x = torch.randn(5, 300) * 3
+    b = torch.randn(300)
+    fused.ONE_PASS_MAX = 1 << 14
+    one = fused.quant_rows(x), fused.gelu(x, b, quant=True)
+    fused.ONE_PASS_MAX = 64  # 300 columns no longer fit one block
+    two = fused.quant_rows(x), fused.gelu(x, b, quant=True)
+    for (q1, s1), (q2, s2) in zip(one, two):
+        assert torch.equal(q1.view(torch.uint8), q2.view(torch.uint8)) and torch.equal(s1, s2)
+    rq, rs = fused._quant_ref(x)
+    assert torch.equal(two[0][0].view(torch.uint8), rq.view(torch.uint8))
+    """)

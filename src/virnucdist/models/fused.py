@@ -119,6 +119,16 @@ if triton is not None:
         tl.store(y_ptr + row * y_stride + cols, y.to(y_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
+    def act_block(x_ptr, bias_ptr, row, x_stride, cols, m, HAS_BIAS: tl.constexpr, GELU: tl.constexpr):
+        """One block of a row as fp32: ``[bias +] x``, through ``gelu`` if asked."""
+        v = tl.load(x_ptr + row * x_stride + cols, mask=m, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            v += tl.load(bias_ptr + cols, mask=m, other=0.0).to(tl.float32)
+        if GELU:
+            v = gelu_f32(v)
+        return v
+
+    @triton.jit
     def quant_kernel(x_ptr, bias_ptr, y_ptr, s_ptr, C, x_stride,
                      HAS_BIAS: tl.constexpr, GELU: tl.constexpr, BLOCK: tl.constexpr, ONE_PASS: tl.constexpr,
                      EMULATE: tl.constexpr):
@@ -129,11 +139,7 @@ if triton is not None:
         if ONE_PASS:
             cols = tl.arange(0, BLOCK)
             m = cols < C
-            v = tl.load(x_ptr + row * x_stride + cols, mask=m, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                v += tl.load(bias_ptr + cols, mask=m, other=0.0).to(tl.float32)
-            if GELU:
-                v = gelu_f32(v)
+            v = act_block(x_ptr, bias_ptr, row, x_stride, cols, m, HAS_BIAS, GELU)
             a = tl.maximum(tl.max(tl.where(m, tl.abs(v), 0.0), axis=0), 1e-12)
             tl.store(s_ptr + row, tl.fdiv(a, 448.0, ieee_rounding=True))
             q = to_e4m3(v * tl.fdiv(448.0, a, ieee_rounding=True), EMULATE)
@@ -143,11 +149,7 @@ if triton is not None:
             for start in range(0, C, BLOCK):
                 cols = start + tl.arange(0, BLOCK)
                 m = cols < C
-                v = tl.load(x_ptr + row * x_stride + cols, mask=m, other=0.0).to(tl.float32)
-                if HAS_BIAS:
-                    v += tl.load(bias_ptr + cols, mask=m, other=0.0).to(tl.float32)
-                if GELU:
-                    v = gelu_f32(v)
+                v = act_block(x_ptr, bias_ptr, row, x_stride, cols, m, HAS_BIAS, GELU)
                 amax = tl.maximum(amax, tl.where(m, tl.abs(v), 0.0))
             a = tl.maximum(tl.max(amax, axis=0), 1e-12)
             tl.store(s_ptr + row, tl.fdiv(a, 448.0, ieee_rounding=True))
@@ -155,11 +157,7 @@ if triton is not None:
             for start in range(0, C, BLOCK):
                 cols = start + tl.arange(0, BLOCK)
                 m = cols < C
-                v = tl.load(x_ptr + row * x_stride + cols, mask=m, other=0.0).to(tl.float32)
-                if HAS_BIAS:
-                    v += tl.load(bias_ptr + cols, mask=m, other=0.0).to(tl.float32)
-                if GELU:
-                    v = gelu_f32(v)
+                v = act_block(x_ptr, bias_ptr, row, x_stride, cols, m, HAS_BIAS, GELU)
                 tl.store(y_ptr + row * C + cols, to_e4m3(v * inv, EMULATE).to(y_ptr.dtype.element_ty), mask=m)
 
 
