@@ -309,14 +309,14 @@ def run(task: Task, ctx: DistContext | None = None) -> RunResult:
             **(task.report_extra() if hasattr(task, "report_extra") else {}),
         })
         _warn(merged, index, task)
-        if not cfg.keep_shards:
+        _mark_complete(out)  # first: a kill between the two leaves spare shards, never a run to redo
+        if not getattr(cfg, "keep_shards", False):
             _remove([out / "shards", out / "inputs"])
-        _mark_complete(out)
         if not cfg.quiet:
             log.info("%s", format_summary(stats, wall))
             if served:
                 log.info("dedup: %d records served from %d distinct sequences", served, int((first & ~empty).sum()))
-            log.info("wrote %s", ", ".join(str(out / n) for n in task.outputs[:3]))
+            log.info("wrote %s", ", ".join(str(out / name) for name in task.outputs[:3]))
     ctx.barrier()
     return RunResult(out, out / task.outputs[0], report, counts)
 
