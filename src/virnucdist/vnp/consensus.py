@@ -25,6 +25,8 @@ import numpy as np
 
 __all__ = [
     "PREDICTION_HEADER",
+    "Consensus",
+    "prediction_line",
     "CONSENSUS_HEADER",
     "SUMMARY_HEADER",
     "PredictionRow",
@@ -77,9 +79,14 @@ def write_predictions(path: str | Path, rows: Iterable[tuple[str, float, float]]
     with open(path, "w", newline="\n") as fh:
         fh.write("\t".join(PREDICTION_HEADER) + "\n")
         for seq_id, s1, s2 in rows:
-            fh.write(f"{seq_id}\t{prediction_label(s1, s2)}\t{format_score(s1)}\t{format_score(s2)}\n")
+            fh.write(prediction_line(seq_id, s1, s2))
             n += 1
     return n
+
+
+def prediction_line(seq_id: str, score1: float, score2: float) -> str:
+    """One line of ``prediction_results.txt`` (newline included)."""
+    return f"{seq_id}\t{prediction_label(score1, score2)}\t{format_score(score1)}\t{format_score(score2)}\n"
 
 
 def _parse_score(text: str, path: str | Path, lineno: int) -> np.float32:
@@ -131,21 +138,34 @@ def consensus(rows: Iterable[tuple[str, float, float]]) -> list[tuple[str, bool]
 
     ``rows`` are ``(seq_id, score1, score2)``; :class:`PredictionRow` objects work too.
     """
-    best: dict[str, list[np.float32]] = {}
+    acc = Consensus()
     for row in rows:
         if isinstance(row, PredictionRow):
-            seq_id, s1, s2 = row.seq_id, row.score1, row.score2
+            acc.add(row.seq_id, row.score1, row.score2)
         else:
-            seq_id, s1, s2 = row
-        s1, s2 = np.float32(s1), np.float32(s2)
+            acc.add(*row)
+    return acc.decisions()
+
+
+class Consensus:
+    """The consensus rule fed one frame at a time (memory: one pair of maxima per chunk)."""
+
+    def __init__(self):
+        self.best: dict[str, list[np.float32]] = {}
+
+    def add(self, seq_id: str, score1: float, score2: float) -> None:
+        s1, s2 = np.float32(score1), np.float32(score2)
         key = chunk_of(seq_id)
-        cur = best.get(key)
+        cur = self.best.get(key)
         if cur is None:
-            best[key] = [s1, s2]
+            self.best[key] = [s1, s2]
         else:
             cur[0] = max(cur[0], s1)
             cur[1] = max(cur[1], s2)
-    return [(key, bool(best[key][1] >= best[key][0])) for key in sorted(best)]
+
+    def decisions(self) -> list[tuple[str, bool]]:
+        """``(Modified_ID, Is_Virus)`` sorted by Modified_ID as strings."""
+        return [(key, bool(v[1] >= v[0])) for key, v in sorted(self.best.items())]
 
 
 def write_consensus(path: str | Path, decisions: Iterable[tuple[str, bool]]) -> int:

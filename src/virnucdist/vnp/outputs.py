@@ -15,7 +15,15 @@ import h5py
 from ..fasta import write_fasta
 from ..writers import STR, replace_durably
 from .chunk import chunk_records
-from .consensus import ReadFrames, consensus, write_consensus, write_predictions, write_read_summary
+from .consensus import (
+    PREDICTION_HEADER,
+    SUMMARY_HEADER,
+    Consensus,
+    ReadFrames,
+    prediction_line,
+    summarize_read,
+    write_consensus,
+)
 from .translate import translate_records
 
 __all__ = ["ScoredRead", "atomic", "write_result_files", "write_stage_files", "write_frame_embeddings"]
@@ -42,22 +50,35 @@ def atomic(path: Path, write: Callable[[Path], object]) -> None:
 
 
 def write_result_files(out: Path, reads: Callable[[], Iterator[ScoredRead]]) -> dict:
-    """``prediction_results.txt``, ``prediction_results_highestscore.csv`` and ``read_summary.tsv``; counts."""
-    def frame_rows():
-        for r in reads():
-            yield from zip(r.frame_ids, r.score1.tolist() if r.frame_ids else [], r.score2.tolist() if r.frame_ids else [])
-
-    def read_frames():
-        for r in reads():
-            yield ReadFrames(r.read_id, r.n_chunks, tuple((f[:-2], a, b) for f, a, b in zip(r.frame_ids, r.score1,
-                                                                                            r.score2)))
-
-    counts: dict = {}
-    atomic(out / "prediction_results.txt", lambda p: counts.__setitem__("frames", write_predictions(p, frame_rows())))
-    atomic(out / "prediction_results_highestscore.csv",
-           lambda p: counts.__setitem__("chunks_scored", write_consensus(p, consensus(frame_rows()))))
-    atomic(out / "read_summary.tsv", lambda p: counts.update(write_read_summary(p, read_frames())))
-    counts["chunks"] = sum(r.n_chunks for r in reads())
+    """``prediction_results.txt``, ``prediction_results_highestscore.csv`` and ``read_summary.tsv`` in ONE
+    pass over the reads (the consensus keeps one pair of maxima per chunk); returns counts."""
+    names = ("prediction_results.txt", "read_summary.tsv", "prediction_results_highestscore.csv")
+    tmp = {n: out / (n + ".tmp") for n in names}
+    counts = {"frames": 0, "chunks": 0, "virus": 0, "others": 0, "no_frame": 0, "empty": 0}
+    acc = Consensus()
+    try:
+        with open(tmp[names[0]], "w", newline="\n") as pred, open(tmp[names[1]], "w", newline="\n") as summ:
+            pred.write("\t".join(PREDICTION_HEADER) + "\n")
+            summ.write("\t".join(SUMMARY_HEADER) + "\n")
+            for r in reads():
+                s1 = r.score1.tolist() if r.frame_ids else []
+                s2 = r.score2.tolist() if r.frame_ids else []
+                for fid, a, b in zip(r.frame_ids, s1, s2):
+                    pred.write(prediction_line(fid, a, b))
+                    acc.add(fid, a, b)
+                line = summarize_read(ReadFrames(r.read_id, r.n_chunks,
+                                                 tuple((f[:-2], a, b) for f, a, b in zip(r.frame_ids, s1, s2))))
+                summ.write(line.to_line() + "\n")
+                counts[line.call] += 1
+                counts["frames"] += len(r.frame_ids)
+                counts["chunks"] += r.n_chunks
+        counts["chunks_scored"] = write_consensus(tmp[names[2]], acc.decisions())
+    except BaseException:
+        for t in tmp.values():
+            t.unlink(missing_ok=True)
+        raise
+    for n in names:
+        replace_durably(tmp[n], out / n)
     return counts
 
 
