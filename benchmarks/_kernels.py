@@ -28,6 +28,7 @@ from _common import random_dna, random_proteins, table
 
 from virnucdist.models import attention, fused
 from virnucdist.models.loading import load_model
+from virnucdist.packing import pack_token_arrays, plan_batches
 
 
 def device_name(dev) -> str:
@@ -40,22 +41,13 @@ def sync(dev):
 
 
 def pack(arrays, budget: int, dev):
-    """Consecutive sequences up to ``budget`` tokens per batch -> GPU tensors (tokens, positions, seg, cu, max)."""
-    batches, i = [], 0
-    while i < len(arrays):
-        j, n = i, 0
-        while j < len(arrays) and (n + len(arrays[j]) <= budget or j == i):
-            n += len(arrays[j])
-            j += 1
-        part = arrays[i:j]
-        lengths = torch.tensor([len(a) for a in part])
-        cu = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]).to(torch.int32)
-        seg = torch.repeat_interleave(torch.arange(len(part)), lengths)
-        pos = torch.arange(int(cu[-1])) - cu[:-1].long()[seg]
-        tokens = torch.from_numpy(np.concatenate(part))
-        batches.append((tokens.to(dev), pos.to(dev), seg.to(dev), cu.to(dev), int(lengths.max())))
-        i = j
-    return batches
+    """Consecutive sequences up to ``budget`` tokens per batch (the library's packing) -> GPU tensors
+    (tokens, positions, seg, cu_seqlens, max_seqlen)."""
+    out = []
+    for a, b in plan_batches(np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays)), budget):
+        pb = pack_token_arrays(arrays[a:b], range(b - a)).to(dev)
+        out.append((pb.tokens, pb.positions, pb.seg, pb.cu_seqlens, pb.max_seqlen))
+    return out
 
 
 @torch.inference_mode()

@@ -43,7 +43,7 @@ from .sharding.index import SequenceIndex, quick_identity
 from .sharding.partition import partition, plan_windows
 from .tasks.base import Block, Counters, RunPlan, Task
 from .telemetry import Telemetry, format_summary, write_run_report
-from .writers import Results, ShardWriter, fsync_dir, scan_shards
+from .writers import Results, ShardWriter, replace_durably, scan_shards
 
 __all__ = ["run", "run_main", "RunResult", "WINDOW_BATCHES", "DEFAULT_TOKS"]
 
@@ -156,24 +156,21 @@ def _open_run(task: Task, out: Path, progress: bool) -> dict:
                 index.close()
                 index.files = [str(final / Path(f).name) if Path(f).parent == staging else f for f in index.files]
             index.save(out / "index.npz")
-        manifest["complete"] = False
-        tmp = path.with_name(MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2))
-        os.replace(tmp, path)
-        fsync_dir(out)
+        _write_manifest(out, {**manifest, "complete": False})
         return {"complete": False, "fingerprint": ref.fingerprint}
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _write_manifest(out: Path, manifest: dict) -> None:
+    """``run.json``: written aside, then a durable rename (data and directory fsync'd)."""
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    replace_durably(tmp, out / MANIFEST)
+
+
 def _mark_complete(out: Path) -> None:
-    path = out / MANIFEST
-    m = json.loads(path.read_text())
-    m["complete"] = True
-    tmp = path.with_name(MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(m, indent=2))
-    os.replace(tmp, path)
-    fsync_dir(out)
+    _write_manifest(out, {**json.loads((out / MANIFEST).read_text()), "complete": True})
 
 
 def _agree(ctx: DistContext, fn, *args):
@@ -332,8 +329,8 @@ def _scan(out: Path, n: int, fingerprint: str) -> dict:
 def _loop(task, ctx, tel, index, mine, costs, toks, out, fingerprint, counters) -> None:
     """This rank's share: windows through the workers, blocks through the task, results to the shard."""
     cfg = task.config
-    windows = plan_windows(mine, costs[mine], WINDOW_BATCHES * toks, max_rows=getattr(cfg, "window_records", None),
-                           ramp=getattr(cfg, "window_records", None) is None)
+    per_window = getattr(cfg, "window_records", None)  # None: windows by tokens, ramped up at the start
+    windows = plan_windows(mine, costs[mine], WINDOW_BATCHES * toks, max_rows=per_window, ramp=per_window is None)
     workers = cfg.num_workers
     loader = DataLoader(_Windows(windows, index, task.block_maker()), batch_size=None, collate_fn=_as_is,
                         num_workers=workers, pin_memory=ctx.device.type == "cuda",
@@ -355,7 +352,7 @@ def _loop(task, ctx, tel, index, mine, costs, toks, out, fingerprint, counters) 
                 blocks += 1
                 s.sequences += len(block.rows)
                 s.tokens += block.tokens
-                tel.count(len(block.rows), 0)  # the report's timeline (tokens come per forward, below)
+                tel.count(len(block.rows), 0)  # the report's timeline (tokens come per forward: on_tokens)
                 s.batches += len(block.batches)
                 counters.add(block.counters, block.examples)
                 progress.update(len(block.rows), int(costs[block.rows].sum()))

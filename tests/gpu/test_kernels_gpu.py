@@ -86,23 +86,13 @@ def esm_setup():
 
 
 def _embed(module, arrays, budget=8192):
+    from virnucdist.packing import pack_token_arrays, plan_batches
+
     out = []
-    i = 0
-    while i < len(arrays):
-        j, n = i, 0
-        while j < len(arrays) and n + len(arrays[j]) <= budget:
-            n += len(arrays[j])
-            j += 1
-        part = arrays[i:j]
-        lengths = torch.tensor([len(a) for a in part])
-        cu = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]).to(torch.int32)
-        seg = torch.repeat_interleave(torch.arange(len(part)), lengths)
-        pos = torch.arange(int(cu[-1])) - cu[:-1].long()[seg]
-        tokens = torch.from_numpy(np.concatenate(part))
-        dev = [t.cuda() for t in (tokens, pos, seg, cu)]
+    for a, b in plan_batches(np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays)), budget):
+        pb = pack_token_arrays(arrays[a:b], range(b - a)).to("cuda")
         with torch.inference_mode():
-            out.append(module.embed(*dev, int(lengths.max())).cpu())
-        i = j
+            out.append(module.embed(pb.tokens, pb.positions, pb.seg, pb.cu_seqlens, pb.max_seqlen).cpu())
     return torch.cat(out)
 
 
