@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 
-from virnucdist.sharding import SequenceIndex, partition, rank_costs
+from virnucdist.data import SequenceIndex
+from virnucdist.sharding import partition, rank_costs
 
 
 def write_reads(path: str, n: int, length: int, seed: int = 0) -> None:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import virnucdist as vd
-from virnucdist.runner import to_host_async
+from virnucdist.engine.runner import to_host_async
 from virnucdist.writers import finalize_embeddings
 
 

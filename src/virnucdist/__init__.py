@@ -3,7 +3,7 @@
 The public API::
 
     run, RunResult                           the engine: runs a task on this rank (every task, one loop)
-    Task, Block, RunPlan                     what a task tells the engine (virnucdist.tasks.base)
+    Task, Block, RunPlan                     what a task tells the engine (virnucdist.engine.task)
     embed, EmbedConfig, EmbedTask            the embedding task (one call per torchrun rank)
     predict, PredictConfig, PredictTask      the VirNucPro pipeline (one call per torchrun rank)
     SequenceIndex                            FASTA/FASTQ index (ids, lengths, offsets, content hashes)
@@ -17,7 +17,7 @@ The public API::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # embed/predict are functions; the entrypoint modules of the same names (python -m virnucdist.embed /
 # .predict) are callable too, so importing them never leaves a non-callable ``virnucdist.embed``.
@@ -25,9 +25,9 @@ from .engine import RunResult, run  # noqa: E402
 from .launch.dist import DistContext, init_distributed  # noqa: E402
 from .models.loading import load_model  # noqa: E402
 from .packing import PackedBatch, PackedBatchLoader  # noqa: E402
-from .sharding.index import SequenceIndex  # noqa: E402
+from .data.index import SequenceIndex  # noqa: E402
 from .sharding.partition import partition  # noqa: E402
-from .tasks.base import Block, RunPlan, Task  # noqa: E402
+from .engine.task import Block, RunPlan, Task  # noqa: E402
 from .tasks.embed import EmbedConfig, EmbedTask, embed  # noqa: E402
 from .tasks.predict import PredictConfig, PredictTask, predict  # noqa: E402
 from .writers import Column, Part, ShardSchema, ShardWriter, iter_embeddings, read_embeddings  # noqa: E402

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from virnucdist.errors import UserError
-from virnucdist.fasta import read_fasta, write_fasta
+from virnucdist.data.fasta import read_fasta, write_fasta
 
 __all__ = ["Command", "COMMANDS", "build_parser", "main"]
 

@@ -132,7 +132,7 @@ def _heartbeat(ref: weakref.ref, stop: threading.Event, every_s: float) -> None:
 
 def index_progress(inputs, enabled: bool) -> Progress:
     """A bar over the input bytes for the index build (unknown total when an input is gzip)."""
-    from .fasta import is_gzip
+    from .data.fasta import is_gzip
 
     total = None if any(is_gzip(p) for p in inputs) else sum(os.path.getsize(p) for p in inputs)
     return Progress(0, total, enabled=enabled, desc="indexing", unit="B")

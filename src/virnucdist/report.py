@@ -399,7 +399,7 @@ def _png(fig) -> bytes:
 
 def render_html(report: dict, title: str, images: dict[str, bytes]) -> str:
     """The page: headline table, per-rank table, the images inline (``data:image/png;base64``)."""
-    from . import __version__
+    from ._version import __version__
 
     ranks = _ranks(report)
     head = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in headline(report))

@@ -353,7 +353,7 @@ def format_summary(ranks: list[RankStats], wall_s: float) -> str:
 
 
 def _versions() -> dict[str, str]:
-    from . import __version__
+    from ._version import __version__
 
     out = {"virnucdist": __version__, "torch": torch.__version__, "python": platform.python_version()}
     if torch.cuda.is_available():

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from virnucdist import EmbedConfig, embed
-from virnucdist.fasta import write_fasta
+from virnucdist.data.fasta import write_fasta
 from virnucdist.writers import read_embeddings
 
 pytestmark = pytest.mark.torchrun

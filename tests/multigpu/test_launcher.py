@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from virnucdist.fasta import write_fasta
+from virnucdist.data.fasta import write_fasta
 
 pytestmark = pytest.mark.torchrun
 

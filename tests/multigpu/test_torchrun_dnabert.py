@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from virnucdist.fasta import write_fasta
+from virnucdist.data.fasta import write_fasta
 from virnucdist.models.dnabert_s import DnaBertSConfig
 from virnucdist.testing import random_dnabert_s, save_hf_dir
 from virnucdist.writers import read_embeddings

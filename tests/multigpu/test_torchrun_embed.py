@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 import pytest
 
-from virnucdist.fasta import write_fasta
+from virnucdist.data.fasta import write_fasta
 from virnucdist.writers import read_embeddings
 
 pytestmark = pytest.mark.torchrun

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from virnucdist.alphabet import Molecule, WrongMoleculeError, check_molecule, molecule_of
+from virnucdist.data.alphabet import Molecule, WrongMoleculeError, check_molecule, molecule_of
 from virnucdist.errors import UserError
-from virnucdist.fasta import write_fasta
-from virnucdist.sharding import SequenceIndex
+from virnucdist.data.fasta import write_fasta
+from virnucdist.data import SequenceIndex
 
 RNG = np.random.default_rng(7)
 # a real protein (ubiquitin) and random reads

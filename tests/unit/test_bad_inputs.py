@@ -34,7 +34,7 @@ import torch
 
 from virnucdist import EmbedConfig, embed
 from virnucdist.tasks import embed as embedding
-from virnucdist.fasta import FastaError, write_fasta
+from virnucdist.data.fasta import FastaError, write_fasta
 from virnucdist.launch.entry import run_entrypoint
 from virnucdist.models.dnabert_s import DnaBertSConfig
 from virnucdist.models.loading import load_model

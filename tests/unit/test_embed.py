@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from virnucdist import EmbedConfig, embed
 from virnucdist.errors import UserError
-from virnucdist.fasta import write_fasta
+from virnucdist.data.fasta import write_fasta
 from virnucdist.models.loading import load_model
 from virnucdist.packing import pack_token_arrays
 from virnucdist.writers import read_embeddings

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from virnucdist.errors import UserError
-from virnucdist.fasta import FastaError, write_fasta
+from virnucdist.data.fasta import FastaError, write_fasta
 from virnucdist.inspection import describe
 from virnucdist.launch import entry
 from virnucdist.launch.entry import run_entrypoint, set_safe_counter

@@ -2,7 +2,7 @@ import gzip
 
 import pytest
 
-from virnucdist.fasta import FastaError, FastaRecord, read_fasta, write_fasta
+from virnucdist.data.fasta import FastaError, FastaRecord, read_fasta, write_fasta
 
 PLAIN = b">r1 first read\nACGT\nAC\n>r2\nGGGG\n>r3 x y\n\n"
 

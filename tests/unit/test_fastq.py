@@ -5,8 +5,8 @@ import gzip
 import numpy as np
 import pytest
 
-from virnucdist.fasta import FastaError, FastaRecord, read_fasta, write_fasta
-from virnucdist.sharding import SequenceIndex
+from virnucdist.data.fasta import FastaError, FastaRecord, read_fasta, write_fasta
+from virnucdist.data import SequenceIndex
 
 COLUMNS = ("file_idx", "nbytes", "length", "header_line", "offset")
 

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from virnucdist.fasta import FastaError, read_fasta, write_fasta
-from virnucdist.sharding import SequenceIndex
-from virnucdist.sharding import index as index_module
+from virnucdist.data.fasta import FastaError, read_fasta, write_fasta
+from virnucdist.data import SequenceIndex
+from virnucdist.data import index as index_module
 
 
 def _rand_seq(rng, n):
@@ -220,7 +220,7 @@ def test_stale_file_detected_on_read(tmp_path):
 def test_fresh_interpreter_reads_loaded_index(inputs, tmp_path):
     idx = SequenceIndex.build(inputs, gzip_dir=tmp_path)
     idx.save(tmp_path / "i.npz")
-    code = ("import sys,pickle; from virnucdist.sharding import SequenceIndex;"
+    code = ("import sys,pickle; from virnucdist.data import SequenceIndex;"
             "i=SequenceIndex.load(sys.argv[1]); pickle.dump([i.read(k) for k in range(len(i))], sys.stdout.buffer)")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "i.npz")], check=True,
                          capture_output=True).stdout

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from virnucdist import EmbedConfig, embed
-from virnucdist.fasta import write_fasta
+from virnucdist.data.fasta import write_fasta
 from virnucdist.writers import read_embeddings
 
 MODEL = "esm2_t6_8M_UR50D"

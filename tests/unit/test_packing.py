@@ -8,10 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from virnucdist.fasta import write_fasta
+from virnucdist.data.fasta import write_fasta
 from virnucdist.models.esm2 import CLS, EOS, EsmTokenizer
 from virnucdist.packing import PackedBatch, PackedBatchLoader, TokenBudgetSampler, pack_token_arrays, split_batch
-from virnucdist.sharding import SequenceIndex
+from virnucdist.data import SequenceIndex
 
 AA = list("ACDEFGHIKLMNPQRSTVWY")
 

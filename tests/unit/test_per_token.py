@@ -11,7 +11,7 @@ import torch
 
 from virnucdist import EmbedConfig, embed
 from virnucdist.errors import UserError
-from virnucdist.fasta import write_fasta
+from virnucdist.data.fasta import write_fasta
 from virnucdist.models.dnabert_s import DnaBertSConfig
 from virnucdist.models.loading import load_model
 from virnucdist.packing import pack_token_arrays

@@ -15,7 +15,7 @@ from _predict_data import make_reads, reference, tiny_models, write_fasta_wrappe
 import virnucdist.tasks.predict as predict_mod
 from virnucdist import cli
 from virnucdist.errors import UserError
-from virnucdist.fasta import FastaError
+from virnucdist.data.fasta import FastaError
 from virnucdist.launch.entry import run_entrypoint
 from virnucdist.models.esm2 import ESM2Config
 from virnucdist.packing import pack_pairs

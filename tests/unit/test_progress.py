@@ -30,7 +30,7 @@ def test_disabled_is_silent(caplog):
 def test_index_progress_counts_bytes(tmp_path, caplog):
     import gzip
 
-    from virnucdist.sharding.index import SequenceIndex
+    from virnucdist.data.index import SequenceIndex
 
     caplog.set_level(logging.INFO, logger="virnucdist")
     fa = tmp_path / "a.fa"

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from virnucdist.packing import pack_token_arrays
-from virnucdist.runner import REGROW_AFTER, BatchRunner
+from virnucdist.engine.runner import REGROW_AFTER, BatchRunner
 
 
 class GreedyModel:

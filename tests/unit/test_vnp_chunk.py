@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from virnucdist.fasta import FastaRecord, read_fasta
+from virnucdist.data.fasta import FastaRecord, read_fasta
 from virnucdist.vnp.chunk import ChunkStats, chunk_records, chunk_spans
 
 

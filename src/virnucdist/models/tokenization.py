@@ -102,7 +102,7 @@ class EsmTokenizer:
 
 # --------------------------------------------------------------------------- DNABERT-S
 
-PACKAGED_TOKENIZER = Path(__file__).resolve().parent.parent / "data" / "dnabert_s_tokenizer.json"
+PACKAGED_TOKENIZER = Path(__file__).resolve().parent / "dnabert_s_tokenizer.json"
 
 # Mean bases per token measured on uniform random ACGT (500 sequences each):
 #   150 bp: 4.62 (min 4.05), 300 bp: 4.66 (min 4.17), 500 bp: 4.68 (min 4.35),

@@ -1,12 +1,5 @@
-"""Sequence index (random access into FASTA) and deterministic rank assignment."""
+"""Who computes what: contiguous, token-balanced runs per rank and the windows inside them."""
 
-from .index import SequenceIndex, quick_identity
 from .partition import partition, plan_windows, rank_costs
 
-__all__ = [
-    "SequenceIndex",
-    "quick_identity",
-    "partition",
-    "plan_windows",
-    "rank_costs",
-]
+__all__ = ["partition", "plan_windows", "rank_costs"]

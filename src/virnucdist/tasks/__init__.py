@@ -1,5 +1,4 @@
-"""Tasks plugged into the engine's rank loop: embed (ESM-2 / DNABERT-S) and predict (VirNucPro)."""
+"""Tasks plugged into the engine's rank loop: embed (ESM-2 / DNABERT-S) and predict (VirNucPro).
 
-from .base import Block, Counters, RunPlan, Task
-
-__all__ = ["Block", "Counters", "RunPlan", "Task"]
+The contract a task fulfils (``Task``, ``Block``, ``RunPlan``, ``Counters``) is the engine's:
+:mod:`virnucdist.engine.task`. The engine never imports a task."""

@@ -20,16 +20,16 @@ import h5py
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..engine import DEFAULT_TOKS, RunResult, run, run_main
 from ..errors import UserError
 from ..launch.dist import DistContext
 from ..models.fp8 import to_fp8
 from ..models.loading import load_model
 from ..packing import pack_longest_first
-from ..runner import DTYPES, BatchRunner, resolve_dtype, to_host_async
+from ..engine.runner import DTYPES, BatchRunner, resolve_dtype, to_host_async
 from ..writers import Column, Part, ShardSchema, write_embeddings_h5
-from .base import Block, RunPlan
+from ..engine.task import Block, RunPlan
 from .identity import model_identity, molecule_of_spec
 
 __all__ = ["EmbedConfig", "EmbedTask", "embed", "build_parser", "main"]
@@ -123,7 +123,7 @@ class EmbedTask:
     def check(self, index) -> None:
         if self.config.allow_any_molecule:
             return
-        from ..alphabet import check_molecule
+        from ..data.alphabet import check_molecule
 
         check_molecule(index, molecule_of_spec(self.config.model), self.config.model, "--allow-any-molecule")
 

@@ -29,12 +29,12 @@ from ..models.classifier import classifier_chunk_size_hint, load_classifier
 from ..models.fp8 import to_fp8
 from ..models.loading import load_model
 from ..packing import pack_pairs
-from ..runner import DTYPES, BatchRunner, resolve_dtype, to_host_async
+from ..engine.runner import DTYPES, BatchRunner, resolve_dtype, to_host_async
 from ..vnp.chunk import chunk_id, chunk_spans
 from ..vnp.outputs import ScoredRead, write_frame_embeddings, write_result_files, write_stage_files
 from ..vnp.translate import FRAME_NAMES, six_frame
 from ..writers import Column, Part, ShardSchema
-from .base import Block, RunPlan
+from ..engine.task import Block, RunPlan
 from .identity import model_identity, width_of_spec
 
 __all__ = ["PredictConfig", "PredictTask", "predict", "build_parser", "main"]
@@ -143,7 +143,7 @@ class PredictTask:
 
     def check(self, index) -> None:
         if not self.config.allow_any_molecule:
-            from ..alphabet import check_molecule
+            from ..data.alphabet import check_molecule
 
             check_molecule(index, "dna", "VirNucPro predict (reads)", "--allow-any-molecule")
 

@@ -83,7 +83,7 @@ def chunk_records(
     """Yield ``(chunk_id, chunk_seq)`` for every chunk of every read, in input order.
 
     ``records`` are ``(id, seq)`` pairs or objects with ``.id`` and ``.seq``
-    (e.g. :class:`virnucdist.fasta.FastaRecord`). Letter case is kept. Empty reads
+    (e.g. :class:`virnucdist.data.fasta.FastaRecord`). Letter case is kept. Empty reads
     (which crash the original tool) are skipped; pass a :class:`ChunkStats` to learn
     which ones, and how many reads and chunks went through.
     """

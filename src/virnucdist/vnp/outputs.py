@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 import h5py
 
-from ..fasta import write_fasta
+from ..data.fasta import write_fasta
 from ..writers import STR, replace_durably
 from .chunk import chunk_records
 from .consensus import (

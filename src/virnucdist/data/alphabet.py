@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["Molecule", "WrongMoleculeError", "molecule_of", "check_molecule", "NUCLEOTIDE_MIN", "PROTEIN_MIN"]
 

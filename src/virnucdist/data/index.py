@@ -16,11 +16,11 @@ order)::
 and per file: ``file_format`` (``'fasta'`` or ``'fastq'``, from the content: the first
 non-blank byte is ``>`` or ``@``) and ``file_letter_counts`` (a 256-bin histogram of
 the bytes of sequence lines; headers, FASTQ ``+``/quality lines and whitespace
-excluded), from which :mod:`virnucdist.alphabet` tells DNA from protein.
+excluded), from which :mod:`virnucdist.data.alphabet` tells DNA from protein.
 
 Reading record ``i`` is one positional read (``os.pread``) of ``nbytes`` bytes and a
 whitespace strip. FASTQ qualities are checked while indexing (as many as letters) and
-never read again. :func:`iter_records` (behind :func:`virnucdist.fasta.read_fasta`)
+never read again. :func:`iter_records` (behind :func:`virnucdist.data.fasta.read_fasta`)
 walks the same index, so there is one set of parsing rules and error messages.
 
 Building scans each file once, in binary blocks, with numpy doing the per-byte work
@@ -54,7 +54,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .._testhooks import test_hook
-from ..fasta import WHITESPACE, FastaError, FastaRecord, is_gzip
+from .fasta import WHITESPACE, FastaError, FastaRecord, is_gzip
 
 __all__ = ["SequenceIndex", "quick_identity", "iter_records", "detect_format"]
 
@@ -834,7 +834,7 @@ class SequenceIndex:
         return self.file_letter_counts.sum(axis=0)
 
     def records(self) -> Iterator[FastaRecord]:
-        """Every record as :class:`~virnucdist.fasta.FastaRecord` (id, whole header line
+        """Every record as :class:`~virnucdist.data.fasta.FastaRecord` (id, whole header line
         without its marker, sequence), in input order; reads the files sequentially."""
         ids = self.ids
         bounds = np.searchsorted(self.file_idx, np.arange(len(self.files) + 1))
@@ -1032,7 +1032,7 @@ def _pread(fd: int, size: int, off: int) -> bytes:
 
 def iter_records(path: PathLike) -> Iterator[FastaRecord]:
     """Records of one FASTA or FASTQ file (plain or gzip), through the index's scanner:
-    what :func:`virnucdist.fasta.read_fasta` returns. A gzip input is decompressed into a
+    what :func:`virnucdist.data.fasta.read_fasta` returns. A gzip input is decompressed into a
     temporary directory, removed when the iteration ends."""
     with tempfile.TemporaryDirectory(prefix="virnucdist-read-") as tmp:
         index = SequenceIndex.build([path], gzip_dir=tmp)

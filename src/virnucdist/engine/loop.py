@@ -10,7 +10,7 @@ On every rank, in this order::
       -> task.run_block on the device -> ShardWriter (each window committed in input order)
       -> barrier -> rank 0: task.finalize from the shards -> run report -> shards removed
 
-A task (see :mod:`virnucdist.tasks.base`) says what is specific to it; everything
+A task (see :mod:`virnucdist.engine.task`) says what is specific to it; everything
 else, resume, balance, durability, progress and reporting, is written once here.
 """
 
@@ -31,19 +31,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from . import __version__
-from ._testhooks import active_test_hooks, test_hook
-from .errors import PeerFailed, UserError
-from .launch.dist import DistContext, init_distributed
-from .launch.entry import set_safe_counter
-from .launch.logs import setup_logging
-from .progress import Progress, index_progress
+from .._version import __version__
+from .._testhooks import active_test_hooks, test_hook
+from ..errors import PeerFailed, UserError
+from ..launch.dist import DistContext, init_distributed
+from ..launch.entry import set_safe_counter
+from ..launch.logs import setup_logging
+from ..progress import Progress, index_progress
 from .runner import resolve_dtype
-from .sharding.index import SequenceIndex, quick_identity
-from .sharding.partition import partition, plan_windows
-from .tasks.base import Block, Counters, RunPlan, Task
-from .telemetry import Telemetry, format_summary, write_run_report
-from .writers import Results, ShardWriter, replace_durably, scan_shards
+from ..data.index import SequenceIndex, quick_identity
+from ..sharding.partition import partition, plan_windows
+from .task import Block, Counters, RunPlan, Task
+from ..telemetry import Telemetry, format_summary, write_run_report
+from ..writers import Results, ShardWriter, replace_durably, scan_shards
 
 __all__ = ["run", "run_main", "RunResult", "WINDOW_BATCHES", "DEFAULT_TOKS"]
 

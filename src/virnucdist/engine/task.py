@@ -11,7 +11,7 @@ report). A task says only what is specific to it:
 * ``schema()``: the columns of a record's result (:class:`~virnucdist.writers.ShardSchema`);
 * ``block_maker()``: a picklable callable run in DataLoader workers that turns a window of records
   into a :class:`Block` of packed batches (pure: the same window gives the same block);
-* ``run_block(block)``: the GPU side (through the task's :class:`~virnucdist.runner.BatchRunner` s, listed in
+* ``run_block(block)``: the GPU side (through the task's :class:`~virnucdist.engine.runner.BatchRunner` s, listed in
   ``runners`` for the report); returns the block's results as writer parts;
 * ``finalize(out, index, results, plan)``: rank 0 writes the task's final files from the results.
 

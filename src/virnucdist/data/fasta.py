@@ -1,6 +1,6 @@
 """FASTA/FASTQ records: reading (through the index's byte scanner), writing, and errors.
 
-There is one parser: :mod:`virnucdist.sharding.index` scans files in binary blocks
+There is one parser: :mod:`virnucdist.data.index` scans files in binary blocks
 (FASTA or FASTQ, plain or gzip, detected from the content); :func:`read_fasta`
 iterates over the records it finds, so the streaming reader and the index agree on
 every record and on every error message.
@@ -17,7 +17,7 @@ FASTQ, binary data (NUL bytes, undecodable UTF-8), an empty header, non-ASCII by
 in sequence lines, a corrupt gzip stream, and for FASTQ: 4-line records, the ``+``
 line, as many qualities as letters, a truncated last record. Each raises
 :class:`FastaError` naming the file, the line and what to do. Which letters a model
-accepts is the model's business (:mod:`virnucdist.alphabet` says what a file holds).
+accepts is the model's business (:mod:`virnucdist.data.alphabet` says what a file holds).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["FastaRecord", "FastaError", "read_fasta", "write_fasta", "is_gzip", "WHITESPACE"]
 
@@ -70,7 +70,7 @@ def read_fasta(path: str | Path) -> Iterator[FastaRecord]:
     A record with an empty sequence is yielded with ``seq == ""``.
     """
     # fasta.py is the leaf (errors, records, writing); reading reaches up to the scanner.
-    from .sharding.index import iter_records
+    from .index import iter_records
 
     return iter_records(path)
 

@@ -16,8 +16,8 @@ from typing import Callable, Iterator
 
 import torch
 
-from ._testhooks import test_hook
-from .packing import PackedBatch, split_batch
+from .._testhooks import test_hook
+from ..packing import PackedBatch, split_batch
 
 __all__ = ["BatchRunner", "DTYPES", "resolve_dtype", "to_host_async"]
 
@@ -103,7 +103,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     """``--dtype``: bf16 on CUDA and fp32 on CPU by default; ``fp8`` needs an FP8 GPU (checked here)."""
     if name == "fp8":
-        from .models.fp8 import require_fp8
+        from ..models.fp8 import require_fp8
 
         require_fp8(device)
         return DTYPES[name]

@@ -1,0 +1,6 @@
+"""Reading inputs: FASTA/FASTQ scanning, the sequence index and its cache, alphabet checks."""
+
+from .fasta import FastaError, FastaRecord, read_fasta, write_fasta
+from .index import SequenceIndex, quick_identity
+
+__all__ = ["FastaError", "FastaRecord", "read_fasta", "write_fasta", "SequenceIndex", "quick_identity"]
