@@ -1,0 +1,363 @@
+"""The byte scanners: FASTA (and shared helpers); one pass over a file in binary blocks.
+
+numpy does the per-byte work (newline and header positions, whitespace counts, the
+letter histogram) and ``hashlib`` hashes the same blocks (the file fingerprint) and
+each record's normalised sequence (the content hash), so neither costs an extra pass.
+The FASTQ scanner is in :mod:`virnucdist.data.fastq`; :mod:`virnucdist.data.index`
+puts the per-file results together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Callable
+
+import numpy as np
+
+from .fasta import WHITESPACE, FastaError
+
+BLOCK_SIZE = 64 << 20
+HASH_BYTES = 16
+_OTHER_WS = (b" ", b"\t", b"\r", b"\v", b"\f")
+_BOM = b"\xef\xbb\xbf"
+_UPPER = bytes.maketrans(b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_HIST_STEP = 1 << 20
+
+PathLike = str | os.PathLike
+
+# ----------------------------------------------------------------------------- scanning
+
+
+class _FileScan:
+    """Per-file result of :func:`_scan_file` (byte offsets within the file)."""
+
+    def __init__(self, fmt, offset, nbytes, length, header_line, ids, content_hash, counts, digest, size):
+        self.fmt = fmt
+        self.offset = offset
+        self.nbytes = nbytes
+        self.length = length
+        self.header_line = header_line
+        self.ids = ids
+        self.content_hash = content_hash
+        self.counts = counts
+        self.digest = digest
+        self.size = size
+
+
+def _line_of(buf: bytes, pos: int, lines_before: int) -> int:
+    return lines_before + buf.count(b"\n", 0, pos) + 1
+
+
+def _line_text(buf: bytes, pos: int, n: int = 40) -> str:
+    start = buf.rfind(b"\n", 0, pos) + 1
+    end = buf.find(b"\n", pos)
+    line = buf[start:end if end >= 0 else len(buf)].rstrip(b"\r")
+    text = line.decode("utf-8", errors="replace")
+    return repr(text[:n] + ("..." if len(text) > n else ""))
+
+
+def detect_format(path: PathLike) -> str:
+    """``'fastq'`` when the first non-blank byte of a (plain) file is ``@``, else ``'fasta'``.
+
+    Only the content decides, never the name; an empty or blank file is ``'fasta'``
+    (whose scanner words the error).
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+        if head.startswith(_BOM):
+            head = head[len(_BOM):]
+        while True:
+            rest = head.lstrip(WHITESPACE)
+            if rest:
+                return "fastq" if rest[:1] == b"@" else "fasta"
+            head = fh.read(1 << 16)
+            if not head:
+                return "fasta"
+
+
+class _Content:
+    """Content hashes of the normalised sequences and the letter histogram of one file.
+
+    The normalised sequence is the record's sequence with ASCII whitespace removed and
+    upper-cased; its hash is blake2b with a 16-byte digest. The histogram counts the
+    bytes of sequence lines (headers, FASTQ '+' and quality lines, whitespace excluded).
+    """
+
+    def __init__(self):
+        self.digests: list[bytes] = []
+        self.counts = np.zeros(256, dtype=np.int64)
+        self.pending = None          # hasher of a FASTA record that goes on in the next chunk
+
+    def add(self, lead: bytes, slices: list[bytes], clean: np.ndarray, tail: bytes | None) -> None:
+        """One FASTA chunk: ``lead`` continues the pending record, ``slices`` are complete
+        records (``clean[i]``: no whitespace in ``slices[i]``), ``tail`` starts a pending
+        record (None: the chunk has no header, so the pending record goes on)."""
+        if lead and self.pending is not None:
+            self.pending.update(lead.translate(_UPPER, WHITESPACE))
+        if tail is None:
+            self.counts += _histogram(lead)
+            return
+        if self.pending is not None:
+            self.digests.append(self.pending.digest())
+        self.records([lead, *slices, tail], slices, clean)
+        self.pending = hashlib.blake2b(tail.translate(_UPPER, WHITESPACE), digest_size=HASH_BYTES)
+
+    def records(self, pieces: list[bytes], slices: list[bytes], clean: np.ndarray) -> None:
+        """Count the letters of ``pieces`` and hash the complete records ``slices``."""
+        c = _histogram(b"".join(pieces))
+        self.counts += c
+        if not len(slices):
+            return
+        if c[97:123].any():                           # lowercase in this chunk
+            slices = [s.translate(_UPPER, WHITESPACE) for s in slices]
+        elif not clean.all():
+            slices = list(slices)
+            for i in np.flatnonzero(~clean).tolist():
+                slices[i] = slices[i].translate(_UPPER, WHITESPACE)
+        b2 = hashlib.blake2b
+        self.digests.extend([b2(s, digest_size=HASH_BYTES).digest() for s in slices])
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.pending is not None:
+            self.digests.append(self.pending.digest())
+            self.pending = None
+        self.counts[list(WHITESPACE)] = 0
+        blob = b"".join(self.digests)
+        return np.frombuffer(blob, dtype="<u8").reshape(-1, 2).copy(), self.counts
+
+
+def _histogram(data: bytes) -> np.ndarray:
+    """256-bin byte histogram; bincount over byte pairs (uint16) is ~2x faster than over bytes."""
+    n = len(data)
+    out = np.zeros(256, dtype=np.int64)
+    if n >= 2:
+        a16 = np.frombuffer(data, dtype=np.uint16, count=n // 2)
+        pairs = np.zeros(1 << 16, dtype=np.int64)
+        for i in range(0, len(a16), _HIST_STEP):      # bounded temporaries (bincount makes intp)
+            pairs += np.bincount(a16[i:i + _HIST_STEP], minlength=1 << 16)
+        pairs = pairs.reshape(256, 256)
+        out += pairs.sum(axis=0) + pairs.sum(axis=1)
+    if n & 1:
+        out[data[-1]] += 1
+    return out
+
+
+def _check_nul(buf: bytes, n: int, lines_before: int, shown: str, what: str) -> None:
+    pos = buf.find(b"\x00", 0, n)
+    if pos >= 0:
+        raise FastaError(
+            shown, _line_of(buf, pos, lines_before),
+            f"binary data (NUL byte); this is not a text {what} file "
+            "(compressed with something other than gzip? corrupted?)",
+        )
+
+
+def _other_ws(buf: bytes, arr: np.ndarray, n: int) -> np.ndarray:
+    """Sorted positions of whitespace other than newline in ``buf[:n]``."""
+    present = [c for c in _OTHER_WS if buf.find(c, 0, n) >= 0]
+    if not present:
+        return np.empty(0, dtype=np.int64)
+    mask = arr[:n] == present[0][0]
+    for c in present[1:]:
+        mask |= arr[:n] == c[0]
+    return np.flatnonzero(mask)
+
+
+def _header_ids(buf: bytes, id_start: np.ndarray, line_end: np.ndarray, ows: np.ndarray,
+                hline: np.ndarray, n: int, shown: str, marker: str) -> list[str]:
+    """First word of each header line ``buf[id_start:line_end]`` (after the marker)."""
+    id_end = line_end.copy()
+    if len(ows):
+        j = np.searchsorted(ows, id_start)
+        nxt = np.where(j < len(ows), ows[np.minimum(j, len(ows) - 1)], n)
+        id_end = np.minimum(id_end, nxt)
+    slices = [buf[a:b] for a, b in zip(id_start.tolist(), id_end.tolist())]
+    for i in np.flatnonzero(id_end <= id_start).tolist():   # rare: '>' alone or '>  id'
+        words = buf[int(id_start[i]):int(line_end[i])].split(None, 1)
+        if not words:
+            raise FastaError(shown, int(hline[i]), f"empty header: '{marker}' must be followed by "
+                                                   f"a sequence id (e.g. '{marker}read_1')")
+        slices[i] = words[0]
+    try:
+        return b"\n".join(slices).decode("utf-8").split("\n") if slices else []
+    except UnicodeDecodeError:
+        for i, s in enumerate(slices):
+            try:
+                s.decode("utf-8")
+            except UnicodeDecodeError:
+                raise FastaError(shown, int(hline[i]),
+                                 "header is not valid UTF-8 text; this looks like a binary or "
+                                 "corrupted file") from None
+        raise
+
+
+def _non_ascii_error(buf: bytes, pos: int, line: int, shown: str, what: str) -> FastaError:
+    start = buf.rfind(b"\n", 0, pos) + 1
+    end = buf.find(b"\n", pos)
+    try:
+        buf[start:end if end >= 0 else len(buf)].decode("utf-8")
+    except UnicodeDecodeError:
+        return FastaError(shown, line, "not valid UTF-8 text; this looks like a binary or "
+                                       f"corrupted file, not {what}")
+    return FastaError(shown, line, f"non-ASCII character in sequence line {_line_text(buf, pos)}; "
+                                   "sequences must be plain ASCII letters")
+
+
+# ------------------------------------------------------------------ FASTA
+
+
+def _scan_fasta_file(path: str, shown: str, block_size: int,
+                     progress: Callable[[int], None] | None) -> _FileScan:
+    sha = hashlib.sha256()
+    content = _Content()
+    parts: list[tuple] = []     # per chunk: (H, off, C_H, C_off, hline, ids)
+    base = 0                    # global offset of the current chunk
+    ws_before = 0               # whitespace bytes before the chunk
+    lines_before = 0            # newlines before the chunk
+    seen_header = False
+    carry = b""
+    with open(path, "rb", buffering=0) as fh:
+        while True:
+            block = fh.read(block_size)
+            if progress is not None:
+                progress(len(block))
+            if block:
+                sha.update(block)
+                buf = carry + block if carry else block
+                n = buf.rfind(b"\n") + 1
+                if n == 0:            # no complete line yet: keep reading
+                    carry = buf
+                    continue
+                carry = buf[n:]
+                final = False
+            else:
+                buf, n, carry, final = carry, len(carry), b"", True
+                if n == 0:
+                    break
+            res = _scan_fasta_chunk(buf, n, base, ws_before, lines_before, seen_header, shown)
+            (H, off, C_H, C_off, hline, ids, nws, nnl, pieces) = res
+            if len(H):
+                seen_header = True
+                parts.append((H, off, C_H, C_off, hline, ids))
+            if seen_header:
+                content.add(*pieces)
+            base += n
+            ws_before += nws
+            lines_before += nnl
+            if final:
+                break
+    size = base
+    if not parts:
+        what = "the file is empty" if size == 0 else "the file contains only blank lines"
+        raise FastaError(
+            shown, max(lines_before, 1),
+            f"no FASTA records ({what}); expected '>id' header lines each followed by sequence lines",
+        )
+    H = np.concatenate([p[0] for p in parts])
+    off = np.concatenate([p[1] for p in parts])
+    C_H = np.concatenate([p[2] for p in parts])
+    C_off = np.concatenate([p[3] for p in parts])
+    hline = np.concatenate([p[4] for p in parts])
+    ids: list[str] = [x for p in parts for x in p[5]] if len(parts) > 1 else parts[0][5]
+    end = np.empty_like(H)
+    end[:-1] = H[1:]
+    end[-1] = size
+    C_end = np.empty_like(C_H)
+    C_end[:-1] = C_H[1:]
+    C_end[-1] = ws_before
+    nbytes = end - off
+    length = nbytes - (C_end - C_off)
+    hashes, counts = content.finish()
+    return _FileScan("fasta", off, nbytes, length, hline, ids, hashes, counts, sha.hexdigest(), size)
+
+
+def _scan_fasta_chunk(buf: bytes, n: int, base: int, ws_before: int, lines_before: int,
+                      seen_header: bool, shown: str):
+    """Scan ``buf[:n]``, which starts at a line start and ends at a line end (or EOF).
+
+    Returns global arrays for the headers in the chunk, the chunk's whitespace and
+    newline counts (``C`` values are "whitespace bytes before this position"), and the
+    sequence pieces for :meth:`_Content.add`.
+    """
+    _check_nul(buf, n, lines_before, shown, "FASTA")
+    arr = np.frombuffer(buf, dtype=np.uint8, count=n)
+    nl = np.flatnonzero(arr == 10)
+    ows = _other_ws(buf, arr, n)
+
+    # line starts; the chunk starts at a line start
+    starts = np.empty(len(nl) + 1, dtype=np.int64)
+    starts[0] = 0
+    starts[1:] = nl + 1
+    if starts[-1] >= n:
+        starts = starts[:-1]
+    first = 0
+    if base == 0 and buf.startswith(_BOM):
+        first = len(_BOM)
+        starts[0] = first
+    H = starts[arr[starts] == 62] if len(starts) else starts
+
+    if not seen_header:
+        pre_end = int(H[0]) if len(H) else n
+        pre = buf[first:pre_end]
+        if pre.translate(None, WHITESPACE):
+            pos = first + len(pre) - len(pre.lstrip(WHITESPACE))
+            text = _line_text(buf, pos)
+            try:
+                buf[pos:buf.find(b"\n", pos) if buf.find(b"\n", pos) >= 0 else n].decode("utf-8")
+            except UnicodeDecodeError:
+                raise FastaError(shown, _line_of(buf, pos, lines_before),
+                                 "not valid UTF-8 text; this looks like a binary or corrupted "
+                                 "file, not FASTA") from None
+            raise FastaError(
+                shown, _line_of(buf, pos, lines_before),
+                f"expected a FASTA header line starting with '>', found {text}; "
+                "is this a FASTA file? (FASTQ records start with '@')",
+            )
+
+    k = np.searchsorted(nl, H)                # newlines before each header
+    has_nl = k < len(nl)
+    E = np.where(has_nl, nl[np.minimum(k, max(len(nl) - 1, 0))] if len(nl) else n, n)
+    off = np.where(has_nl, E + 1, n)
+    C_H = k + np.searchsorted(ows, H)
+    C_off = np.searchsorted(nl, off) + np.searchsorted(ows, off)
+    hline = lines_before + k + 1
+    ids = _header_ids(buf, H + 1, E, ows, hline, n, shown, ">")
+
+    if n and int(arr.max()) >= 128:
+        _check_high_bytes(buf, arr, nl, H, E, hline, lines_before, shown, first)
+
+    # sequence pieces: the end of the pending record, complete records, the start of the last one
+    if len(H):
+        lead = buf[:int(H[0])] if seen_header else b""
+        so, ends = off[:-1], H[1:]
+        ws = C_H[1:] - C_off[:-1]
+        # one line, ending with its newline: the letters are [so, ends - 1)
+        clean = (ends == so) | ((ws == 1) & (arr[np.maximum(ends - 1, 0)] == 10))
+        stop = np.where(clean, ends - ws, ends)
+        slices = [buf[a:b] for a, b in zip(so.tolist(), stop.tolist())]
+        pieces = (lead, slices, clean, buf[int(off[-1]):n])
+    else:
+        pieces = (buf[:n], [], np.ones(0, dtype=bool), None)
+
+    return (base + H, base + off, ws_before + C_H, ws_before + C_off, hline, ids,
+            len(nl) + len(ows), len(nl), pieces)
+
+
+def _check_high_bytes(buf, arr, nl, H, E, hline, lines_before, shown, first=0):
+    """Non-ASCII bytes: allowed in headers (if valid UTF-8), never in sequence lines."""
+    hi = np.flatnonzero(arr >= 128)
+    hi = hi[hi >= first]                       # skip a UTF-8 byte-order mark
+    kk = np.searchsorted(H, hi, side="right") - 1
+    in_hdr = (kk >= 0) & (hi < E[np.maximum(kk, 0)] if len(H) else np.zeros(len(hi), bool))
+    bad = hi[~in_hdr]
+    if len(bad):
+        pos = int(bad[0])
+        line = lines_before + int(np.searchsorted(nl, pos)) + 1
+        raise _non_ascii_error(buf, pos, line, shown, "FASTA")
+    for r in np.unique(kk[in_hdr]).tolist():
+        try:
+            buf[int(H[r]) + 1:int(E[r])].decode("utf-8")
+        except UnicodeDecodeError:
+            raise FastaError(shown, int(hline[r]), "header is not valid UTF-8 text; this looks "
+                                                   "like a binary or corrupted file") from None
