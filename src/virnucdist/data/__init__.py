@@ -2,5 +2,7 @@
 
 from .fasta import FastaError, FastaRecord, read_fasta, write_fasta
 from .index import SequenceIndex, quick_identity
+from .inputs import InputFile
 
-__all__ = ["FastaError", "FastaRecord", "read_fasta", "write_fasta", "SequenceIndex", "quick_identity"]
+__all__ = ["FastaError", "FastaRecord", "read_fasta", "write_fasta", "SequenceIndex", "quick_identity",
+           "InputFile"]

@@ -56,6 +56,7 @@ import numpy as np
 from .._testhooks import test_hook
 from .fasta import WHITESPACE, FastaError, FastaRecord, is_gzip
 from .fastq import _scan_fastq_file
+from .inputs import as_inputs, pair_layout
 from .scan import (_BOM, BLOCK_SIZE, HASH_BYTES, PathLike, _FileScan, _scan_fasta_file,  # noqa: F401
                    detect_format)
 
@@ -128,7 +129,9 @@ class SequenceIndex:
                  sources: Sequence[str] | None = None, fingerprint: str = "",
                  file_digests: Sequence[str] | None = None, file_sizes: Sequence[int] | None = None,
                  identity: list | None = None, content_hash: np.ndarray | None = None,
-                 file_letter_counts: np.ndarray | None = None, file_format: Sequence[str] | None = None):
+                 file_letter_counts: np.ndarray | None = None, file_format: Sequence[str] | None = None,
+                 mate: np.ndarray | None = None, sample: np.ndarray | None = None,
+                 samples: Sequence | None = None, input_spec: list | None = None):
         self.files = [str(f) for f in files]
         self.sources = [str(s) for s in (sources if sources is not None else files)]
         self.file_idx = np.asarray(file_idx, dtype=np.int32)
@@ -151,12 +154,17 @@ class SequenceIndex:
                                    if counts.size and len(counts.reshape(-1, 256)) == len(self.files) else None)
         self._content_hash = (np.asarray(content_hash, dtype=np.uint64).reshape(-1, 2)
                               if content_hash is not None else None)
+        n = len(self.offset)
+        #: per record: 0 single, 1 or 2 the mate of a pair; the sample number (into ``samples``)
+        self.mate = np.asarray(mate, dtype=np.int8) if mate is not None else np.zeros(n, np.int8)
+        self.sample = np.asarray(sample, dtype=np.int32) if sample is not None else np.zeros(n, np.int32)
+        self.samples = list(samples) if samples is not None else [None]
+        self.input_spec = [list(x) for x in input_spec] if input_spec else [[None, None, False]] * len(self.files)
         self._reps: np.ndarray | None = None
         self._pos: dict[str, int] | None = None
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
-        n = len(self.offset)
-        for name in ("file_idx", "nbytes", "length", "header_line"):
+        for name in ("file_idx", "nbytes", "length", "header_line", "mate", "sample"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"SequenceIndex column {name} has {len(getattr(self, name))} rows, expected {n}")
         if self._content_hash is not None and len(self._content_hash) != n:
@@ -165,19 +173,22 @@ class SequenceIndex:
     # ------------------------------------------------------------------ building
 
     @classmethod
-    def build(cls, paths: Sequence[PathLike] | PathLike, *, gzip_dir: PathLike | None = None,
-              block_size: int = BLOCK_SIZE, progress: Callable[[int], None] | None = None) -> "SequenceIndex":
+    def build(cls, paths, *, gzip_dir: PathLike | None = None, block_size: int = BLOCK_SIZE,
+              progress: Callable[[int], None] | None = None, interleaved: bool = False) -> "SequenceIndex":
         """Scan ``paths`` (FASTA or FASTQ, plain or gzip; told apart by content) and return the index.
 
+        ``paths``: paths or :class:`~virnucdist.data.inputs.InputFile` (sample, mate,
+        interleaved); the two files of a read pair are recognised from their ids and
+        their records stored interleaved as ``{id}/1``, ``{id}/2`` (see
+        :mod:`virnucdist.data.inputs`); ``interleaved`` applies to plain paths.
         Gzip inputs are decompressed once into ``gzip_dir`` (required when any input
         is gzip; pass the run directory) and indexed as plain files. Raises
         :class:`FastaError` for malformed input and for duplicate ids (naming both
         occurrences). Records with an empty sequence are kept with ``length == 0``.
         ``progress(nbytes)`` is called as the (decompressed) inputs are scanned.
         """
-        if isinstance(paths, (str, os.PathLike)):
-            paths = [paths]
-        paths = [os.path.abspath(p) for p in paths]
+        specs = as_inputs(paths, interleaved)
+        paths = [f.path for f in specs]
         if not paths:
             raise ValueError("SequenceIndex.build: no input files given")
         for p in paths:
@@ -198,25 +209,31 @@ class SequenceIndex:
                 plain = p
             files.append(plain)
             scans.append(_scan_file(plain, p, block_size, progress))
+        layout = pair_layout(specs, [s.ids for s in scans], [s.header_line for s in scans],
+                             [(s.fmt, s.digest) for s in scans])
         counts = [len(s.offset) for s in scans]
         file_idx = np.repeat(np.arange(len(files), dtype=np.int32), counts)
-        ids = [x for s in scans for x in s.ids] if len(scans) > 1 else scans[0].ids
         digests = [s.digest for s in scans]
         sizes = [s.size for s in scans]
         fp = hashlib.sha256()
         for d, sz in zip(digests, sizes):
             fp.update(f"{sz}:{d}\n".encode())
-        index = cls(files, file_idx,
-                    np.concatenate([s.offset for s in scans]),
-                    np.concatenate([s.nbytes for s in scans]),
-                    np.concatenate([s.length for s in scans]),
-                    ids,
-                    header_line=np.concatenate([s.header_line for s in scans]),
-                    sources=paths, fingerprint=fp.hexdigest(), file_digests=digests,
-                    file_sizes=sizes, identity=identity,
-                    content_hash=np.concatenate([s.content_hash for s in scans]),
-                    file_letter_counts=np.stack([s.counts for s in scans]),
-                    file_format=[s.fmt for s in scans])
+        spec = [f.spec() for f in specs]
+        if any(x != [None, None, False] for x in spec):      # samples, mates, interleaving: other ids, other run
+            fp.update(json.dumps(spec).encode())
+        cols = {"file_idx": file_idx, "offset": np.concatenate([s.offset for s in scans]),
+                "nbytes": np.concatenate([s.nbytes for s in scans]),
+                "length": np.concatenate([s.length for s in scans]),
+                "header_line": np.concatenate([s.header_line for s in scans]),
+                "content_hash": np.concatenate([s.content_hash for s in scans])}
+        if layout.order is not None:
+            cols = {k: v[layout.order] for k, v in cols.items()}
+        index = cls(files, cols["file_idx"], cols["offset"], cols["nbytes"], cols["length"], layout.ids,
+                    header_line=cols["header_line"], sources=paths, fingerprint=fp.hexdigest(),
+                    file_digests=digests, file_sizes=sizes, identity=identity,
+                    content_hash=cols["content_hash"], file_letter_counts=np.stack([s.counts for s in scans]),
+                    file_format=[s.fmt for s in scans], mate=layout.mate, sample=layout.sample,
+                    samples=layout.samples, input_spec=spec)
         index._check_unique()
         return index
 
@@ -270,9 +287,12 @@ class SequenceIndex:
     def where(self, i: int) -> str:
         """Human-readable location of record ``i``: source file, header line, record number."""
         f = int(self.file_idx[i])
-        first = int(np.searchsorted(self.file_idx, f, side="left"))
+        if self.mate[i] == 0:                   # a file's records are contiguous unless paired
+            k = i - int(np.searchsorted(self.file_idx, f, side="left"))
+        else:
+            k = int(np.count_nonzero(np.asarray(self.file_idx[:i]) == f))
         return (f"{self.sources[f]}, line {int(self.header_line[i])} "
-                f"(record {i - first + 1} of that file)")
+                f"(record {k + 1} of that file)")
 
     # ------------------------------------------------------------------ content
 
@@ -316,27 +336,33 @@ class SequenceIndex:
         """Every record as :class:`~virnucdist.data.fasta.FastaRecord` (id, whole header line
         without its marker, sequence), in input order; reads the files sequentially."""
         ids = self.ids
-        bounds = np.searchsorted(self.file_idx, np.arange(len(self.files) + 1))
-        for f, path in enumerate(self.files):
-            lo, hi = int(bounds[f]), int(bounds[f + 1])
-            if lo == hi:
-                continue
-            with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                prev = 0
-                for i in range(lo, hi):
-                    off, size = int(self.offset[i]), int(self.nbytes[i])
-                    head = mm[prev:off]                # ends with the header line (and its newline)
-                    if head.endswith(b"\n"):
-                        head = head[:-1]
-                    line = head[head.rfind(b"\n") + 1:]
-                    if i == lo and line.startswith(_BOM):
-                        line = line[len(_BOM):]
-                    seq = mm[off:off + size].translate(None, WHITESPACE)
-                    if len(seq) != self.length[i]:
-                        raise RuntimeError(f"{self.sources[f]} changed after the sequence index was "
-                                           f"built (record {ids[i]!r}); index it again")
-                    yield FastaRecord(ids[i], line[1:].rstrip(b"\r").decode("utf-8"), seq.decode("ascii"))
-                    prev = off + size
+        maps: dict[int, tuple] = {}
+        prev: dict[int, int] = {}
+        try:
+            for i in range(len(self)):
+                f = int(self.file_idx[i])
+                if f not in maps:
+                    fh = open(self.files[f], "rb")
+                    maps[f] = (fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if self.file_sizes[f] else b"")
+                mm = maps[f][1]
+                off, size = int(self.offset[i]), int(self.nbytes[i])
+                head = mm[prev.get(f, 0):off]              # ends with the header line (and its newline)
+                if head.endswith(b"\n"):
+                    head = head[:-1]
+                line = head[head.rfind(b"\n") + 1:]
+                if f not in prev and line.startswith(_BOM):
+                    line = line[len(_BOM):]
+                seq = mm[off:off + size].translate(None, WHITESPACE)
+                if len(seq) != self.length[i]:
+                    raise RuntimeError(f"{self.sources[f]} changed after the sequence index was "
+                                       f"built (record {ids[i]!r}); index it again")
+                yield FastaRecord(ids[i], line[1:].rstrip(b"\r").decode("utf-8"), seq.decode("ascii"))
+                prev[f] = off + size
+        finally:
+            for fh, mm in maps.values():
+                if not isinstance(mm, bytes):
+                    mm.close()
+                fh.close()
 
     def _fd(self, f: int) -> int:
         if self._pid != os.getpid():          # forked without pickling: don't share fds
@@ -410,11 +436,12 @@ class SequenceIndex:
             "version": FORMAT_VERSION, "files": self.files, "sources": self.sources,
             "fingerprint": self.fingerprint, "file_digests": self.file_digests,
             "file_sizes": self.file_sizes, "identity": self.identity, "file_format": self.file_format,
+            "samples": self.samples, "input_spec": self.input_spec,
         }
         tmp = f"{path}.tmp{os.getpid()}"
         with open(tmp, "wb") as fh:
             np.savez(fh, file_idx=self.file_idx, offset=self.offset, nbytes=self.nbytes,
-                     length=self.length, header_line=self.header_line,
+                     length=self.length, header_line=self.header_line, mate=self.mate, sample=self.sample,
                      ids_blob=np.frombuffer(self._blob(), dtype=np.uint8),
                      content_hash=self.content_hash, letter_counts=self.file_letter_counts
                      if self.file_letter_counts is not None else np.zeros((0, 256), np.int64),
@@ -435,7 +462,10 @@ class SequenceIndex:
                         sources=meta["sources"], fingerprint=meta["fingerprint"],
                         file_digests=meta["file_digests"], file_sizes=meta["file_sizes"],
                         identity=meta["identity"], content_hash=z["content_hash"],
-                        file_letter_counts=z["letter_counts"], file_format=meta["file_format"])
+                        file_letter_counts=z["letter_counts"], file_format=meta["file_format"],
+                        mate=z["mate"] if "mate" in z.files else None,
+                        sample=z["sample"] if "sample" in z.files else None,
+                        samples=meta.get("samples"), input_spec=meta.get("input_spec"))
         if expected_fingerprint is not None and index.fingerprint != expected_fingerprint:
             raise ValueError(
                 f"{path}: index was built from different inputs (fingerprint "
@@ -444,9 +474,10 @@ class SequenceIndex:
         return index
 
     @classmethod
-    def load_or_build(cls, paths: Sequence[PathLike] | PathLike, cache_path: PathLike, *,
+    def load_or_build(cls, paths, cache_path: PathLike, *,
                       gzip_dir: PathLike | None = None, expected_fingerprint: str | None = None,
-                      progress: Callable[[int], None] | None = None) -> "SequenceIndex":
+                      progress: Callable[[int], None] | None = None,
+                      interleaved: bool = False) -> "SequenceIndex":
         """Load ``cache_path`` when the inputs' quick identity (path, size, mtime) is
         unchanged (and decompressed copies are intact), else build and save it.
 
@@ -455,8 +486,7 @@ class SequenceIndex:
         rebuilt index still differs, the caller gets the new one: check
         ``.fingerprint`` if the difference matters, e.g. on resume).
         """
-        if isinstance(paths, (str, os.PathLike)):
-            paths = [paths]
+        paths = as_inputs(paths, interleaved)
         cache_path = os.fspath(cache_path)
         if gzip_dir is None:
             gzip_dir = os.path.dirname(os.path.abspath(cache_path))
@@ -473,13 +503,16 @@ class SequenceIndex:
         index.save(cache_path)
         return index
 
-    def _stale_reason(self, paths: Sequence[PathLike], expected_fingerprint: str | None) -> str | None:
+    def _stale_reason(self, paths, expected_fingerprint: str | None, interleaved: bool = False) -> str | None:
+        specs = as_inputs(paths, interleaved)
         try:
-            current = quick_identity(paths)
+            current = quick_identity([f.path for f in specs])
         except OSError as err:
             return str(err)
         if current != self.identity:
             return "inputs changed (size or modification time)"
+        if [f.spec() for f in specs] != self.input_spec:
+            return "samples, mates or interleaving changed"
         if expected_fingerprint is not None and expected_fingerprint != self.fingerprint:
             return "fingerprint differs from the expected one"
         for f, size in zip(self.files, self.file_sizes):
