@@ -7,6 +7,7 @@ to a temporary name, fsync'd and renamed: a reader never sees a half-written fil
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
@@ -24,6 +25,7 @@ from .consensus import (
     summarize_read,
     write_consensus,
 )
+from .pairs import PairWriter
 from .translate import translate_records
 
 __all__ = ["ScoredRead", "atomic", "write_result_files", "write_stage_files", "write_frame_embeddings"]
@@ -36,6 +38,7 @@ class ScoredRead(NamedTuple):
     score1: object  # [frames] array
     score2: object
     extra: object = None  # e.g. (window, slice) to reach the frames' embeddings
+    mate: int = 0  # 1, 2: a mate of a pair (pair_summary.tsv); 0: single-end
 
 
 def atomic(path: Path, write: Callable[[Path], object]) -> None:
@@ -49,17 +52,22 @@ def atomic(path: Path, write: Callable[[Path], object]) -> None:
     replace_durably(tmp, path)
 
 
-def write_result_files(out: Path, reads: Callable[[], Iterator[ScoredRead]]) -> dict:
+def write_result_files(out: Path, reads: Callable[[], Iterator[ScoredRead]], paired: bool = False) -> dict:
     """``prediction_results.txt``, ``prediction_results_highestscore.csv`` and ``read_summary.tsv`` in ONE
-    pass over the reads (the consensus keeps one pair of maxima per chunk); returns counts."""
-    names = ("prediction_results.txt", "read_summary.tsv", "prediction_results_highestscore.csv")
+    pass over the reads (the consensus keeps one pair of maxima per chunk); with ``paired`` also
+    ``pair_summary.tsv`` (:mod:`virnucdist.vnp.pairs`, from the reads' mate numbers); returns counts."""
+    names = ("prediction_results.txt", "read_summary.tsv", "prediction_results_highestscore.csv") + \
+        (("pair_summary.tsv",) if paired else ())
     tmp = {n: out / (n + ".tmp") for n in names}
     counts = {"frames": 0, "chunks": 0, "virus": 0, "others": 0, "no_frame": 0, "empty": 0}
     acc = Consensus()
     try:
-        with open(tmp[names[0]], "w", newline="\n") as pred, open(tmp[names[1]], "w", newline="\n") as summ:
+        with ExitStack() as stack:
+            pred = stack.enter_context(open(tmp[names[0]], "w", newline="\n"))
+            summ = stack.enter_context(open(tmp[names[1]], "w", newline="\n"))
             pred.write("\t".join(PREDICTION_HEADER) + "\n")
             summ.write("\t".join(SUMMARY_HEADER) + "\n")
+            pairs = PairWriter(stack.enter_context(open(tmp[names[3]], "w", newline="\n"))) if paired else None
             for r in reads():
                 s1 = r.score1.tolist() if r.frame_ids else []
                 s2 = r.score2.tolist() if r.frame_ids else []
@@ -72,6 +80,10 @@ def write_result_files(out: Path, reads: Callable[[], Iterator[ScoredRead]]) -> 
                 counts[line.call] += 1
                 counts["frames"] += len(r.frame_ids)
                 counts["chunks"] += r.n_chunks
+                if pairs is not None:
+                    pairs.add(r.read_id, r.mate, r.n_chunks, s1, s2, line.call)
+        if pairs is not None:
+            counts["pairs"] = pairs.counts
         counts["chunks_scored"] = write_consensus(tmp[names[2]], acc.decisions())
     except BaseException:
         for t in tmp.values():

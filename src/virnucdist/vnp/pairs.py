@@ -1,0 +1,70 @@
+"""Pair-level calls of a paired-end run: ``pair_summary.tsv``, one line per pair of mates.
+
+The rule (VirNucPro's consensus rule, applied across the two mates as it is across the six frames
+of one chunk): a pair is ``virus`` when the highest virus score (score2) over EVERY kept frame of
+both mates is at least the highest non-virus score (score1) over the same frames (a tie is
+``virus``, as in ``prediction_results_highestscore.csv``), ``others`` otherwise; ``no_frame`` when
+neither mate kept a frame, ``empty`` when both mates are empty. Each mate's own call (its line of
+``read_summary.tsv``) is written beside it. Scores are compared as the float32 values written to
+``prediction_results.txt``.
+
+Columns: ``pair_id`` (the mates' id without ``/1``, ``/2``), ``kept_frames`` (both mates),
+``best_virus_score`` (over both mates; ``NA`` without frames), ``call``, ``mate1_call``,
+``mate2_call``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, TextIO
+
+import numpy as np
+
+from .consensus import format_score
+
+__all__ = ["PAIR_HEADER", "pair_call", "pair_id", "PairWriter"]
+
+PAIR_HEADER = ("pair_id", "kept_frames", "best_virus_score", "call", "mate1_call", "mate2_call")
+
+
+def pair_id(read_id: str) -> str:
+    """The pair's id: a mate's id without its ``/1`` or ``/2``."""
+    return read_id[:-2] if read_id[-2:] in ("/1", "/2") else read_id
+
+
+def pair_call(chunks: int, score1: Sequence[float], score2: Sequence[float]) -> str:
+    """The rule of the module docstring over the pooled frames of both mates (``chunks``: both mates')."""
+    if chunks == 0:
+        return "empty"
+    if not len(score1):
+        return "no_frame"
+    return "virus" if np.float32(max(map(np.float32, score2))) >= np.float32(max(map(np.float32, score1))) \
+        else "others"
+
+
+class PairWriter:
+    """Lines of ``pair_summary.tsv`` from the reads in input order (mate 1 then mate 2 of each pair).
+
+    ``add`` is fed every read with its mate number (0: single-end, not part of a pair) and its own
+    call; ``counts`` holds the pairs per call."""
+
+    def __init__(self, fh: TextIO):
+        self.fh, self.pending = fh, None
+        self.counts = {"pairs": 0, "virus": 0, "others": 0, "no_frame": 0, "empty": 0}
+        fh.write("\t".join(PAIR_HEADER) + "\n")
+
+    def add(self, read_id: str, mate: int, chunks: int, score1, score2, call: str) -> None:
+        if mate == 1:
+            self.pending = (read_id, chunks, list(score1), list(score2), call)
+            return
+        if mate != 2:
+            return
+        if self.pending is None or pair_id(self.pending[0]) != pair_id(read_id):
+            raise ValueError(f"mate 2 {read_id!r} does not follow its mate 1 (got {self.pending and self.pending[0]!r})")
+        rid1, c1, s1, s2, call1 = self.pending
+        self.pending = None
+        s1, s2 = s1 + list(score1), s2 + list(score2)
+        call_pair = pair_call(c1 + chunks, s1, s2)
+        best = format_score(max(map(np.float32, s2))) if s2 else "NA"
+        self.fh.write(f"{pair_id(read_id)}\t{len(s1)}\t{best}\t{call_pair}\t{call1}\t{call}\n")
+        self.counts["pairs"] += 1
+        self.counts[call_pair] += 1
