@@ -86,7 +86,7 @@ def test_nul_bytes(tmp_path):
 
 def test_undecodable_utf8(tmp_path):
     p = tmp_path / "garbage.fa"
-    p.write_bytes(b">r1\nACGT\n>r2 \xff\xfe\nAC\n")
+    p.write_bytes(b">r1\nACGT\n>r2\xff\xfe\nAC\n")     # in the id (a description keeps it, escaped)
     err = _error(p)
     assert "garbage.fa, line 3" in str(err) and "UTF-8" in str(err)
     p.write_bytes(b"\x89PNG\r\n\x1a\n")

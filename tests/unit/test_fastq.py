@@ -115,7 +115,7 @@ def test_crlf_blank_ends_bom_and_empty_records(tmp_path):
     (b"@r1\nAC\x00T\n+\nIIII\n", 2, ("binary data (NUL byte)", "FASTQ")),
     ("@r1\nACÉ\n+\nIIII\n".encode(), 2, ("non-ASCII character in sequence line",)),
     (b"@r1\nACGT\n+\nII\xc3\x89\n", 4, ("non-ASCII character in quality line",)),
-    (b"@r1\nACGT\n+\nIIII\n@r2 \xff\nAC\n+\nII\n", 5, ("UTF-8",)),
+    (b"@r1\nACGT\n+\nIIII\n@r2\xff\nAC\n+\nII\n", 5, ("UTF-8",)),
     (b"@r1\nACGT\n+\nIIII\n@r2\nACGT\n+\nIII\n@r1\nAA\n+\nII\n", 8, ("4 sequence letters but 3",)),
     (b"@r1\nACGT\n+\nIIII\n@r2\nAC\n+\nII\n@r1 again\nAA\n+\nII\n", 9,
      ("duplicate sequence id 'r1'", "line 1", "rename or remove one of them")),

@@ -142,7 +142,7 @@ def test_duplicate_ids_name_both(tmp_path):
     (b">r\nAC\x00GT\n", 2, "binary"),
     (b">r\nACGT\n>\nAC\n", 3, "empty header"),
     (b">r\nACGT\n>  \r\nAC\n", 3, "empty header"),
-    (b">r \xff\nACGT\n", 1, "UTF-8"),
+    (b">r\xff x\nACGT\n", 1, "UTF-8"),      # in the id; in a description it is kept (test_line_ends)
     (b">r\nAC\n>s\nA\xc3\x89\n", 4, "ASCII"),
     (b">r\nAC\n>s\nA\xff\n", 4, "UTF-8"),
     (b"\x89PNG\r\n", 1, "UTF-8"),

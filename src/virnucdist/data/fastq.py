@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-from typing import Callable
-
 import numpy as np
 
 from .fasta import WHITESPACE, FastaError
-from .scan import (_BOM, _Content, _FileScan, _check_nul, _header_ids, _line_of, _line_text,
-                   _non_ascii_error, _other_ws)
+from .scan import (_BOM, Blocks, _Content, _FileScan, _check_nul, _header_ids, _line_of, _line_text,
+                   _non_ascii_error, _other_ws, check_description)
 
-def _scan_fastq_file(path: str, shown: str, block_size: int,
-                     progress: Callable[[int], None] | None) -> _FileScan:
+
+def _scan_fastq_file(fh: Blocks, shown: str, block_size: int) -> _FileScan:
     """4-line FASTQ records (header, sequence, '+', quality); chunks end at record ends."""
-    sha = hashlib.sha256()
     content = _Content()
     parts: list[tuple] = []     # per chunk: (off, nbytes, length, hline, ids)
     size = 0
@@ -22,48 +18,44 @@ def _scan_fastq_file(path: str, shown: str, block_size: int,
     lines_before = 0            # newlines before buf[0]
     carry = b""
     started = False
-    with open(path, "rb", buffering=0) as fh:
-        while True:
-            block = fh.read(block_size)
-            if progress is not None:
-                progress(len(block))
-            final = not block
-            if block:
-                sha.update(block)
-                size += len(block)
-                buf = carry + block if carry else block
-            else:
-                buf = carry
-            if not started:       # skip a byte-order mark and blank lines before the first record
-                p = len(_BOM) if buf.startswith(_BOM) else 0
-                q = len(buf) - len(buf[p:].lstrip(WHITESPACE))
-                if not final and buf.find(b"\n", q) < 0:     # the first header line is incomplete
-                    carry = buf
-                    continue
-                started = True
-                if q < len(buf) and max(buf.rfind(b"\n", 0, q) + 1, p) != q:
-                    raise FastaError(shown, _line_of(buf, q, 0),
-                                     f"expected a FASTQ header line starting with '@', found "
-                                     f"{_line_text(buf, q)}")
-                lines_before = buf.count(b"\n", 0, q)
-                base = q
-                buf = buf[q:]
-            res, used, used_lines = _scan_fastq_chunk(buf, final, base, lines_before, shown)
-            if res is not None:
-                parts.append(res[:5])
-                content.records(res[5], res[5], res[6])
-            carry = buf[used:]
-            base += used
-            lines_before += used_lines
-            if final:
-                break
+    while True:
+        block = fh.read(block_size)
+        final = not block
+        if block:
+            size += len(block)
+            buf = carry + block if carry else block
+        else:
+            buf = carry
+        if not started:       # skip a byte-order mark and blank lines before the first record
+            p = len(_BOM) if buf.startswith(_BOM) else 0
+            q = len(buf) - len(buf[p:].lstrip(WHITESPACE))
+            if not final and buf.find(b"\n", q) < 0:     # the first header line is incomplete
+                carry = buf
+                continue
+            started = True
+            if q < len(buf) and max(buf.rfind(b"\n", 0, q) + 1, p) != q:
+                raise FastaError(shown, _line_of(buf, q, 0),
+                                 f"expected a FASTQ header line starting with '@', found "
+                                 f"{_line_text(buf, q)}")
+            lines_before = buf.count(b"\n", 0, q)
+            base = q
+            buf = buf[q:]
+        res, used, used_lines = _scan_fastq_chunk(buf, final, base, lines_before, shown)
+        if res is not None:
+            parts.append(res[:5])
+            content.records(res[5], res[5], res[6])
+        carry = buf[used:]
+        base += used
+        lines_before += used_lines
+        if final:
+            break
     if not parts:
         raise FastaError(shown, max(lines_before, 1),
                          "no FASTQ records; expected 4-line records (header '@id', sequence, '+', quality)")
     off, nbytes, length, hline = (np.concatenate([p[i] for p in parts]) for i in range(4))
     ids: list[str] = [x for p in parts for x in p[4]] if len(parts) > 1 else parts[0][4]
     hashes, counts = content.finish()
-    return _FileScan("fastq", off, nbytes, length, hline, ids, hashes, counts, sha.hexdigest(), size)
+    return _FileScan("fastq", off, nbytes, length, hline, ids, hashes, counts, fh.hexdigest(), size)
 
 
 _FASTQ_SHAPE = "FASTQ records are 4 lines: '@id', sequence, '+', quality"
@@ -174,11 +166,7 @@ def _check_high_bytes_fastq(buf, arr, ends, lines_before, shown):
         start = int(buf.rfind(b"\n", 0, int(hi[np.searchsorted(li, i)])) + 1)
         phase = i % 4
         if phase in (0, 2):
-            try:
-                buf[start:int(ends[i])].decode("utf-8")
-            except UnicodeDecodeError:
-                raise FastaError(shown, line, "header is not valid UTF-8 text; this looks like a "
-                                              "binary or corrupted file") from None
+            check_description(buf[start:int(ends[i])], shown, line)
         elif phase == 1:
             raise _non_ascii_error(buf, int(hi[np.searchsorted(li, i)]), line, shown, "FASTQ")
         else:

@@ -57,8 +57,8 @@ from .._testhooks import test_hook
 from .fasta import WHITESPACE, FastaError, FastaRecord, is_gzip
 from .fastq import _scan_fastq_file
 from .inputs import as_inputs, pair_layout
-from .scan import (_BOM, BLOCK_SIZE, HASH_BYTES, PathLike, _FileScan, _scan_fasta_file,  # noqa: F401
-                   detect_format)
+from .scan import (_BOM, BLOCK_SIZE, HASH_BYTES, Blocks, PathLike, _FileScan, _scan_fasta_file,  # noqa: F401
+                   _warned_descriptions, cr_only, detect_format)
 
 __all__ = ["SequenceIndex", "quick_identity", "iter_records", "detect_format"]
 
@@ -107,9 +107,12 @@ def _decompress(src: str, gzip_dir: str) -> str:
 def _scan_file(path: str, shown: str, block_size: int = BLOCK_SIZE,
                progress: Callable[[int], None] | None = None) -> _FileScan:
     """Index one plain FASTA or FASTQ file; ``shown`` is the name used in error messages."""
-    if detect_format(path) == "fastq":
-        return _scan_fastq_file(path, shown, block_size, progress)
-    return _scan_fasta_file(path, shown, block_size, progress)
+    fmt = detect_format(path)
+    with open(path, "rb", buffering=0) as raw:
+        fh = Blocks(raw, progress, cr_only(raw.read(1 << 16)))
+        raw.seek(0)
+        _warned_descriptions.discard(shown)
+        return (_scan_fastq_file if fmt == "fastq" else _scan_fasta_file)(fh, shown, block_size)
 
 
 # ----------------------------------------------------------------------------- index
@@ -346,17 +349,15 @@ class SequenceIndex:
                     maps[f] = (fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if self.file_sizes[f] else b"")
                 mm = maps[f][1]
                 off, size = int(self.offset[i]), int(self.nbytes[i])
-                head = mm[prev.get(f, 0):off]              # ends with the header line (and its newline)
-                if head.endswith(b"\n"):
-                    head = head[:-1]
-                line = head[head.rfind(b"\n") + 1:]
+                head = mm[prev.get(f, 0):off].rstrip(b"\r\n")  # ends with the header line (and its newline)
+                line = head[max(head.rfind(b"\n"), head.rfind(b"\r")) + 1:]   # CR-only files too
                 if f not in prev and line.startswith(_BOM):
                     line = line[len(_BOM):]
                 seq = mm[off:off + size].translate(None, WHITESPACE)
                 if len(seq) != self.length[i]:
                     raise RuntimeError(f"{self.sources[f]} changed after the sequence index was "
                                        f"built (record {ids[i]!r}); index it again")
-                yield FastaRecord(ids[i], line[1:].rstrip(b"\r").decode("utf-8"), seq.decode("ascii"))
+                yield FastaRecord(ids[i], line[1:].decode("utf-8", "backslashreplace"), seq.decode("ascii"))
                 prev[f] = off + size
         finally:
             for fh, mm in maps.values():

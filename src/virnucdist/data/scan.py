@@ -10,12 +10,15 @@ puts the per-file results together.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from typing import Callable
 
 import numpy as np
 
 from .fasta import WHITESPACE, FastaError
+
+log = logging.getLogger("virnucdist")
 
 BLOCK_SIZE = 64 << 20
 HASH_BYTES = 16
@@ -187,9 +190,25 @@ def _header_ids(buf: bytes, id_start: np.ndarray, line_end: np.ndarray, ows: np.
                 s.decode("utf-8")
             except UnicodeDecodeError:
                 raise FastaError(shown, int(hline[i]),
-                                 "header is not valid UTF-8 text; this looks like a binary or "
-                                 "corrupted file") from None
+                                 "sequence id (the header's first word) is not valid UTF-8 text; this "
+                                 "looks like a binary or corrupted file (fix the id: ids must be text)") from None
         raise
+
+
+_warned_descriptions: set[str] = set()      # files whose non-UTF-8 description was reported
+
+
+def check_description(header: bytes, shown: str, line: int) -> None:
+    """A header line with non-UTF-8 bytes (its id was checked already): the description is kept
+    with the bytes escaped (``\\xe9``); one warning per file."""
+    try:
+        header.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if shown not in _warned_descriptions:
+            _warned_descriptions.add(shown)
+            log.warning("%s, line %d: the header's description is not valid UTF-8 (byte 0x%02x, e.g. a Latin-1 "
+                        "export); kept with such bytes escaped as \\x%02x (further ones in this file are not "
+                        "reported)", shown, line, header[e.start], header[e.start])
 
 
 def _non_ascii_error(buf: bytes, pos: int, line: int, shown: str, what: str) -> FastaError:
@@ -204,12 +223,47 @@ def _non_ascii_error(buf: bytes, pos: int, line: int, shown: str, what: str) -> 
                                    "sequences must be plain ASCII letters")
 
 
+class Blocks:
+    """A file's bytes for a scanner, block by block: the sha256 of the bytes as stored (the
+    fingerprint), their count, progress, and old-Mac line endings read as newlines.
+
+    ``stream``: anything with ``read(n)`` (a plain file, a decompressing reader). A file
+    whose first 64 KiB hold carriage returns and no newline has CR-only line endings; each
+    CR is then read as a newline (one byte for one: offsets stay those of the file).
+    """
+
+    def __init__(self, stream, progress: Callable[[int], None] | None = None, cr_only: bool = False):
+        self.stream, self.progress, self.cr_only = stream, progress, cr_only
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int) -> bytes:
+        block = self.stream.read(n)
+        if block:
+            self.sha.update(block)
+            self.size += len(block)
+            if self.cr_only:
+                block = block.translate(_CR_AS_LF)
+        if self.progress is not None:
+            self.progress(len(block))
+        return block
+
+    def hexdigest(self) -> str:
+        return self.sha.hexdigest()
+
+
+_CR_AS_LF = bytes.maketrans(b"\r", b"\n")
+
+
+def cr_only(head: bytes) -> bool:
+    """The first bytes of a file: CR line endings and no newline (an old Mac export)."""
+    return b"\n" not in head and b"\r" in head
+
+
 # ------------------------------------------------------------------ FASTA
 
 
-def _scan_fasta_file(path: str, shown: str, block_size: int,
-                     progress: Callable[[int], None] | None) -> _FileScan:
-    sha = hashlib.sha256()
+def _scan_fasta_file(fh: "Blocks", shown: str, block_size: int) -> _FileScan:
     content = _Content()
     parts: list[tuple] = []     # per chunk: (H, off, C_H, C_off, hline, ids)
     base = 0                    # global offset of the current chunk
@@ -217,36 +271,32 @@ def _scan_fasta_file(path: str, shown: str, block_size: int,
     lines_before = 0            # newlines before the chunk
     seen_header = False
     carry = b""
-    with open(path, "rb", buffering=0) as fh:
-        while True:
-            block = fh.read(block_size)
-            if progress is not None:
-                progress(len(block))
-            if block:
-                sha.update(block)
-                buf = carry + block if carry else block
-                n = buf.rfind(b"\n") + 1
-                if n == 0:            # no complete line yet: keep reading
-                    carry = buf
-                    continue
-                carry = buf[n:]
-                final = False
-            else:
-                buf, n, carry, final = carry, len(carry), b"", True
-                if n == 0:
-                    break
-            res = _scan_fasta_chunk(buf, n, base, ws_before, lines_before, seen_header, shown)
-            (H, off, C_H, C_off, hline, ids, nws, nnl, pieces) = res
-            if len(H):
-                seen_header = True
-                parts.append((H, off, C_H, C_off, hline, ids))
-            if seen_header:
-                content.add(*pieces)
-            base += n
-            ws_before += nws
-            lines_before += nnl
-            if final:
+    while True:
+        block = fh.read(block_size)
+        if block:
+            buf = carry + block if carry else block
+            n = buf.rfind(b"\n") + 1
+            if n == 0:            # no complete line yet: keep reading
+                carry = buf
+                continue
+            carry = buf[n:]
+            final = False
+        else:
+            buf, n, carry, final = carry, len(carry), b"", True
+            if n == 0:
                 break
+        res = _scan_fasta_chunk(buf, n, base, ws_before, lines_before, seen_header, shown)
+        (H, off, C_H, C_off, hline, ids, nws, nnl, pieces) = res
+        if len(H):
+            seen_header = True
+            parts.append((H, off, C_H, C_off, hline, ids))
+        if seen_header:
+            content.add(*pieces)
+        base += n
+        ws_before += nws
+        lines_before += nnl
+        if final:
+            break
     size = base
     if not parts:
         what = "the file is empty" if size == 0 else "the file contains only blank lines"
@@ -269,7 +319,7 @@ def _scan_fasta_file(path: str, shown: str, block_size: int,
     nbytes = end - off
     length = nbytes - (C_end - C_off)
     hashes, counts = content.finish()
-    return _FileScan("fasta", off, nbytes, length, hline, ids, hashes, counts, sha.hexdigest(), size)
+    return _FileScan("fasta", off, nbytes, length, hline, ids, hashes, counts, fh.hexdigest(), size)
 
 
 def _scan_fasta_chunk(buf: bytes, n: int, base: int, ws_before: int, lines_before: int,
@@ -356,8 +406,4 @@ def _check_high_bytes(buf, arr, nl, H, E, hline, lines_before, shown, first=0):
         line = lines_before + int(np.searchsorted(nl, pos)) + 1
         raise _non_ascii_error(buf, pos, line, shown, "FASTA")
     for r in np.unique(kk[in_hdr]).tolist():
-        try:
-            buf[int(H[r]) + 1:int(E[r])].decode("utf-8")
-        except UnicodeDecodeError:
-            raise FastaError(shown, int(hline[r]), "header is not valid UTF-8 text; this looks "
-                                                   "like a binary or corrupted file") from None
+        check_description(buf[int(H[r]) + 1:int(E[r])], shown, int(hline[r]))
