@@ -4,7 +4,9 @@ ESM-2: ``spec`` is a fair-esm name (looked up in the torch hub cache,
 ``<hub>/checkpoints/NAME.pt``, downloaded there from fair-esm's URL when a
 network exists) or a path to a fair-esm ``.pt``, read here. DNABERT-S: a Hugging
 Face directory or the hub id ``zhihan1996/DNABERT-S`` in the local HF cache, read
-by :mod:`.dnabert_s_loading`. Any existing directory is taken for a DNABERT-S one.
+by :mod:`.dnabert_s_loading`. A Hugging Face directory (or a hub id in the local HF
+cache) is ESM-2 or DNABERT-S as its ``config.json`` ``model_type`` says
+(:mod:`.hf_cache`); an HF ESM-2 is read by :mod:`.hf_esm2` into the same packed model.
 
 Checkpoints are read with ``torch.load(weights_only=True)`` (memory-mapped);
 fair-esm's ``argparse.Namespace`` config is the one extra class allowed. Models
@@ -27,10 +29,12 @@ from .adapters import DnaBertSEmbedder, EmbeddingModel, ESM2Embedder
 from .dnabert_s_loading import HF_REPO_ID, load_dnabert_s
 from .errors import CheckpointError, ModelLoadError, ModelNotFoundError, torch_error_line
 from .esm2 import ESM2_ARCHS, ESM2Config, PackedESM2, rotary_inv_freq
+from .hf_cache import hf_family, hub_cache_dir, local_model_dir, looks_like_hub_id
+from .hf_esm2 import read_hf_esm2
 from .tokenization import EsmTokenizer
 
 __all__ = ["EmbeddingModel", "LoadedModel", "load_model", "ModelLoadError", "esm_hub_path",
-           "read_fair_esm_checkpoint", "DNABERT_S_NAMES", "DNABERT_S_TINY_NAME"]
+           "read_fair_esm_checkpoint", "DNABERT_S_NAMES", "DNABERT_S_TINY_NAME", "model_family"]
 
 FAIR_ESM_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
 DNABERT_S_HUB_ID = HF_REPO_ID
@@ -45,8 +49,17 @@ def esm_hub_path(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / f"{name}.pt"
 
 
+def model_family(spec: str) -> str:
+    """``"dnabert_s"`` or ``"esm2"``: DNABERT-S names, else a model directory's ``config.json``, else ESM-2."""
+    spec = str(spec)
+    if spec == DNABERT_S_HUB_ID or spec.lower() in DNABERT_S_NAMES:
+        return "dnabert_s"
+    d = local_model_dir(spec)
+    return hf_family(d) if d is not None else "esm2"
+
+
 def is_dnabert_spec(spec: str) -> bool:
-    return spec == DNABERT_S_HUB_ID or spec.lower() in DNABERT_S_NAMES or Path(spec).expanduser().is_dir()
+    return model_family(spec) == "dnabert_s"
 
 
 def _random_attrs(seed: int, what: str) -> tuple[str, dict]:
@@ -65,7 +78,7 @@ def load_model(
     truncation_seq_length: int | None = 1022,
     strip_stop: bool = True,
 ) -> EmbeddingModel:
-    """Load ESM-2 (name or ``.pt``) or DNABERT-S (HF directory / hub id), ready for inference.
+    """Load ESM-2 (name, ``.pt``, HF directory / hub id) or DNABERT-S (HF directory / hub id), ready for inference.
 
     ``truncation_seq_length`` and ``strip_stop`` (drop one terminal ``*``) are ESM-2's
     tokenizer options. Raises a :class:`ModelLoadError` (a ``UserError``) with one line.
@@ -96,7 +109,7 @@ def _load_dnabert_s(spec, device, dtype, random_init, seed) -> DnaBertSEmbedder:
 
 
 def _load_esm2(spec, device, dtype, random_init, seed, tok) -> ESM2Embedder:
-    name = Path(spec).stem if spec.endswith(".pt") else spec
+    name = Path(spec).stem if spec.endswith(".pt") else spec.rsplit("/", 1)[-1] if looks_like_hub_id(spec) else spec
     if random_init:
         if name not in ESM2_ARCHS:
             raise ModelLoadError(f"--random-init needs an ESM-2 architecture name, one of {', '.join(ESM2_ARCHS)}; "
@@ -106,8 +119,13 @@ def _load_esm2(spec, device, dtype, random_init, seed, tok) -> ESM2Embedder:
         module = testing.random_esm2(ESM2Config.from_name(name), seed, device, dtype)
         source, attrs = _random_attrs(seed, name)
         return ESM2Embedder(name, module.eval(), tok, source, attrs)
-    path = _find_esm_checkpoint(spec)
-    cfg, state = read_fair_esm_checkpoint(path)
+    hf_dir = local_model_dir(spec)
+    if hf_dir is not None:  # a Hugging Face directory or cached hub id (model_type "esm")
+        cfg, state, path = read_hf_esm2(hf_dir)
+        name = name if looks_like_hub_id(spec) else hf_dir.resolve().name
+    else:
+        path = _find_esm_checkpoint(spec)
+        cfg, state = read_fair_esm_checkpoint(path)
     with torch.device("meta"):
         module = PackedESM2(cfg)
     _load_strict(module, state, path)
@@ -119,6 +137,11 @@ def _load_esm2(spec, device, dtype, random_init, seed, tok) -> ESM2Embedder:
 
 def _find_esm_checkpoint(spec: str) -> Path:
     p = Path(spec).expanduser()
+    if looks_like_hub_id(spec):
+        raise ModelNotFoundError(
+            f"ESM-2 model {spec!r} is not in the local Hugging Face cache ({hub_cache_dir()}; set HF_HOME or "
+            f"HF_HUB_CACHE if it is elsewhere): `huggingface-cli download {spec}` on a machine with network "
+            f"access, or pass a model directory, a fair-esm .pt or a name ({', '.join(ESM2_ARCHS)})")
     if p.suffix == ".pt" or os.sep in spec:
         if not p.is_file():
             raise ModelNotFoundError(f"ESM-2 checkpoint {p} does not exist. Give a fair-esm .pt file or a model name "
@@ -126,7 +149,8 @@ def _find_esm_checkpoint(spec: str) -> Path:
         return p
     if spec not in ESM2_ARCHS:
         raise ModelNotFoundError(f"unknown model {spec!r}: give an ESM-2 name ({', '.join(ESM2_ARCHS)}), a fair-esm "
-                                 f".pt path, or a DNABERT-S directory")
+                                 f".pt path, a Hugging Face ESM-2 or DNABERT-S directory, or a hub id in the "
+                                 f"local HF cache")
     path = esm_hub_path(spec)
     if path.is_file():
         return path

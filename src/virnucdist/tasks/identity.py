@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..models.esm2 import ESM2_ARCHS
+from ..models.hf_cache import local_model_dir, read_config
 from ..models.loading import is_dnabert_spec
 
 __all__ = ["model_identity", "molecule_of_spec", "width_of_spec"]
@@ -25,17 +25,17 @@ def molecule_of_spec(spec: str) -> str:
 
 def width_of_spec(spec: str, random_init: bool) -> int | None:
     """A model's embedding width read from its name or config, without loading weights (None: unknown here)."""
+    d = local_model_dir(spec)
+    if d is not None and (d / "config.json").is_file():  # a Hugging Face directory of either model
+        try:
+            return int(read_config(d)["hidden_size"])
+        except (ValueError, KeyError, TypeError):
+            return None  # the loader says what is wrong with it
     if is_dnabert_spec(spec):
         if spec.lower() == "dnabert-s-tiny":
             from ..testing import DNABERT_S_TINY
 
             return DNABERT_S_TINY.hidden_size
-        cfg = Path(spec).expanduser() / "config.json"
-        if cfg.is_file():
-            try:
-                return int(json.loads(cfg.read_text())["hidden_size"])
-            except (ValueError, KeyError, TypeError):
-                return None  # the loader says what is wrong with it
         return 768
-    name = Path(spec).stem if spec.endswith(".pt") else spec
+    name = Path(spec).stem if spec.endswith(".pt") else spec.rsplit("/", 1)[-1]
     return ESM2_ARCHS[name][1] if name in ESM2_ARCHS else None
