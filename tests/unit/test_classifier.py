@@ -133,7 +133,7 @@ def test_classifier_sized_to_small_models(tmp_path, fmt):
     with pytest.raises(ValueError) as e:
         load_classifier(path, expected_input_dim=(768, 2560))
     msg = str(e.value)
-    assert str(path) in msg and "takes 448 values" in msg and "the models give 768 + 2560 = 3328 (DNABERT-S + ESM-2)" in msg
+    assert str(path) in msg and "takes 448 values" in msg and "--esm-model gives 768 + 2560 = 3328: ESM-2 width 2560 (esm2_t36_3B_UR50D)" in msg
     assert isinstance(e.value, UserError) and "\n" not in msg
     with pytest.raises(UserError, match="takes 448 values per frame, but the models give 3328"):
         check_input_dim(model, 3328, path)

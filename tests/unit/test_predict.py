@@ -240,12 +240,13 @@ def test_duplicate_read_ids_are_a_clear_error(data, tmp_path):
 
 
 def test_bad_chunk_size_and_wrong_model_width(data, tmp_path):
-    with pytest.raises(UserError, match="300 or 500"):
-        predict(config(data, tmp_path / "o1", chunk_size=400))
+    with pytest.raises(UserError, match="at least 3 bases"):
+        predict(config(data, tmp_path / "o1", chunk_size=2))
     fasta = write_fasta_wrapped(tmp_path / "r.fa", data["reads"][:3])
     small = random_esm2(ESM2Config.from_name("esm2_t6_8M_UR50D"), 0, torch.device("cpu"), torch.float32)
     esm_320 = save_fair_esm_checkpoint(small, tmp_path / "esm2_t6_8M_UR50D.pt")
-    with pytest.raises(UserError, match="768 \\+ 320"):
+    with pytest.raises(UserError, match="3328 values per frame = DNABERT-S 768 \\+ ESM-2 width 2560 "
+                                        "\\(esm2_t36_3B_UR50D\\).*768 \\+ 320 = 1088: ESM-2 width 320 \\(esm2_t6_8M"):
         predict(config(data, tmp_path / "o2", inputs=(str(fasta),), esm_model=str(esm_320), num_workers=0))
 
 

@@ -187,21 +187,34 @@ def load_classifier(path: str | os.PathLike, expected_input_dim: int | tuple[int
     return model.eval()
 
 
+def _esm_size(width: int) -> str:
+    """ESM-2 width -> its published name(s), e.g. 1280 -> 'esm2_t33_650M_UR50D'."""
+    from .esm2 import ESM2_ARCHS
+
+    names = [n for n, (_, d, _) in ESM2_ARCHS.items() if d == width]
+    return f"ESM-2 width {width} ({' / '.join(names)})" if names else f"ESM-2 width {width} (no published ESM-2 size)"
+
+
 def check_input_dim(model: MLPClassifier, expected: int | tuple[int, int], path: str | os.PathLike) -> None:
     """One clear line if ``model`` does not take ``expected`` values per frame (the models'
-    ``(DNABERT-S dim, ESM-2 dim)`` or their sum)."""
+    ``(DNABERT-S dim, ESM-2 dim)`` or their sum). With the pair, the line names both ESM-2
+    sizes: the one the classifier was trained on (assuming the same DNABERT-S) and the one given."""
+    have = model.hidden_layer.in_features
     if isinstance(expected, tuple):
         dna, esm = expected
-        given, expected = f"{dna} + {esm} = {dna + esm} (DNABERT-S + ESM-2)", dna + esm
-    else:
-        given = f"{expected} (DNABERT-S + ESM-2)"
-    have = model.hidden_layer.in_features
+        if have == dna + esm:
+            return
+        wants = _esm_size(have - dna) if have > dna else f"{have} values (fewer than DNABERT-S's {dna})"
+        raise ClassifierError(
+            f"{path}: this classifier takes {have} values per frame = DNABERT-S {dna} + {wants}, but "
+            f"--esm-model gives {dna} + {esm} = {dna + esm}: {_esm_size(esm)}. Use the ESM-2 the classifier was "
+            f"trained with, or train one for this model (virnucdist train); VirNucPro's own take {INPUT_DIM} "
+            f"(DNABERT-S 768 + esm2_t36_3B_UR50D 2560)")
     if have != expected:
         raise ClassifierError(
-            f"{path}: this classifier takes {have} values per frame, but the models give {given}; "
-            f"VirNucPro's classifiers take {INPUT_DIM} (DNABERT-S 768 + esm2_t36_3B_UR50D 2560): use those "
-            f"models, or a classifier sized to yours"
-        )
+            f"{path}: this classifier takes {have} values per frame, but the models give {expected} "
+            f"(DNABERT-S + ESM-2); VirNucPro's classifiers take {INPUT_DIM} (DNABERT-S 768 + esm2_t36_3B_UR50D "
+            f"2560): use those models, or a classifier sized to yours")
 
 
 def classifier_chunk_size_hint(path: str | os.PathLike) -> int | None:

@@ -39,7 +39,8 @@ from .identity import model_identity, width_of_spec
 
 __all__ = ["PredictConfig", "PredictTask", "predict", "build_parser", "main"]
 
-CHUNK_SIZES = (300, 500)
+CHUNK_SIZES = (300, 500)  # VirNucPro's own classifiers; a trained one may use any size
+MIN_CHUNK = 3
 FINALIZE_WINDOW = 1 << 16  # reads per window when rank 0 reads the results back
 _CODE = {name: i for i, name in enumerate(FRAME_NAMES)}
 
@@ -122,8 +123,10 @@ class PredictTask:
 
     def __init__(self, config: PredictConfig):
         c = config
-        if c.chunk_size not in CHUNK_SIZES:
-            raise UserError(f"--chunk-size must be 300 or 500 (VirNucPro's classifiers), got {c.chunk_size}")
+        if c.chunk_size < MIN_CHUNK:
+            raise UserError(f"--chunk-size must be at least {MIN_CHUNK} bases (a codon per frame); got {c.chunk_size}. "
+                            f"VirNucPro's classifiers take 300 or 500; a classifier from `virnucdist train` the "
+                            f"chunk size it was trained at")
         if c.classifier is None and not c.random_init:
             raise UserError("--classifier is required: VirNucPro's 300_model.pth or 500_model.pth "
                             "(only --random-init runs without one, with a random classifier)")
@@ -251,10 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m virnucdist.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", help="reads: FASTA or FASTQ file(s), plain or .gz")
-    p.add_argument("--chunk-size", type=int, choices=CHUNK_SIZES, required=True,
-                   help="chunk length; must match the classifier (300_model.pth -> 300, 500_model.pth -> 500)")
+    p.add_argument("--chunk-size", type=int, required=True,
+                   help="chunk length; must match the classifier (300_model.pth -> 300, 500_model.pth -> 500, "
+                        "a classifier from `virnucdist train`: its --chunk-size / --window)")
     p.add_argument("--classifier", default=None, help="VirNucPro's 300_model.pth / 500_model.pth (or a state dict)")
-    p.add_argument("--esm-model", required=True, help="ESM-2 name (esm2_t36_3B_UR50D) or fair-esm .pt path")
+    p.add_argument("--esm-model", required=True,
+                   help="ESM-2: a name (esm2_t36_3B_UR50D), fair-esm .pt, Hugging Face directory or cached hub id; "
+                        "its width must match the classifier's (VirNucPro's: 3B)")
     p.add_argument("--dnabert-model", required=True, help="DNABERT-S directory (or 'dnabert-s' with --random-init)")
     p.add_argument("-o", "--output-dir", required=True)
     p.add_argument("--random-init", action="store_true",
