@@ -17,6 +17,7 @@ Points (where the library calls the hook):
 Variables:
 
 ``VIRNUCDIST_TEST_KILL_AT=POINT[:N]``   SIGKILL this process the N-th time (default 1st) it reaches POINT
+``VIRNUCDIST_TEST_KILL_RANK=R``        with KILL_AT: only the process of torchrun rank R (``RANK``) kills itself
 ``VIRNUCDIST_TEST_OOM_ABOVE=T``        a forward of more than T tokens raises ``torch.OutOfMemoryError``
 ``VIRNUCDIST_TEST_BATCH_DELAY_S=S``     sleep S seconds after each batch (so a test can kill mid-run)
 ``VIRNUCDIST_TEST_CRASH_RANK=R`` with ``VIRNUCDIST_TEST_CRASH_AFTER_BATCHES=N``
@@ -48,7 +49,8 @@ def test_hook(point: str, *, rank: int = 0, batches: int = 0, tokens: int = 0) -
     kill_at = env.get("VIRNUCDIST_TEST_KILL_AT")
     if kill_at:
         name, _, nth = kill_at.partition(":")
-        if name == point:
+        only = env.get("VIRNUCDIST_TEST_KILL_RANK")
+        if name == point and (not only or only == env.get("RANK", "0")):
             _reached[point] = _reached.get(point, 0) + 1
             if _reached[point] == int(nth or 1):
                 os.kill(os.getpid(), signal.SIGKILL)

@@ -164,6 +164,27 @@ def test_ragged_columns_in_input_order(tmp_path):
         assert f.attrs["committed_ragged"] == _len(rows).sum() == f["tokens"].shape[0]
 
 
+def test_keep_commits_only_the_records_not_yet_on_disk(tmp_path):
+    """A resumed window is computed whole (the batches of an uninterrupted run) and commits only the
+    records an earlier attempt did not: their values and ragged rows stay in their places."""
+    rows = np.arange(10, 22)
+    keep = np.isin(rows, [11, 12, 15, 20])
+    w = ShardWriter(tmp_path, 0, TOKENS, flush_every=3, fingerprint="fp")
+    parts = _parts(rows, TOKENS, seed=4)
+    parts[0].skipped = {0: "out of memory"}  # a skip of a record not kept is dropped with it
+    w.write(rows, parts, keep=keep)
+    slot0 = int(parts[0].slots[0])
+    kept = rows[keep & (np.arange(len(rows)) != slot0)]
+    assert w.close() == len(kept)
+    with h5py.File(w.path, "r") as f:
+        assert f["rows"][:].tolist() == kept.tolist()
+        np.testing.assert_array_equal(f["embedding"][:], _vec(kept))
+        np.testing.assert_array_equal(f["tokens"][:], _tok(kept))
+        assert f["bad_rows"][:].tolist() == ([int(rows[slot0])] if keep[slot0] else [])
+    with pytest.raises(ValueError, match="keep mask"):
+        ShardWriter(tmp_path / "b", 0, EMBED).write(rows, _parts(rows), keep=keep[:3])
+
+
 def test_non_finite_record_is_a_counted_bad_row(tmp_path):
     w = ShardWriter(tmp_path, 0, TOKENS, flush_every=2, fingerprint="fp")
     w.write(np.array([0, 1]), _parts([0, 1], TOKENS))

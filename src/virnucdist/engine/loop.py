@@ -259,7 +259,10 @@ def run(task: Task, ctx: DistContext | None = None) -> RunResult:
     source = np.asarray(index.representatives(), dtype=np.int64) if use_dedup else np.arange(n, dtype=np.int64)
     first = source == np.arange(n)
     work = first & ~empty & ~done
-    shares = partition(costs, ctx.world_size, skip=~work)
+    # the partition and the windows come from ALL the records to compute, never from what is left: a
+    # resumed run at the same world size packs every batch exactly as an uninterrupted run did, so its
+    # bytes are those of an uninterrupted run (windows already committed are skipped, see _loop)
+    shares = partition(costs, ctx.world_size, skip=~(first & ~empty))
     mine = shares[ctx.rank]
     if ctx.is_main:
         distinct = int((first & ~empty).sum())
@@ -275,8 +278,8 @@ def run(task: Task, ctx: DistContext | None = None) -> RunResult:
 
     toks = cfg.toks_per_batch or DEFAULT_TOKS.get(ctx.device.type, 4096)
     counters = Counters()
-    if len(mine):
-        _loop(task, ctx, tel, index, mine, costs, toks, out, fingerprint, counters)
+    if work[mine].any():
+        _loop(task, ctx, tel, index, mine, done, costs, toks, out, fingerprint, counters)
     else:
         tel.stats.toks_per_batch = toks
     tel.stats.resumed_records = int(done.sum()) if ctx.is_main else 0
@@ -326,11 +329,18 @@ def _scan(out: Path, n: int, fingerprint: str) -> dict:
     return {"done": scan.done, "bad": dict(zip(scan.bad_rows.tolist(), scan.bad_reasons)), "corrupt": len(scan.corrupt)}
 
 
-def _loop(task, ctx, tel, index, mine, costs, toks, out, fingerprint, counters) -> None:
-    """This rank's share: windows through the workers, blocks through the task, results to the shard."""
+def _loop(task, ctx, tel, index, share, done, costs, toks, out, fingerprint, counters) -> None:
+    """This rank's share: windows through the workers, blocks through the task, results to the shard.
+
+    The windows are planned over the whole ``share`` (done or not); a window whose records are all
+    ``done`` is skipped, one partly done (a resume at another world size or budget) is computed whole
+    and only its records not yet on disk are committed.
+    """
     cfg = task.config
     per_window = getattr(cfg, "window_records", None)  # None: windows by tokens, ramped up at the start
-    windows = plan_windows(mine, costs[mine], WINDOW_BATCHES * toks, max_rows=per_window, ramp=per_window is None)
+    planned = plan_windows(share, costs[share], WINDOW_BATCHES * toks, max_rows=per_window, ramp=per_window is None)
+    windows = [w for w in planned if not done[w].all()]
+    mine = share[~done[share]]
     workers = cfg.num_workers
     loader = DataLoader(_Windows(windows, index, task.block_maker()), batch_size=None, collate_fn=_as_is,
                         num_workers=workers, pin_memory=ctx.device.type == "cuda",
@@ -348,14 +358,16 @@ def _loop(task, ctx, tel, index, mine, costs, toks, out, fingerprint, counters) 
     try:
         with torch.inference_mode(), tel.phase("inference"):
             for block in loader:
-                writer.write(block.rows, task.run_block(block))
+                todo = ~done[block.rows]
+                writer.write(block.rows, task.run_block(block), keep=None if todo.all() else todo)
+                fresh = block.rows[todo]
                 blocks += 1
-                s.sequences += len(block.rows)
+                s.sequences += len(fresh)
                 s.tokens += block.tokens
-                tel.count(len(block.rows), 0)  # the report's timeline (tokens come per forward: on_tokens)
+                tel.count(len(fresh), 0)  # the report's timeline (tokens come per forward: on_tokens)
                 s.batches += len(block.batches)
                 counters.add(block.counters, block.examples)
-                progress.update(len(block.rows), int(costs[block.rows].sum()))
+                progress.update(len(fresh), int(costs[fresh].sum()))
                 test_hook("batch", rank=ctx.rank, batches=blocks)  # test-only fault injection
     finally:
         progress.close()

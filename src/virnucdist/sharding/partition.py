@@ -8,9 +8,10 @@ differ by at most about one record's cost, and every rank's share is in input
 order. That is what lets each rank write its results in input order and the
 final merge be a concatenation of contiguous runs instead of a scatter.
 
-Records to skip (already done on resume, empty, served by a duplicate) are left
-out before cutting, so a resume at any world size balances the work that is left.
-Everything is a pure function of ``(costs, world_size, skip)``.
+Records to skip (empty, served by a duplicate) are left out before cutting. The
+engine never skips what an earlier attempt already did: a resumed run plans the
+same ranges, windows and batches as an uninterrupted one, so it writes the same
+bytes. Everything is a pure function of ``(costs, world_size, skip)``.
 """
 
 from __future__ import annotations

@@ -102,9 +102,11 @@ class ShardWriter:
 
     # -- producer side
 
-    def write(self, rows, parts: list[Part]) -> None:
+    def write(self, rows, parts: list[Part], keep=None) -> None:
         """Queue one window: ``rows`` = the window's record indices, strictly ascending (input order);
-        ``parts`` cover every slot ``0..len(rows)-1`` exactly once, in any order."""
+        ``parts`` cover every slot ``0..len(rows)-1`` exactly once, in any order. ``keep``: a boolean
+        mask over ``rows``, the records to commit (a resumed window recomputed whole, so that its
+        batches are those of an uninterrupted run, commits only what is not on disk yet)."""
         self._raise_if_failed()
         rows = _np(rows, np.int64).reshape(-1)
         if len(rows):
@@ -112,7 +114,11 @@ class ShardWriter:
                 raise ValueError(f"shard windows must come in ascending record order: window {rows[0]}..{rows[-1]} "
                                  f"after record {self._last_row} (or not strictly ascending)")
             self._last_row = int(rows[-1])
-        self._q.put((rows, list(parts)))
+        if keep is not None:
+            keep = np.asarray(keep, dtype=bool).reshape(-1)
+            if keep.shape != rows.shape:
+                raise ValueError(f"keep mask of {keep.shape} for {len(rows)} rows")
+        self._q.put((rows, list(parts), keep))
 
     def close(self) -> int:
         """Flush, fsync and close; returns the records committed (results, bad rows not included)."""
@@ -173,7 +179,7 @@ class ShardWriter:
                 if self._q.get() is None:
                     break
 
-    def _assemble(self, rows: np.ndarray, parts: list[Part]) -> _Window:
+    def _assemble(self, rows: np.ndarray, parts: list[Part], keep: np.ndarray | None = None) -> _Window:
         """The window's results in input order (parts scattered by slot), non-finite records set aside."""
         schema, n = self.schema, len(rows)
         seen = np.zeros(n, dtype=np.int64)
@@ -217,6 +223,13 @@ class ShardWriter:
                     if v.shape != (len(dest), *c.shape):
                         raise RuntimeError(f"ragged column {c.name}: got shape {v.shape} for {len(dest)} rows")
                     ragged[c.name][dest] = v
+        if keep is not None and not keep.all():  # records already committed by an earlier attempt
+            new_slot = np.cumsum(keep) - 1
+            told = {int(new_slot[j]): why for j, why in told.items() if keep[j]}
+            rows, cols = rows[keep], {k: v[keep] for k, v in cols.items()}
+            if lengths is not None:
+                ragged = {k: v[np.repeat(keep, lengths)] for k, v in ragged.items()}
+                lengths = lengths[keep]
         return self._set_aside_bad(rows, cols, lengths, ragged, told)
 
     def _set_aside_bad(self, rows, cols, lengths, ragged, told: dict[int, str] | None = None) -> _Window:
