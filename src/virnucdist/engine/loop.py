@@ -39,7 +39,7 @@ from ..launch.entry import set_safe_counter
 from ..launch.logs import setup_logging
 from ..progress import Progress, index_progress
 from .runner import resolve_dtype
-from ..data.index import SequenceIndex, quick_identity
+from ..data.index import SequenceIndex
 from ..sharding.partition import partition, plan_windows
 from .task import Block, Counters, RunPlan, Task
 from ..telemetry import Telemetry, format_summary, write_run_report
@@ -71,7 +71,7 @@ class RunResult:
 def _check_inputs(inputs) -> None:
     if not inputs:
         raise UserError("no input files given")
-    for p in inputs:
+    for p in (getattr(p, "path", p) for p in inputs):  # a path or a data.inputs.InputFile
         if Path(p).is_dir():
             raise UserError(f"input {p} is a directory, not a FASTA/FASTQ file")
         if not Path(p).is_file():
@@ -94,7 +94,7 @@ def _cached_index(cache: Path, inputs) -> SequenceIndex | None:
         return None
     try:
         idx = SequenceIndex.load(cache)
-        return idx if idx.identity == quick_identity(inputs) else None
+        return idx if idx._stale_reason(inputs, None) is None else None  # paths, sizes, times, samples, mates
     except (OSError, ValueError, KeyError):
         return None
 
@@ -115,7 +115,7 @@ def _open_run(task: Task, out: Path, progress: bool) -> dict:
     folder that is removed again).
     """
     cfg = task.config
-    inputs = [str(p) for p in cfg.inputs]
+    inputs = [p if hasattr(p, "path") else str(p) for p in cfg.inputs]  # paths or data.inputs.InputFile
     path = out / MANIFEST
     old = json.loads(path.read_text()) if path.exists() else None
     cached = _cached_index(out / "index.npz", inputs)
@@ -123,7 +123,7 @@ def _open_run(task: Task, out: Path, progress: bool) -> dict:
     try:
         index = None
         if cached is None:
-            bar = index_progress(inputs, progress)
+            bar = index_progress([getattr(p, "path", p) for p in inputs], progress)
             index = SequenceIndex.build(inputs, gzip_dir=staging, progress=bar.advance)
             bar.close()
         ref = index or cached
@@ -144,7 +144,7 @@ def _open_run(task: Task, out: Path, progress: bool) -> dict:
         for stale in out.glob("index.npz.tmp*"):  # left by a process killed while saving the index
             stale.unlink()
         if index in (None, cached) and cached._stale_reason(inputs, None) is not None:  # e.g. gzip copy removed
-            bar = index_progress(inputs, progress)
+            bar = index_progress([getattr(p, "path", p) for p in inputs], progress)
             index = SequenceIndex.build(inputs, gzip_dir=staging, progress=bar.advance)
             bar.close()
         if index is not None:
@@ -229,7 +229,13 @@ def run(task: Task, ctx: DistContext | None = None) -> RunResult:
         resolve_dtype(cfg.dtype, ctx.device)  # e.g. --dtype fp8 on a GPU without FP8: one line, before any work
     if ctx.is_main:
         _writable(out)
-    opened = _agree(ctx, _open_run, task, out, ctx.is_main and not cfg.quiet)
+    try:
+        opened = _agree(ctx, _open_run, task, out, ctx.is_main and not cfg.quiet)
+    except UserError as e:  # a task may say more (e.g. which sample of a sheet holds the bad file)
+        explain = getattr(task, "explain", None)
+        if explain is None:
+            raise
+        raise explain(e) from None
     setup_logging(out, ctx.rank, cfg.quiet)
     if opened["complete"]:
         if ctx.is_main:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..engine import DEFAULT_TOKS, RunResult, run, run_main
+from ..data.inputs import as_inputs
 from ..errors import UserError
 from ..launch.dist import DistContext
 from ..models.classifier import classifier_chunk_size_hint, load_classifier
@@ -37,7 +38,7 @@ from ..writers import Column, Part, ShardSchema
 from ..engine.task import Block, RunPlan
 from .identity import model_identity, width_of_spec
 
-__all__ = ["PredictConfig", "PredictTask", "predict", "build_parser", "main"]
+__all__ = ["PredictConfig", "PredictTask", "make_task", "predict", "build_parser", "main"]
 
 CHUNK_SIZES = (300, 500)  # VirNucPro's own classifiers; a trained one may use any size
 MIN_CHUNK = 3
@@ -68,6 +69,8 @@ class PredictConfig:
     allow_any_molecule: bool = False
     overwrite: bool = False
     quiet: bool = False
+    samples: str | None = None  # a sample sheet (tasks/samples.py): its files replace ``inputs``
+    interleaved: bool = False  # single files hold mates one after the other
 
 
 @dataclass
@@ -132,6 +135,8 @@ class PredictTask:
                             "(only --random-init runs without one, with a random classifier)")
         if c.classifier is not None and not Path(c.classifier).is_file():
             raise UserError(f"classifier file {c.classifier} not found; pass VirNucPro's 300_model.pth or 500_model.pth")
+        if c.interleaved and not c.samples:
+            c = replace(c, inputs=tuple(as_inputs(c.inputs, interleaved=True)))
         self.config, self.runners = c, []
         widths = (width_of_spec(c.dnabert_model, c.random_init), width_of_spec(c.esm_model, c.random_init))
         if c.classifier is not None and None not in widths:  # before any indexing: the models' widths are known
@@ -218,25 +223,31 @@ class PredictTask:
 
     # -- rank 0
     def finalize(self, out: Path, index, results, plan: RunPlan) -> dict:
-        ids = index.ids
+        return self.write_outputs(out, index, results, plan, 0, len(index))
+
+    def write_outputs(self, out: Path, index, results, plan: RunPlan, lo: int, hi: int) -> dict:
+        """The result files of the reads ``lo:hi`` of the index (all of them, or one sample's) into ``out``."""
+        ids, mate = index.ids, np.asarray(index.mate)
+        sel = (plan.rows >= lo) & (plan.rows < hi)
 
         def reads():
             """A ScoredRead per read, input order; reads without a result (empty, skipped) have no chunk."""
-            at = 0
-            for w in results.windows(plan.rows, plan.source, ragged=True, window=FINALIZE_WINDOW):
+            at = lo
+            for w in results.windows(plan.rows[sel], plan.source[sel], ragged=True, window=FINALIZE_WINDOW):
                 start = 0
                 for row, nc, nf in zip(w.rows.tolist(), w.columns["n_chunks"].tolist(), w.lengths.tolist()):
-                    yield from (ScoredRead(ids[i], 0, [], [], []) for i in range(at, row))
+                    yield from (ScoredRead(ids[i], 0, [], [], [], mate=int(mate[i])) for i in range(at, row))
                     sl = slice(start, start + nf)
                     fids = [f"{chunk_id(ids[row], int(k))}{FRAME_NAMES[int(c)]}"
                             for k, c in zip(w.ragged["chunk"][sl], w.ragged["frame"][sl])]
-                    yield ScoredRead(ids[row], nc, fids, w.ragged["score1"][sl], w.ragged["score2"][sl], (w, sl))
+                    yield ScoredRead(ids[row], nc, fids, w.ragged["score1"][sl], w.ragged["score2"][sl], (w, sl),
+                                     int(mate[row]))
                     start, at = start + nf, row + 1
-            yield from (ScoredRead(ids[i], 0, [], [], []) for i in range(at, len(index)))
+            yield from (ScoredRead(ids[i], 0, [], [], [], mate=int(mate[i])) for i in range(at, hi))
 
-        counts = {"reads": len(index), **write_result_files(out, reads)}
+        counts = {"reads": hi - lo, **write_result_files(out, reads, paired=bool(mate[lo:hi].any()))}
         if self.config.keep_intermediate:
-            write_stage_files(out, lambda: ((rid, index.read(i)) for i, rid in enumerate(ids)), self.config.chunk_size)
+            write_stage_files(out, lambda: ((ids[i], index.read(i)) for i in range(lo, hi)), self.config.chunk_size)
             for key, model in (("nucleotide_embedding", self.dna), ("protein_embedding", self.esm)):
                 write_frame_embeddings(out / f"{key}s.h5", reads, counts["frames"], model.dim,
                                        lambda r, key=key: r.extra[0].ragged[key][r.extra[1]],
@@ -245,15 +256,30 @@ class PredictTask:
         return counts
 
 
+def make_task(cfg: PredictConfig):
+    """The task of a run: one set of reads, or every sample of a sheet (``--samples``)."""
+    if cfg.samples:
+        from .samples import SamplesPredictTask  # noqa: PLC0415 (it builds on this module)
+
+        return SamplesPredictTask(cfg)
+    if not cfg.inputs:
+        raise UserError("no input files given: pass the reads (FASTA/FASTQ/BAM, R1 R2 for a pair) or --samples SHEET")
+    return PredictTask(cfg)
+
+
 def predict(cfg: PredictConfig, ctx: DistContext | None = None) -> RunResult:
     """Run one prediction job on this rank (call on every rank under torchrun)."""
-    return run(PredictTask(cfg), ctx)
+    return run(make_task(cfg), ctx)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m virnucdist.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="+", help="reads: FASTA or FASTQ file(s), plain or .gz")
+    p.add_argument("inputs", nargs="*", help="reads: FASTA or FASTQ file(s), plain or .gz; R1 R2 of a pair")
+    p.add_argument("--samples", default=None, metavar="SHEET.tsv",
+                   help="every sample of a sequencing run in one launch: name<TAB>R1[<TAB>R2] per line; "
+                        "outputs in OUTDIR/<sample>/ and OUTDIR/samples.tsv")
+    p.add_argument("--interleaved", action="store_true", help="single files hold mates one after the other")
     p.add_argument("--chunk-size", type=int, required=True,
                    help="chunk length; must match the classifier (300_model.pth -> 300, 500_model.pth -> 500, "
                         "a classifier from `virnucdist train`: its --chunk-size / --window)")
@@ -285,4 +311,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build_parser(), PredictConfig, PredictTask, argv)
+    return run_main(build_parser(), PredictConfig, make_task, argv)
