@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from .._version import __version__
 from .._testhooks import active_test_hooks, test_hook
 from ..errors import PeerFailed, UserError
-from ..launch.dist import DistContext, init_distributed
+from ..launch.dist import DistContext, init_distributed, workers_per_rank
 from ..launch.entry import set_safe_counter
 from ..launch.logs import setup_logging
 from ..progress import Progress, index_progress
@@ -347,7 +347,9 @@ def _loop(task, ctx, tel, index, share, done, costs, toks, out, fingerprint, cou
     planned = plan_windows(share, costs[share], WINDOW_BATCHES * toks, max_rows=per_window, ramp=per_window is None)
     windows = [w for w in planned if not done[w].all()]
     mine = share[~done[share]]
-    workers = cfg.num_workers
+    workers = workers_per_rank(ctx.device) if cfg.num_workers is None else cfg.num_workers
+    if ctx.is_main:
+        log.info("%d loader worker(s) per rank", workers)
     loader = DataLoader(_Windows(windows, index, task.block_maker()), batch_size=None, collate_fn=_as_is,
                         num_workers=workers, pin_memory=ctx.device.type == "cuda",
                         prefetch_factor=2 if workers > 0 else None)

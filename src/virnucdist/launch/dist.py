@@ -66,6 +66,31 @@ class DistContext:
             dist.destroy_process_group()
 
 
+#: most DataLoader workers a rank starts by default (tokenising 150-bp reads: ~0.25M DNABERT-S tokens/s each)
+MAX_AUTO_WORKERS = 16
+
+
+def cpus_per_local_rank() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a Slurm/cgroup share), split between the
+    ranks of this node (``LOCAL_WORLD_SIZE``, set by torchrun)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, cpus // local)
+
+
+def workers_per_rank(device) -> int:
+    """Default ``--num-workers``: on a GPU, every CPU of this rank's share but two (the rank's own loop
+    and its writer thread), at least 2 and at most :data:`MAX_AUTO_WORKERS`; on CPU, where the model
+    itself needs the cores, 2 at most (0 with a single CPU)."""
+    per = cpus_per_local_rank()
+    if torch.device(device).type == "cuda":
+        return max(2, min(per - 2, MAX_AUTO_WORKERS))
+    return min(2, per - 1)
+
+
 def init_distributed(device: str | None = None, timeout_s: float = 3600.0) -> DistContext:
     """Join torchrun's process group (or run alone) and pick this rank's device.
 

@@ -130,7 +130,12 @@ class DnaBertSTokenizer:
     @property
     def tokenizer(self):
         if self._tok is None:
+            import multiprocessing
+
             from tokenizers import Tokenizer
+
+            if multiprocessing.parent_process() is not None:  # a DataLoader worker: one thread each, the
+                os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers are the parallelism
 
             tok = Tokenizer.from_file(self.path)
             # the upstream tokenizer.json keeps training-time padding/truncation to 2000

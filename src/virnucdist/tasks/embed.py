@@ -53,7 +53,7 @@ class EmbedConfig:
     include: tuple[str, ...] = ("mean",)  # "mean" always; "per_tok" adds the ragged per-token states
     truncation_seq_length: int = 1022
     device: str | None = None  # None: CUDA when available
-    num_workers: int = 2
+    num_workers: int | None = None  # None: from the CPUs per local rank (launch.dist.workers_per_rank)
     window_records: int | None = None  # records per window (the unit of commit); None: by tokens
     flush_every: int = 4096  # records per shard commit (at most; also every 10 s)
     dedup: bool = True
@@ -251,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(ESM-2: residues only), ragged in embeddings.h5 /per_token")
     p.add_argument("--truncation-seq-length", type=int, default=1022)
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    p.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes per rank")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="DataLoader worker processes per rank (default: from the CPUs this rank may use)")
     p.add_argument("--window-records", type=int, default=None,
                    help="records per window, the unit of commit and resume (default: about 32 token budgets)")
     p.add_argument("--flush-every", type=int, default=4096, help="records per shard commit (at most)")

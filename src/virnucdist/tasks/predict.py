@@ -61,7 +61,7 @@ class PredictConfig:
     toks_per_batch: int | None = None  # ESM-2 tokens per batch (DNABERT-S gets the same); None: per device
     dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU (the classifier always runs in fp32)
     device: str | None = None
-    num_workers: int = 2
+    num_workers: int | None = None  # None: from the CPUs per local rank (launch.dist.workers_per_rank)
     window_records: int | None = None  # reads per window (the unit of commit); None: by tokens
     keep_intermediate: bool = False
     dedup: bool = True
@@ -297,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="default: bf16 on CUDA, fp32 on CPU (the classifier always runs in fp32); fp8: ESM-2 in FP8")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    p.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes per rank")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="DataLoader worker processes per rank (default: from the CPUs this rank may use)")
     p.add_argument("--window-records", type=int, default=None,
                    help="reads per window, the unit of commit and resume (default: about 32 token budgets)")
     p.add_argument("--keep-intermediate", action="store_true",
