@@ -100,3 +100,50 @@ def test_fp8_esm2_layer_within_expected_error_of_bf16():
     print(f"rel error vs fp32: bf16 {e_half:.2e}, fp8 {e_fp8:.2e}; fp8 min cosine {cos.min():.5f}")
     assert e_half < e_fp8 < 5e-2
     assert cos.min() > 0.995
+
+
+def test_policy_strings_parse_and_bad_ones_are_one_line_errors():
+    from virnucdist.models.fp8 import POLICIES, FP8Policy
+
+    p = FP8Policy.parse("gemms=qkv+fc1;first=2;last=1")
+    assert p == FP8Policy(gemms=("qkv", "fc1"), bf16_first=2, bf16_last=1)
+    assert FP8Policy.parse(str(p)) == p  # round trip through the recorded form
+    assert FP8Policy.parse("edges2") is POLICIES["edges2"]
+    assert p.fp8_paths(0, 6) == () and p.fp8_paths(5, 6) == ()
+    assert p.fp8_paths(2, 6) == ("self_attn.qkv", "fc1")
+    for bad in ("gemms=qkv+up", "firsts=2", "first=x", "nonsense"):
+        with pytest.raises(UserError) as e:
+            FP8Policy.parse(bad)
+        assert "\n" not in str(e.value)
+
+
+def test_policy_keeps_chosen_gemms_bf16_and_the_producers_follow():
+    """A mixed policy: bf16 edge layers and a bf16 out_proj; each LayerNorm / GELU kernel emits e4m3
+    only for an FP8 consumer, and the mixed model lies between bf16 and all-FP8 in error."""
+    torch.manual_seed(3)
+    model = PackedESM2(ESM2Config(4, 128, 4)).eval()
+    lengths = [12, 40, 7, 25, 60]
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
+    seg = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    pos = torch.arange(int(cu[-1])) - cu[:-1].long()[seg]
+    tokens = torch.randint(4, 29, (int(cu[-1]),))
+    tokens[cu[:-1].long()], tokens[cu[1:].long() - 1] = 0, 2
+    args = (tokens, pos, seg, cu, max(lengths))
+    import copy
+
+    with torch.inference_mode():
+        ref = model.embed(*args)
+        model = model.to(torch.bfloat16)
+        model.inv_freq = model.inv_freq.float()
+        every = quantize_model(copy.deepcopy(model), "all").embed(*args)
+        mixed_model = quantize_model(model, "gemms=qkv+fc1+fc2;first=1;last=1")
+        seen = []
+        for layer in mixed_model.layers:
+            for m in (layer.self_attn.qkv, layer.self_attn.out_proj, layer.fc1, layer.fc2):
+                m.register_forward_pre_hook(lambda mod, a: seen.append((type(mod).__name__, isinstance(a[0], tuple))))
+        mixed = mixed_model.embed(*args)
+    assert mixed_model.fp8_policy == "gemms=qkv+fc1+fc2;first=1;last=1"
+    lin, q = ("Linear", False), ("FP8Linear", True)
+    assert seen[:4] == [lin] * 4 and seen[12:] == [lin] * 4  # first and last layer: bf16 whole
+    assert seen[4:8] == [q, lin, q, q]  # out_proj bf16 gets bf16; the others e4m3 from their producers
+    assert rel(mixed, ref) < rel(every, ref)

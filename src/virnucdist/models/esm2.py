@@ -74,6 +74,10 @@ class SelfAttention(nn.Module):
         return self.out_proj(out.reshape(t, -1))  # an FP8 out_proj quantises ``out`` per token itself
 
 
+def _fp8(linear) -> bool:
+    return getattr(linear, "takes_fp8", False)
+
+
 class TransformerLayer(nn.Module):
     """Pre-LN: ``x = x + attn(LN1(x)); x = x + fc2(gelu(fc1(LN2(x))))``.
 
@@ -94,11 +98,11 @@ class TransformerLayer(nn.Module):
         """``(x, delta) -> (x', delta')`` with ``x + delta`` the residual stream before this layer
         (``delta`` may be None) and ``x' + delta'`` the one after it."""
         ln1, ln2 = self.self_attn_layer_norm, self.final_layer_norm
-        fp8 = getattr(self.fc1, "takes_fp8", False)
-        x, h = add_layer_norm(x, delta, ln1.weight, ln1.bias, ln1.eps, quant=fp8)
+        # each producing kernel emits e4m3 when the GEMM it feeds is FP8 (an FP8 policy may keep some bf16)
+        x, h = add_layer_norm(x, delta, ln1.weight, ln1.bias, ln1.eps, quant=_fp8(self.self_attn.qkv))
         a = self.self_attn(h, rope, cu_seqlens, max_seqlen)
-        x, h = add_layer_norm(x, a, ln2.weight, ln2.bias, ln2.eps, quant=fp8)
-        return x, self.fc2(gelu(self.fc1(h), quant=fp8))
+        x, h = add_layer_norm(x, a, ln2.weight, ln2.bias, ln2.eps, quant=_fp8(self.fc1))
+        return x, self.fc2(gelu(self.fc1(h), quant=_fp8(self.fc2)))
 
     def forward(self, x, rope, cu_seqlens, max_seqlen):
         x, delta = self.step(x, None, rope, cu_seqlens, max_seqlen)

@@ -15,6 +15,7 @@ The model to convert is a bf16 :class:`~.esm2.PackedESM2` (``load_model(..., dty
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -22,13 +23,85 @@ from torch import nn
 from ..errors import UserError
 from .fused import _quant_ref, quant_rows
 
-__all__ = ["fp8_supported", "to_fp8", "quantize_model", "FP8Linear", "FP8UnsupportedError"]
+__all__ = ["fp8_supported", "to_fp8", "quantize_model", "FP8Linear", "FP8UnsupportedError", "FP8Policy",
+           "POLICIES", "policy_from_env"]
 
 #: ``use_fast_accum`` of ``torch._scaled_mm`` (skips the periodic fp32 promotion of the tensor-core
 #: accumulator: faster, less exact over long K); off unless VIRNUCDIST_FP8_FAST_ACCUM=1.
 FAST_ACCUM = os.environ.get("VIRNUCDIST_FP8_FAST_ACCUM", "0") == "1"
 
 LINEARS = ("self_attn.qkv", "self_attn.out_proj", "fc1", "fc2")
+SHORT = {"qkv": "self_attn.qkv", "out": "self_attn.out_proj", "fc1": "fc1", "fc2": "fc2"}
+
+
+@dataclass(frozen=True)
+class FP8Policy:
+    """Which GEMMs run in FP8: the ``gemms`` (short names qkv, out, fc1, fc2) of every layer except the
+    first ``bf16_first`` and the last ``bf16_last`` layers, which stay bf16 whole.
+
+    Written as a string (``VIRNUCDIST_FP8_POLICY``, benchmarks): a name of :data:`POLICIES`, or
+    ``gemms=qkv+fc1+fc2;first=2;last=2`` (any of the three keys; missing ones: all four GEMMs, 0, 0).
+    """
+
+    gemms: tuple[str, ...] = ("qkv", "out", "fc1", "fc2")
+    bf16_first: int = 0
+    bf16_last: int = 0
+
+    def __post_init__(self):
+        bad = [g for g in self.gemms if g not in SHORT]
+        if bad or self.bf16_first < 0 or self.bf16_last < 0:
+            raise ValueError(f"bad FP8 policy {self}: GEMMs are {', '.join(SHORT)}; layer counts >= 0")
+
+    def __str__(self) -> str:
+        return f"gemms={'+'.join(self.gemms)};first={self.bf16_first};last={self.bf16_last}"
+
+    @classmethod
+    def parse(cls, text: str) -> "FP8Policy":
+        text = text.strip()
+        if text in POLICIES:
+            return POLICIES[text]
+        kw: dict = {}
+        try:
+            for part in filter(None, text.split(";")):
+                key, _, val = part.partition("=")
+                key = key.strip()
+                if key == "gemms":
+                    kw["gemms"] = tuple(g for g in val.strip().split("+") if g)
+                elif key in ("first", "last"):
+                    kw[f"bf16_{key}"] = int(val)
+                else:
+                    raise ValueError(key)
+            return cls(**kw)
+        except ValueError:
+            raise UserError(f"FP8 policy {text!r}: give one of {', '.join(POLICIES)} or "
+                            f"'gemms=qkv+out+fc1+fc2;first=N;last=N'") from None
+
+    def fp8_paths(self, layer: int, num_layers: int) -> tuple[str, ...]:
+        """The module paths (within a layer) of the GEMMs that run in FP8 in ``layer`` (0-based)."""
+        if layer < self.bf16_first or layer >= num_layers - self.bf16_last:
+            return ()
+        return tuple(SHORT[g] for g in self.gemms)
+
+
+#: the policies the fidelity benchmark (benchmarks/fp8_policies.py) measures, by name
+POLICIES: dict[str, FP8Policy] = {
+    "all": FP8Policy(),
+    "edges1": FP8Policy(bf16_first=1, bf16_last=1),
+    "edges2": FP8Policy(bf16_first=2, bf16_last=2),
+    "first4": FP8Policy(bf16_first=4),
+    "last4": FP8Policy(bf16_last=4),
+    "no-out": FP8Policy(gemms=("qkv", "fc1", "fc2")),
+    "no-fc2": FP8Policy(gemms=("qkv", "out", "fc1")),
+    "mlp": FP8Policy(gemms=("fc1", "fc2")),
+    "no-out-edges2": FP8Policy(gemms=("qkv", "fc1", "fc2"), bf16_first=2, bf16_last=2),
+}
+
+#: the policy of ``--dtype fp8`` (VIRNUCDIST_FP8_POLICY overrides it)
+DEFAULT_POLICY = "all"
+
+
+def policy_from_env() -> FP8Policy:
+    return FP8Policy.parse(os.environ.get("VIRNUCDIST_FP8_POLICY", DEFAULT_POLICY))
 
 
 class FP8UnsupportedError(UserError, ValueError):
@@ -103,13 +176,16 @@ class FP8Linear(nn.Module):
         return out if self.bias is None else out.add_(self.bias)
 
 
-def quantize_model(model: nn.Module) -> nn.Module:
-    """Replace the four layer GEMMs of every ESM-2 layer by :class:`FP8Linear` (in place; no device check)."""
+def quantize_model(model: nn.Module, policy: FP8Policy | str | None = None) -> nn.Module:
+    """Replace the layer GEMMs that ``policy`` names (default: :func:`policy_from_env`) by
+    :class:`FP8Linear` (in place; no device check). The model records the policy as ``fp8_policy``."""
     layers = getattr(model, "layers", None)
     if layers is None:
         raise TypeError(f"FP8 conversion needs a PackedESM2 (ESM-2), not {type(model).__name__}")
-    for layer in layers:
-        for path in LINEARS:
+    policy = policy_from_env() if policy is None else FP8Policy.parse(policy) if isinstance(policy, str) else policy
+    model.fp8_policy = str(policy)
+    for i, layer in enumerate(layers):
+        for path in policy.fp8_paths(i, len(layers)):
             parent_name, _, attr = path.rpartition(".")
             parent = layer.get_submodule(parent_name) if parent_name else layer
             lin = getattr(parent, attr)
@@ -127,10 +203,10 @@ def require_fp8(device) -> None:
             f"this is {_describe(device)}. Use --dtype bf16.")
 
 
-def to_fp8(model: nn.Module) -> nn.Module:
-    """``--dtype fp8``: a bf16 PackedESM2 on an FP8-capable GPU -> its FP8 version."""
+def to_fp8(model: nn.Module, policy: FP8Policy | str | None = None) -> nn.Module:
+    """``--dtype fp8``: a bf16 PackedESM2 on an FP8-capable GPU -> its FP8 version (see :class:`FP8Policy`)."""
     require_fp8(next(model.parameters()).device)
     if getattr(model, "layers", None) is None:
         raise FP8UnsupportedError("--dtype fp8 is implemented for ESM-2 only (DNABERT-S runs in bf16/fp16)")
-    return quantize_model(model)
+    return quantize_model(model, policy)
 
