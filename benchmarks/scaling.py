@@ -33,12 +33,14 @@ from plots import plot_scaling  # noqa: E402
 
 from virnucdist import EmbedConfig, PredictConfig, embed, predict  # noqa: E402
 from virnucdist.launch import init_distributed  # noqa: E402
+from virnucdist.models.esm2 import ESM2_ARCHS  # noqa: E402
 from virnucdist.testing import save_random_classifier  # noqa: E402
 from virnucdist.vnp.chunk import chunk_records  # noqa: E402
 from virnucdist.vnp.translate import translate_records  # noqa: E402
 
 
-def make_workload(work: Path, reads: int, length: int, chunk: int, name: str = "", dup: float = 0.0) -> dict[str, str]:
+def make_workload(work: Path, reads: int, length: int, chunk: int, name: str = "", dup: float = 0.0,
+                  proteins: bool = True, esm_dim: int = 2560) -> dict[str, str]:
     recs = random_dna(reads, length, seed=length)
     if dup > 0:  # exact duplicates (PCR/optical, abundant organisms): a copy of an earlier read, spread at random
         rng = np.random.default_rng(7)
@@ -46,19 +48,21 @@ def make_workload(work: Path, reads: int, length: int, chunk: int, name: str = "
         src = rng.integers(0, reads, size=len(copies))
         for c, o in zip(copies.tolist(), src.tolist()):
             recs[c] = (recs[c][0], recs[o][1])
-    frames = list(translate_records(chunk_records(recs, chunk)))
     paths = {"reads": str(write_fasta(work / f"reads{name}.fa", recs)),
-             "proteins": str(write_fasta(work / f"proteins{name}.fa", [(f.id, f.protein) for f in frames])),
-             "classifier": str(save_random_classifier(work / f"{chunk}_model.pth", seed=0))}
+             "classifier": str(save_random_classifier(work / f"{chunk}_model.pth", seed=0, input_dim=768 + esm_dim))}
+    if proteins:  # only the esm2 task reads them (translating 1M reads in Python takes a while)
+        frames = translate_records(chunk_records(recs, chunk))
+        paths["proteins"] = str(write_fasta(work / f"proteins{name}.fa", ((f.id, f.protein) for f in frames)))
     return paths
 
 
 def run_task(task: str, paths: dict, work: Path, ws: int, args, ctx, tag: str = "") -> dict:
     out = str(work / f"{task}_ws{ws}{tag}")
     common = dict(random_init=True, overwrite=True, quiet=True, num_workers=args.workers, dedup=not args.no_dedup)
+    dt = {"dtype": args.dtype} if args.dtype else {}
     if task == "esm2":
         rep = embed(EmbedConfig(inputs=(paths["proteins"],), model=args.esm_model, output_dir=out,
-                                toks_per_batch=args.toks_per_batch, **common), ctx).report
+                                toks_per_batch=args.toks_per_batch, **dt, **common), ctx).report
     elif task == "dnabert":
         rep = embed(EmbedConfig(inputs=(paths["reads"],), model="dnabert-s", output_dir=out,
                                 toks_per_batch=args.dna_toks, **common), ctx).report
@@ -66,7 +70,7 @@ def run_task(task: str, paths: dict, work: Path, ws: int, args, ctx, tag: str = 
         rep = predict(PredictConfig(inputs=(paths["reads"],), chunk_size=args.chunk_size,
                                     classifier=paths["classifier"], esm_model=args.esm_model,
                                     dnabert_model="dnabert-s", output_dir=out,
-                                    toks_per_batch=args.toks_per_batch, **common), ctx).report
+                                    toks_per_batch=args.toks_per_batch, **dt, **common), ctx).report
     return rep
 
 
@@ -79,7 +83,9 @@ def main() -> None:
     ap.add_argument("--esm-model", default="esm2_t36_3B_UR50D")
     ap.add_argument("--toks-per-batch", type=int, default=None)
     ap.add_argument("--dna-toks", type=int, default=262144)
-    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=None, help="loader workers per rank (default: the library's, "
+                                                                   "from the CPUs per local rank)")
+    ap.add_argument("--dtype", default=None, help="ESM-2 dtype for esm2/predict (bf16, fp8...; default: the library's)")
     ap.add_argument("--workdir", default=None, help="shared directory (default: a temp dir on rank 0's node)")
     ap.add_argument("--warmup-reads", type=int, default=2000,
                     help="run every task on this many reads first, untimed (JIT/compile caches, NCCL); 0: none")
@@ -93,8 +99,9 @@ def main() -> None:
     ctx = init_distributed()
     ws = ctx.world_size
     work = Path(ctx.broadcast_object(args.workdir or (tempfile.mkdtemp(prefix="vnd-scaling-") if ctx.is_main else None)))
-    paths = make_workload(work, args.reads, args.read_length, args.chunk_size, dup=args.dup_fraction) \
-        if ctx.is_main else None
+    need_proteins = "esm2" in args.tasks.split(",")
+    paths = make_workload(work, args.reads, args.read_length, args.chunk_size, dup=args.dup_fraction,
+                          proteins=need_proteins, esm_dim=ESM2_ARCHS[args.esm_model][1]) if ctx.is_main else None
     paths = ctx.broadcast_object(paths)
     baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
     base = baseline["tasks"] if baseline else {}
@@ -102,8 +109,8 @@ def main() -> None:
                "dup_fraction": args.dup_fraction, "dedup": not args.no_dedup,
                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "tasks": {}}
     if args.warmup_reads:
-        warm = make_workload(work, args.warmup_reads, args.read_length, args.chunk_size, "_warmup") \
-            if ctx.is_main else None
+        warm = make_workload(work, args.warmup_reads, args.read_length, args.chunk_size, "_warmup",
+                             proteins=need_proteins, esm_dim=ESM2_ARCHS[args.esm_model][1]) if ctx.is_main else None
         warm = ctx.broadcast_object(warm)
         for task in args.tasks.split(","):
             run_task(task, warm, work, ws, args, ctx, tag="_warmup")
