@@ -236,6 +236,7 @@ def run(task: Task, ctx: DistContext | None = None) -> RunResult:
         if explain is None:
             raise
         raise explain(e) from None
+    open_s = time.perf_counter() - t_start  # arguments, run directory, index built or loaded, manifest
     setup_logging(out, ctx.rank, cfg.quiet)
     if opened["complete"]:
         if ctx.is_main:
@@ -306,6 +307,7 @@ def run(task: Task, ctx: DistContext | None = None) -> RunResult:
         report = write_run_report(out / "run_report.json", stats, wall, {
             "task": task.name, "config": _plain(cfg), "world_size": ctx.world_size, "output_dir": str(out),
             "restart_count": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
+            "open_s": round(open_s, 4),
             "records": n, "counts": counts, "counters": merged.counts, "examples": merged.examples,
             "dedup": {"enabled": use_dedup, "distinct": int((first & ~empty).sum()), "served_from_duplicate": served},
             "skipped": {"empty": [index.ids[i] for i in np.flatnonzero(empty)[:1000]],
