@@ -182,12 +182,30 @@ def _report_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("flags", nargs="*", help="the flags of python -m virnucdist.train (see its --help)")
+
+
+def _train_run(args: argparse.Namespace) -> int:  # reached only through main(), which hands the flags over
+    return _train(args.flags)
+
+
+def _train(flags: list[str]) -> int:
+    from virnucdist.launch.entry import run_entrypoint
+    from virnucdist.tasks.train import main as train_main
+
+    run_entrypoint(train_main, flags)  # exits with the run's code
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "chunk": Command("cut reads into VirNucPro chunks (300 or 500 bp)", _chunk_args, _chunk_run),
     "translate": Command("six-frame translate chunks, keep stop-free frames", _translate_args, _translate_run),
     "consensus": Command("per-chunk virus calls from prediction_results.txt", _consensus_args, _consensus_run),
     "inspect": Command("what a run produced: model, counts, dims, report, resumable state", _inspect_args, _inspect_run),
     "report": Command("a run's report as one HTML page with plots (needs matplotlib)", _report_args, _report_run),
+    "train": Command("train VirNucPro's classifier on --viral/--other sequences (as python -m virnucdist.train)",
+                     _train_args, _train_run),
 }
 
 
@@ -210,6 +228,9 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # the train task's own parser and one-line error handling
+        return _train(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         code = int(args._run(args) or 0)

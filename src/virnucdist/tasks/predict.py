@@ -31,7 +31,7 @@ from ..models.fp8 import to_fp8
 from ..models.loading import load_model
 from ..packing import pack_pairs
 from ..engine.runner import DTYPES, BatchRunner, resolve_dtype, to_host_async
-from ..vnp.chunk import chunk_id, chunk_spans
+from ..vnp.chunk import chunk_id, chunk_spans, window_spans
 from ..vnp.outputs import ScoredRead, write_frame_embeddings, write_result_files, write_stage_files
 from ..vnp.translate import FRAME_NAMES, six_frame
 from ..writers import Column, Part, ShardSchema
@@ -75,12 +75,16 @@ class PredictConfig:
 
 @dataclass
 class _MakePredictBlock:
-    """Worker side: chunk, translate, tokenize and pair-pack one window of reads (pure)."""
+    """Worker side: chunk, translate, tokenize and pair-pack one window of reads (pure).
+
+    ``step``: None cuts VirNucPro's chunks of ``chunk_size``; a step cuts sliding windows of
+    ``chunk_size`` every ``step`` bases instead (``virnucdist train --window W --step S``)."""
 
     chunk_size: int
     esm_tokenizer: object
     dna_tokenizer: object
     budget: int
+    step: int | None = None
 
     def __call__(self, index, number: int, rows: np.ndarray) -> Block:
         n_chunks = np.zeros(len(rows), dtype=np.int32)
@@ -88,7 +92,8 @@ class _MakePredictBlock:
         chunks, codes, proteins, nucleotides = [], [], [], []
         for j, row in enumerate(rows.tolist()):
             seq = index.read(row).upper().replace("U", "T")  # RNA reads are read as DNA
-            spans = chunk_spans(len(seq), self.chunk_size)
+            spans = (chunk_spans(len(seq), self.chunk_size) if self.step is None
+                     else window_spans(len(seq), self.chunk_size, self.step))
             n_chunks[j] = len(spans)
             for k, (a, b) in enumerate(spans):
                 for fr in six_frame("", seq[a:b]):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Protocol, Union
 
-__all__ = ["ChunkStats", "RecordLike", "chunk_spans", "chunk_records", "chunk_id", "id_and_seq"]
+__all__ = ["ChunkStats", "RecordLike", "chunk_spans", "window_spans", "chunk_records", "chunk_id", "id_and_seq"]
 
 
 class _HasIdSeq(Protocol):
@@ -56,6 +56,22 @@ def chunk_spans(length: int, chunk_size: int) -> list[tuple[int, int]]:
         spans.append((start, min(start + chunk_size, length)))
         # s[k]: the first u steps are q+1, the next ones q (the final 0 is never summed).
         shift += q + 1 if k < u else q
+    return spans
+
+
+def window_spans(length: int, window: int, step: int) -> list[tuple[int, int]]:
+    """Sliding windows ``[k*step, k*step + window)`` that fit in ``length``, plus one window ending at
+    ``length`` when the last start leaves a tail uncovered. A sequence no longer than ``window`` is one
+    span (itself), as :func:`chunk_spans` does; ``length == 0`` gives ``[]``."""
+    if window <= 0 or step <= 0:
+        raise ValueError(f"window and step must be positive, got {window}, {step}")
+    if length == 0:
+        return []
+    if length <= window:
+        return [(0, length)]
+    spans = [(a, a + window) for a in range(0, length - window + 1, step)]
+    if spans[-1][1] < length:
+        spans.append((length - window, length))
     return spans
 
 

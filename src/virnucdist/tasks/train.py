@@ -1,0 +1,284 @@
+"""The task behind ``torchrun ... -m virnucdist.train``: a VirNucPro classifier for your reads and your ESM-2.
+
+Labelled input is FASTA/FASTQ files per class (``--viral``, ``--other``: genomes, contigs or
+reads). On the engine, like predict (the same worker code): each sequence is cut into
+VirNucPro's chunks of ``--chunk-size`` or into sliding windows (``--window W --step S``),
+six-frame translated by predict's rules (frames with a stop are dropped), and every kept frame
+is embedded by DNABERT-S and the chosen ESM-2 (dedup, token balance over ranks, resume from the
+shards). Rank 0 then trains VirNucPro's MLP on the merged features (:mod:`virnucdist.vnp.training`)
+and writes ``classifier.pth`` (VirNucPro's pickled-module form), ``training_log.tsv`` and
+``metrics.json``.
+
+Frames: VirNucPro trained on the ONE frame of each chunk that matches the GenBank protein
+annotation. Here every stop-free frame of a chunk is a training row labelled with its file's
+class, exactly the frames predict will score; no annotation is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..engine import RunResult, run, run_main
+from ..engine.runner import DTYPES, BatchRunner, resolve_dtype, to_host_async
+from ..engine.task import RunPlan
+from ..errors import UserError
+from ..launch.dist import DistContext
+from ..models.loading import load_model
+from ..vnp.training import EpochLog, Recipe, split_groups, save_virnucpro_classifier, train_classifier
+from ..writers import Column, Part, ShardSchema
+from .identity import model_identity
+from .predict import MIN_CHUNK, PredictTask, _MakePredictBlock
+
+__all__ = ["TrainConfig", "TrainTask", "train", "build_parser", "main"]
+
+log = logging.getLogger("virnucdist")
+FEATURE_WINDOW = 1 << 14  # records per window when rank 0 reads the features back
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run; CLI flags map 1:1 to these fields (the recipe's are :class:`Recipe`'s)."""
+
+    viral: tuple[str, ...]
+    other: tuple[str, ...]
+    esm_model: str
+    dnabert_model: str
+    output_dir: str
+    chunk_size: int | None = None  # VirNucPro's chunking at this length ...
+    window: int | None = None  # ... or sliding windows of this length
+    step: int | None = None  # every this many bases (default: window // 2)
+    split_by: str = "chunk"  # what stays together across the train/held-out split: chunk | record
+    random_init: bool = False
+    seed: int = 0  # random model weights (--random-init)
+    toks_per_batch: int | None = None
+    dtype: str | None = None
+    device: str | None = None
+    num_workers: int = 2
+    window_records: int | None = None
+    dedup: bool = True
+    keep_shards: bool = False
+    allow_any_molecule: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+    # VirNucPro's train.py recipe
+    hidden_dim: int = Recipe.hidden_dim
+    dropout: float = Recipe.dropout
+    lr: float = Recipe.lr
+    momentum: float = Recipe.momentum
+    step_size: int = Recipe.step_size
+    gamma: float = Recipe.gamma
+    batch_size: int = Recipe.batch_size
+    max_epochs: int = Recipe.max_epochs
+    patience: int = Recipe.patience
+    val_fraction: float = Recipe.val_fraction
+    split_seed: int = Recipe.split_seed
+    train_seed: int = Recipe.seed
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (*self.viral, *self.other)
+
+    @property
+    def piece(self) -> int:
+        return self.window if self.window is not None else self.chunk_size
+
+    def recipe(self) -> Recipe:
+        names = {f.name for f in fields(Recipe)}
+        vals = {k: getattr(self, k) for k in names if k != "seed"}
+        return Recipe(**vals, seed=self.train_seed)
+
+
+class TrainTask(PredictTask):
+    """Predict's chunk/translate/embed pass with the features as the result; training in finalize."""
+
+    name, verb, cost_unit = "train", "embedding", "bp"
+    outputs = ("classifier.pth", "training_log.tsv", "metrics.json")
+    dedup = True
+
+    def __init__(self, config: TrainConfig):
+        c = config
+        if not c.viral or not c.other:
+            raise UserError("train needs labelled sequences of both classes: --viral FILE... and --other FILE...")
+        if (c.chunk_size is None) == (c.window is None):
+            raise UserError("give one of --chunk-size N (VirNucPro's chunks) or --window N [--step S] "
+                            "(sliding windows)")
+        if c.step is not None and c.window is None:
+            raise UserError("--step goes with --window (sliding windows); --chunk-size cuts VirNucPro's chunks")
+        if c.piece < MIN_CHUNK:
+            raise UserError(f"--chunk-size / --window must be at least {MIN_CHUNK} bases, got {c.piece}")
+        if c.step is not None and c.step < 1:
+            raise UserError(f"--step must be at least 1, got {c.step}")
+        if c.split_by not in ("chunk", "record"):
+            raise UserError(f"--split-by must be 'chunk' or 'record', got {c.split_by!r}")
+        c.recipe().check()
+        overlap = set(map(str, c.viral)) & set(map(str, c.other))
+        if overlap:
+            raise UserError(f"{sorted(overlap)[0]} is given as both --viral and --other")
+        self.config, self.runners = c, []
+
+    @property
+    def step(self) -> int | None:
+        c = self.config
+        return None if c.window is None else (c.step or max(1, c.window // 2))
+
+    def identity(self) -> dict:
+        c = self.config
+        return {"chunk_size": c.chunk_size, "window": c.window, "step": self.step, "viral_files": len(c.viral),
+                "esm_model": model_identity(c.esm_model, c.random_init, c.seed),
+                "dnabert_model": model_identity(c.dnabert_model, c.random_init, c.seed),
+                "dtype": c.dtype or "default", "split_by": c.split_by, "recipe": vars(c.recipe())}
+
+    def prepare(self, ctx: DistContext, index) -> None:
+        c = self.config
+        dtype = resolve_dtype(c.dtype, ctx.device)
+        load = dict(device=ctx.device, dtype=dtype, random_init=c.random_init, seed=c.seed)
+        self.esm, self.dna = load_model(c.esm_model, **load), load_model(c.dnabert_model, **load)
+        if self.esm.molecule != "protein" or self.dna.molecule != "dna":
+            raise UserError(f"--esm-model must be ESM-2 and --dnabert-model DNABERT-S (got {self.esm.name}, "
+                            f"{self.dna.name})")
+        from ..engine import DEFAULT_TOKS
+
+        self.device = ctx.device
+        self.budget = c.toks_per_batch or DEFAULT_TOKS.get(ctx.device.type, 4096)
+        self.models = [self.esm, self.dna]
+        self.runners = [BatchRunner(lambda b, m=m: m.embed(b, (-1,), False).pooled[0], ctx.device) for m in self.models]
+
+    def schema(self) -> ShardSchema:
+        dim = self.dna.dim + self.esm.dim
+        ragged = (Column("chunk", "i4"), Column("frame", "u1"), Column("features", "f4", (dim,)))
+        return ShardSchema("train", (Column("n_chunks", "i4"),), ragged,
+                           {"piece": self.config.piece, "step": self.step or 0})
+
+    def block_maker(self):
+        return _MakePredictBlock(self.config.piece, self.esm.tokenizer, self.dna.tokenizer, self.budget, self.step)
+
+    def run_block(self, block) -> list[Part]:
+        n_chunks, n_frames, chunks, codes = block.payload
+        out = [torch.cat([self._embed(self.runners[1], pb.nucleotide, self.dna.dim),
+                          self._embed(self.runners[0], pb.protein, self.esm.dim)], dim=1).float()
+               for pb in block.batches]
+        vals = torch.cat(out) if out else torch.zeros(0, self.dna.dim + self.esm.dim, device=self.device)
+        (host,), ev = to_host_async(vals)
+        return [Part(np.arange(len(block.rows)), {"n_chunks": n_chunks}, n_frames,
+                     {"chunk": chunks, "frame": codes, "features": host}, ev)]
+
+    # -- rank 0
+    def _features(self, index, results, plan: RunPlan):
+        """All frames' features, labels (1 = viral file) and split groups, input order."""
+        n_viral = len(self.config.viral)
+        is_viral = np.asarray(index.file_idx) < n_viral
+        feats, labels, groups = [], [], []
+        for w in results.windows(plan.rows, plan.source, ragged=True, window=FEATURE_WINDOW):
+            nf = np.asarray(w.lengths, dtype=np.int64)
+            frame_row = np.repeat(w.rows, nf)
+            keep = np.isfinite(w.ragged["features"]).all(axis=1)  # a lone frame out of memory is NaN: dropped
+            feats.append(np.asarray(w.ragged["features"])[keep])
+            labels.append(is_viral[frame_row][keep])
+            g = frame_row if self.config.split_by == "record" else frame_row * (1 << 32) + w.ragged["chunk"]
+            groups.append(np.asarray(g, dtype=np.int64)[keep])
+        dim = self.dna.dim + self.esm.dim
+        cat = (lambda xs, dt, shape=(0,): np.concatenate(xs) if xs else np.zeros(shape, dt))
+        return (cat(feats, np.float32, (0, dim)), cat(labels, bool), cat(groups, np.int64))
+
+    def finalize(self, out: Path, index, results, plan: RunPlan) -> dict:
+        x, y, groups = self._features(index, results, plan)
+        n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
+        if n_pos == 0 or n_neg == 0:
+            raise UserError(f"no stop-free frames of {'viral' if n_pos == 0 else 'other'} sequences to train on "
+                            f"({n_pos} viral, {n_neg} other frames): check --viral / --other and the piece length")
+        recipe = self.config.recipe()
+        held = split_groups(groups, recipe.val_fraction, recipe.split_seed)
+        quiet = self.config.quiet
+        log.info("training VirNucPro's MLP on %d frames (%d viral, %d other; %d held out), %d features per frame",
+                 len(y), n_pos, n_neg, int(held.sum()), x.shape[1])
+        rows: list[str] = ["\t".join(EpochLog.HEADER)]
+        tsv = out / "training_log.tsv"
+
+        def on_epoch(e: EpochLog) -> None:
+            rows.append(e.row())
+            tmp = tsv.with_name(tsv.name + ".tmp")
+            tmp.write_text("\n".join(rows) + "\n")
+            tmp.replace(tsv)
+            if not quiet:
+                log.info("epoch %d: train loss %.4f acc %.4f | held-out loss %.4f acc %.4f | lr %.3g",
+                         e.epoch, e.train_loss, e.train_accuracy, e.val_loss, e.val_accuracy, e.lr)
+
+        model, epochs, metrics = train_classifier(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), held,
+                                                  recipe, self.device, on_epoch)
+        save_virnucpro_classifier(model, out / "classifier.pth")
+        c = self.config
+        metrics.update({
+            "frames": int(len(y)), "viral_frames": n_pos, "other_frames": n_neg, "input_dim": int(x.shape[1]),
+            "dnabert_dim": self.dna.dim, "esm_dim": self.esm.dim, "esm_model": self.esm.name,
+            "dnabert_model": self.dna.name, "random_weights": bool(c.random_init),
+            "pieces": {"chunk_size": c.chunk_size, "window": c.window, "step": self.step},
+            "split_by": c.split_by, "recipe": vars(recipe),
+            "predict_with": f"--chunk-size {c.piece} --esm-model {c.esm_model} --dnabert-model {c.dnabert_model}",
+        })
+        tmp = out / "metrics.json.tmp"
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+        tmp.replace(out / "metrics.json")
+        if not quiet:
+            log.info("held-out: accuracy %.4f, precision %.4f, recall %.4f, f1 %.4f, auroc %s (best epoch %d of %d)",
+                     metrics["accuracy"], metrics["precision"], metrics["recall"], metrics["f1"],
+                     "n/a" if metrics["auroc"] is None else f"{metrics['auroc']:.4f}", metrics["best_epoch"],
+                     metrics["epochs_run"])
+        return {"frames": int(len(y)), "epochs": len(epochs), "auroc": metrics["auroc"]}
+
+
+def train(cfg: TrainConfig, ctx: DistContext | None = None) -> RunResult:
+    """Embed and train on this rank (call on every rank under torchrun); rank 0 trains and writes."""
+    return run(TrainTask(cfg), ctx)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m virnucdist.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--viral", nargs="+", required=True, help="viral sequences: FASTA/FASTQ file(s), plain or .gz")
+    p.add_argument("--other", nargs="+", required=True, help="non-viral (host, bacterial ...) sequences")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--chunk-size", type=int, default=None, help="VirNucPro's chunks of this length (any, e.g. 150)")
+    g.add_argument("--window", type=int, default=None, help="sliding windows of this length ...")
+    p.add_argument("--step", type=int, default=None, help="... every STEP bases (default window/2)")
+    p.add_argument("--esm-model", required=True,
+                   help="ESM-2: name, fair-esm .pt, Hugging Face directory or cached hub id")
+    p.add_argument("--dnabert-model", required=True, help="DNABERT-S directory (or 'dnabert-s' with --random-init)")
+    p.add_argument("-o", "--output-dir", required=True)
+    p.add_argument("--split-by", choices=("chunk", "record"), default="chunk",
+                   help="held-out unit: a chunk/window's frames stay together (default), or a whole input record's")
+    p.add_argument("--random-init", action="store_true", help="seeded RANDOM model weights (tests, demos, benchmarks)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --random-init's model weights")
+    p.add_argument("--toks-per-batch", type=int, default=None)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="models' dtype (default bf16 on CUDA)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--window-records", type=int, default=None, help="records per commit (the unit of resume)")
+    p.add_argument("--no-dedup", dest="dedup", action="store_false")
+    p.add_argument("--keep-shards", action="store_true", help="keep the embedded frames (shards/) after training")
+    p.add_argument("--allow-any-molecule", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    r = p.add_argument_group("training recipe (defaults: VirNucPro's train.py)")
+    d = Recipe()
+    for name, typ, what in (("hidden_dim", int, "hidden units"), ("dropout", float, "dropout"),
+                            ("lr", float, "SGD learning rate"), ("momentum", float, "SGD momentum"),
+                            ("step_size", int, "StepLR step (epochs)"), ("gamma", float, "StepLR factor"),
+                            ("batch_size", int, "batch size"), ("max_epochs", int, "most epochs"),
+                            ("patience", int, "early stopping: epochs without a better held-out loss"),
+                            ("val_fraction", float, "held-out fraction"), ("split_seed", int, "seed of the split")):
+        r.add_argument(f"--{name.replace('_', '-')}", type=typ, default=getattr(d, name),
+                       help=f"{what} (default {getattr(d, name)})")
+    r.add_argument("--train-seed", type=int, default=d.seed, help=f"seed of the MLP's weights and batches "
+                                                                  f"(default {d.seed})")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(build_parser(), TrainConfig, TrainTask, argv)

@@ -1,0 +1,180 @@
+"""``virnucdist train``: the demo learns, the file is VirNucPro's pickled module and runs in predict,
+a killed run resumes to the same classifier, and the pieces (windows, split, metrics) are right."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _train_data import genomes, tiny_models, two_sources
+
+from virnucdist.data.fasta import write_fasta
+from virnucdist.errors import UserError
+from virnucdist.models.classifier import load_classifier
+from virnucdist.tasks.predict import PredictConfig, predict
+from virnucdist.tasks.train import TrainConfig, train
+from virnucdist.vnp.chunk import window_spans
+from virnucdist.vnp.consensus import read_predictions
+from virnucdist.vnp.training import binary_metrics, split_groups
+
+WINDOW_RECORDS = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread here and in the subprocesses: reproducible fp32 sums (and no spinning on a shared box)."""
+    n = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        yield
+    torch.set_num_threads(n)
+
+
+def _cfg(d: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(viral=(str(d / "viral.fa"),), other=(str(d / "other.fa"),), esm_model=str(d / "esm2_tiny.pt"),
+                dnabert_model=str(d / "dnabert_tiny"), output_dir=str(out), chunk_size=90, num_workers=0,
+                device="cpu", window_records=WINDOW_RECORDS, quiet=True)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    two_sources(d)
+    tiny_models(d)
+    res = train(_cfg(d, d / "ref"))
+    return d, d / "ref", res
+
+
+def _state(path: Path) -> dict:
+    return load_classifier(path).state_dict()
+
+
+def test_demo_beats_chance_clearly(demo):
+    """Two codon usages, tiny random models, CPU: the held-out AUROC is at least 0.9."""
+    d, out, res = demo
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["auroc"] >= 0.9, m
+    assert set(m) >= {"accuracy", "precision", "recall", "f1", "auroc", "confusion_matrix"}
+    (tn, fp), (fn, tp) = m["confusion_matrix"]
+    assert tn + fp + fn + tp == m["held_out_rows"] > 20
+    assert m["accuracy"] == pytest.approx((tp + tn) / m["held_out_rows"])
+    assert m["input_dim"] == 128 + 64 and m["viral_frames"] > 0 and m["other_frames"] > 0
+    log = (out / "training_log.tsv").read_text().splitlines()
+    assert log[0].split("\t") == ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+    assert len(log) - 1 == m["epochs_run"] >= m["best_epoch"] >= 1
+    assert not (out / "shards").exists()  # removed once training is done
+
+
+def test_classifier_is_virnucpro_pickled_module(demo):
+    """classifier.pth is ``torch.save(model)`` of ``__main__.MLPClassifier``: loaded the way VirNucPro's
+    prediction.py does (its own class in __main__, a full unpickle) it gives our logits."""
+    d, out, _ = demo
+    x = torch.randn(5, 192, generator=torch.Generator().manual_seed(0))
+    torch.save(x, d / "probe.pt")
+    script = r'''
+import sys, torch, torch.nn as nn
+class MLPClassifier(nn.Module):
+    def __init__(self, input_dim, hidden_dim, num_class):
+        super(MLPClassifier, self).__init__()
+        self.hidden_layer = nn.Linear(input_dim, hidden_dim)
+        self.bn1 = nn.BatchNorm1d(hidden_dim)
+        self.relu = nn.ReLU()
+        self.dropout = nn.Dropout(0.5)
+        self.output_layer = nn.Linear(hidden_dim, num_class)
+    def forward(self, x):
+        return self.output_layer(self.dropout(self.relu(self.bn1(self.hidden_layer(x)))))
+model = torch.load(sys.argv[1], weights_only=False)
+assert type(model).__name__ == "MLPClassifier" and type(model).__module__ == "__main__"
+model.eval()
+with torch.no_grad():
+    torch.save(model(torch.load(sys.argv[2])), sys.argv[3])
+'''
+    subprocess.run([sys.executable, "-c", script, str(out / "classifier.pth"), str(d / "probe.pt"),
+                    str(d / "logits.pt")], check=True, timeout=120)
+    with torch.no_grad():
+        ours = load_classifier(out / "classifier.pth", expected_input_dim=(128, 64))(x)
+    torch.testing.assert_close(torch.load(d / "logits.pt"), ours, rtol=0, atol=0)
+
+
+def test_trained_classifier_runs_in_predict(demo, tmp_path):
+    """predict with the trained file, the same models and chunk size: fresh genomes of each source are
+    mostly called right."""
+    d, out, _ = demo
+    reads = genomes(6, 270, 0.6, "newvir", 7) + genomes(6, 270, -0.6, "newoth", 8)
+    fasta = tmp_path / "reads.fa"
+    write_fasta(fasta, reads)
+    predict(PredictConfig(inputs=(str(fasta),), chunk_size=90, classifier=str(out / "classifier.pth"),
+                          esm_model=str(d / "esm2_tiny.pt"), dnabert_model=str(d / "dnabert_tiny"),
+                          output_dir=str(tmp_path / "pred"), num_workers=0, device="cpu", quiet=True))
+    rows = list(read_predictions(tmp_path / "pred" / "prediction_results.txt"))
+    assert rows
+    right = [(r.prediction == "virus") == r.seq_id.startswith("newvir") for r in rows]
+    assert np.mean(right) >= 0.75, np.mean(right)
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIRNUCDIST_TEST_")}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return {**env, "OMP_NUM_THREADS": "1", **extra}
+
+
+@pytest.mark.parametrize("point", ["batch:2", "epoch:2"], ids=["embedding", "training"])
+def test_killed_train_resumes_to_the_same_classifier(demo, tmp_path, point):
+    """kill -9 mid-embedding (after 2 committed windows) or mid-training; the same command again gives
+    the classifier of an uninterrupted run, bit for bit."""
+    d, ref, _ = demo
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "virnucdist.train", "--viral", str(d / "viral.fa"), "--other", str(d / "other.fa"),
+           "--chunk-size", "90", "--esm-model", str(d / "esm2_tiny.pt"), "--dnabert-model", str(d / "dnabert_tiny"),
+           "-o", str(out), "--num-workers", "0", "--device", "cpu", "--window-records", str(WINDOW_RECORDS), "--quiet"]
+    p = subprocess.run(cmd, env=_env(VIRNUCDIST_TEST_KILL_AT=point), capture_output=True, text=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
+    assert not (out / "classifier.pth").exists() and (out / "shards").is_dir()
+    train(_cfg(d, out))
+    a, b = _state(ref / "classifier.pth"), _state(out / "classifier.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((out / "metrics.json").read_text())["auroc"] == json.loads((ref / "metrics.json").read_text())["auroc"]
+
+
+def test_windows_and_bad_settings(demo, tmp_path):
+    assert window_spans(0, 150, 50) == []
+    assert window_spans(100, 150, 50) == [(0, 100)]
+    assert window_spans(300, 150, 50) == [(0, 150), (50, 200), (100, 250), (150, 300)]
+    assert window_spans(320, 150, 100) == [(0, 150), (100, 250), (170, 320)]  # the tail gets a last window
+    d, _, _ = demo
+    with pytest.raises(UserError, match="one of --chunk-size"):
+        train(_cfg(d, tmp_path / "a", window=150))
+    with pytest.raises(UserError, match="both --viral and --other"):
+        train(_cfg(d, tmp_path / "b", other=(str(d / "viral.fa"),)))
+    with pytest.raises(UserError, match="--val-fraction"):
+        train(_cfg(d, tmp_path / "c", val_fraction=1.5))
+
+
+def test_sliding_windows_train(demo, tmp_path):
+    """--window/--step: more, overlapping pieces than chunking; the run trains and records them."""
+    d, ref, _ = demo
+    train(_cfg(d, tmp_path / "w", chunk_size=None, window=90, step=45, max_epochs=3))
+    m = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    assert m["pieces"] == {"chunk_size": None, "window": 90, "step": 45} and m["epochs_run"] <= 3
+    assert m["frames"] > json.loads((ref / "metrics.json").read_text())["frames"]
+
+
+def test_split_and_metrics():
+    groups = np.repeat(np.arange(50), 3)
+    held = split_groups(groups, 0.1, 42)
+    assert held.sum() == 15 and all(held[groups == g].all() or not held[groups == g].any() for g in range(50))
+    assert np.array_equal(held, split_groups(groups, 0.1, 42)) and not np.array_equal(held, split_groups(groups, 0.1, 1))
+    m = binary_metrics(np.array([0, 0, 1, 1, 1]), np.array([0.1, 0.6, 0.4, 0.8, 0.9]))
+    assert m["confusion_matrix"] == [[1, 1], [1, 2]]
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["auroc"] == pytest.approx(5 / 6)  # pairs (pos > neg): 0.4>0.1, 0.8, 0.9 beat both -> 5 of 6
