@@ -1,7 +1,7 @@
 """``virnucdist report OUTDIR``: a run's ``run_report.json`` as one self-contained HTML page.
 
 The page (``OUTDIR/report.html``) holds the headline figures, a per-rank table and four
-plots as inline base64 PNGs (no external resources; it opens in any browser, offline):
+plots (five for ``virnucdist train``: its learning curves from ``training_log.tsv``) as inline base64 PNGs (no external resources; it opens in any browser, offline):
 tokens/s over time per rank, GPU utilisation and memory over time, the phases of each
 rank on a time axis, and the token balance across ranks. Plotting needs matplotlib
 (``pip install "virnucdist[report]"``). Every field is read defensively: a report of a
@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import UserError
 
-__all__ = ["FIGURES", "ReportError", "headline", "load_report", "make_figures", "render_html", "write_report"]
+__all__ = ["FIGURES", "EXTRA_FIGURES", "ReportError", "headline", "load_report", "make_figures", "render_html", "write_report"]
 
 INSTALL_HINT = 'virnucdist report needs matplotlib: pip install "virnucdist[report]" (or: pip install matplotlib)'
 # figure name -> heading on the page; --png writes OUTDIR/report-<name>.png
@@ -31,6 +31,8 @@ FIGURES = {
     "phases": "Phases per rank",
     "balance": "Token balance across ranks",
 }
+#: drawn when the run directory holds them (``virnucdist train``'s training_log.tsv)
+EXTRA_FIGURES = {"learning": "Learning curves (training_log.tsv)"}
 PHASE_ORDER = ("index", "model_load", "inference", "write_flush", "finalize")
 PHASE_COLORS = {"index": "#8c8c8c", "model_load": "#e6a23c", "inference": "#3a7bd5", "write_flush": "#9b59b6",
                 "finalize": "#2e9e5b"}
@@ -355,6 +357,38 @@ def make_figures(report: dict) -> dict:
             "phases": _phases_figure(Figure, ranks, offsets), "balance": _balance_figure(Figure, ranks)}
 
 
+def read_training_log(path: Path) -> dict[str, list[float]]:
+    """``training_log.tsv`` as columns of floats (``{}`` when absent or unreadable)."""
+    try:
+        lines = [ln.split("\t") for ln in path.read_text().splitlines() if ln.strip()]
+        head, rows = lines[0], lines[1:]
+        return {h: [float(r[i]) for r in rows] for i, h in enumerate(head)}
+    except (OSError, IndexError, ValueError):
+        return {}
+
+
+def learning_figure(log: dict[str, list[float]], metrics: dict | None = None):
+    """Loss and accuracy per epoch, training and held-out; the best epoch marked."""
+    Figure = _figure_class()
+    fig = Figure(figsize=(WIDTH_IN, 3.6), dpi=DPI, layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    ep = log.get("epoch", [])
+    for ax, what in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        ax.plot(ep, log.get(f"train_{what}", []), marker=".", label="training")
+        ax.plot(ep, log.get(f"val_{what}", []), marker=".", label="held out")
+        best = (metrics or {}).get("best_epoch")
+        if best:
+            ax.axvline(best, color="black", ls="--", lw=1, label=f"best epoch {best}")
+        ax.set_xlabel("epoch")
+        ax.set_title(what)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if metrics and metrics.get("auroc") is not None:
+        fig.suptitle(f"held out: accuracy {metrics['accuracy']:.3f}, f1 {metrics['f1']:.3f}, "
+                     f"AUROC {metrics['auroc']:.3f}")
+    return fig
+
+
 # --- the page ---------------------------------------------------------------------
 
 
@@ -410,7 +444,7 @@ def render_html(report: dict, title: str, images: dict[str, bytes]) -> str:
         f"<table class='headline'>{head}</table>",
         "<h2>Ranks</h2>", _rank_table(ranks) if ranks else "<p>no per-rank data in this report</p>",
     ]
-    for name, heading in FIGURES.items():
+    for name, heading in {**FIGURES, **EXTRA_FIGURES}.items():
         if name in images:
             data = base64.b64encode(images[name]).decode("ascii")
             parts += [f"<h2>{html.escape(heading)}</h2>",
@@ -428,6 +462,13 @@ def write_report(path: str | Path, png: bool = False) -> Path:
     _figure_class()  # no matplotlib: one line saying what to install, before any file is written
     out_dir = file.parent
     images = {name: _png(fig) for name, fig in make_figures(report).items()}
+    log = read_training_log(out_dir / "training_log.tsv")
+    if log.get("epoch"):
+        try:
+            metrics = json.loads((out_dir / "metrics.json").read_text())
+        except (OSError, ValueError):
+            metrics = None
+        images["learning"] = _png(learning_figure(log, metrics))
     if png:
         for name, data in images.items():
             _atomic_write(out_dir / f"report-{name}.png", data)

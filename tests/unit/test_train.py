@@ -178,3 +178,14 @@ def test_split_and_metrics():
     assert m["confusion_matrix"] == [[1, 1], [1, 2]]
     assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
     assert m["auroc"] == pytest.approx(5 / 6)  # pairs (pos > neg): 0.4>0.1, 0.8, 0.9 beat both -> 5 of 6
+
+
+def test_report_draws_the_learning_curves(demo):
+    pytest.importorskip("matplotlib")
+    from virnucdist.cli import main
+
+    _, out, _ = demo
+    assert main(["report", str(out), "--png"]) == 0
+    page = (out / "report.html").read_text()
+    assert "id='fig-learning'" in page and "Learning curves" in page
+    assert (out / "report-learning.png").stat().st_size > 1000

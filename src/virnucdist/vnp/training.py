@@ -138,7 +138,9 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, held_out: np.ndarray, rec
     for epoch in range(1, r.max_epochs + 1):
         model.train()
         order = torch.randperm(len(xt), generator=gen).to(device)
-        total, correct, seen = 0.0, 0, 0
+        total = torch.zeros((), device=device)  # summed on the device: no host sync per step
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        seen = 0
         for a in range(0, len(order), r.batch_size):
             idx = order[a:a + r.batch_size]
             if len(idx) < 2:  # BatchNorm cannot train on one row; the lone last row waits for the next epoch
@@ -148,9 +150,10 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, held_out: np.ndarray, rec
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == yt[idx]).sum())
+            total += loss.detach() * len(idx)
+            correct += (logits.argmax(1) == yt[idx]).sum()
             seen += len(idx)
+        total, correct = total.item(), int(correct)
         lr = opt.param_groups[0]["lr"]
         sched.step()
         vloss, vacc, _ = _evaluate(model, xv, yv)
