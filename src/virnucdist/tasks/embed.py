@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -22,6 +22,7 @@ import torch
 
 from .._version import __version__
 from ..engine import DEFAULT_TOKS, RunResult, run, run_main
+from ..data.inputs import as_inputs
 from ..errors import UserError
 from ..launch.dist import DistContext
 from ..models.fp8 import to_fp8
@@ -61,6 +62,7 @@ class EmbedConfig:
     allow_any_molecule: bool = False
     overwrite: bool = False
     quiet: bool = False
+    interleaved: bool = False  # single files hold mates one after the other (R1/R2 files are told from their ids)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -109,6 +111,8 @@ class EmbedTask:
     dedup = True
 
     def __init__(self, config: EmbedConfig, model=None):
+        if config.interleaved:
+            config = replace(config, inputs=tuple(as_inputs(config.inputs, interleaved=True)))
         self.config, self.model = config, model
         self.per_token = "per_tok" in config.include
         self.runners: list[BatchRunner] = []
@@ -202,7 +206,7 @@ class EmbedTask:
             "pooling": m.attrs.get("pooling", ""), "repr_layer": c.layers[0], "repr_layers": json.dumps(self.layers),
             "truncation_seq_length": c.truncation_seq_length, "include": json.dumps(list(c.include)),
             "virnucdist_version": __version__, "input_fingerprint": plan.fingerprint,
-            "inputs": json.dumps([str(p) for p in c.inputs]),
+            "inputs": json.dumps([str(getattr(p, "path", p)) for p in c.inputs]),
             "skipped_empty_ids": json.dumps([index.ids[i] for i in plan.empty]),
             "skipped_ids": json.dumps(sorted(index.ids[i] for i in plan.bad)),
         }
@@ -234,7 +238,8 @@ def embed(cfg: EmbedConfig, ctx: DistContext | None = None, model=None) -> RunRe
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m virnucdist.embed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="+", help="FASTA or FASTQ file(s), plain or .gz")
+    p.add_argument("inputs", nargs="+", help="FASTA or FASTQ file(s), plain or .gz; R1 R2 of a pair (mates: {id}/1, {id}/2)")
+    p.add_argument("--interleaved", action="store_true", help="single files hold mates one after the other")
     p.add_argument("--model", required=True, help="ESM-2 name or .pt path, or a DNABERT-S directory")
     p.add_argument("-o", "--output-dir", required=True)
     p.add_argument("--random-init", action="store_true", help="seeded random weights (tests, demos, benchmarks)")
