@@ -179,7 +179,7 @@ def test_load_or_build(tmp_path, monkeypatch):
     p.write_bytes(b">r1\nACGT\n>r2\nGG\n")
     gz = tmp_path / "y.fa.gz"
     gz.write_bytes(gzip.compress(b">g1\nTTT\n"))
-    cache = tmp_path / "run" / "index.npz"
+    cache = tmp_path / "run" / "index"
     cache.parent.mkdir()
     calls = []
     real_build = SequenceIndex.build.__func__
@@ -203,7 +203,7 @@ def test_load_or_build(tmp_path, monkeypatch):
     assert changed.read(1) == "GGA"
     os.remove(changed.files[1])                                     # decompressed copy lost
     assert SequenceIndex.load_or_build([p, gz], cache).read(2) == "TTT" and len(calls) == 4
-    cache.write_bytes(b"garbage")                                   # corrupt cache
+    (cache / "meta.json").write_bytes(b"garbage")                   # corrupt cache
     assert SequenceIndex.load_or_build([p, gz], cache).ids == ["r1", "r2", "g1"]
     assert len(calls) == 5
 
@@ -306,21 +306,19 @@ def test_letter_counts_match_a_python_count(inputs, tmp_path):
 
 
 def test_old_cache_is_rebuilt_not_misread(tmp_path, monkeypatch):
-    assert index_module.FORMAT_VERSION == 2
+    assert index_module.FORMAT_VERSION == 3
     p = tmp_path / "x.fa"
     p.write_bytes(b">r1\nACGT\n>r2\nacgt\n")
-    cache = tmp_path / "index.npz"
-    SequenceIndex.load_or_build([p], cache)
-    # a version-1 cache (no content hashes, no letter counts) with the inputs unchanged
-    with np.load(cache) as z:
-        old = {k: z[k] for k in z.files if k not in ("content_hash", "letter_counts")}
-    meta = json.loads(old["meta"].tobytes())
-    meta["version"] = 1
-    del meta["file_format"]
-    old["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    cache = tmp_path / "index"
+    # a format-2 cache (one .npz read whole) where the index now lives, the inputs unchanged
+    meta = {"version": 2, "files": [str(p)], "sources": [str(p)], "fingerprint": "x", "file_digests": [],
+            "file_sizes": [p.stat().st_size], "identity": index_module.quick_identity([p]), "file_format": ["fasta"]}
     with open(cache, "wb") as fh:
-        np.savez(fh, **old)
-    with pytest.raises(ValueError, match="format version 1 is not 2"):
+        np.savez(fh, file_idx=np.zeros(2, np.int32), offset=np.array([4, 13]), nbytes=np.array([5, 5]),
+                 length=np.array([4, 4]), header_line=np.array([1, 3]), ids_blob=np.frombuffer(b"r1\nr2", np.uint8),
+                 content_hash=np.zeros((2, 2), np.uint64), letter_counts=np.zeros((1, 256), np.int64),
+                 meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    with pytest.raises(ValueError, match="format version 2 is not 3"):
         SequenceIndex.load(cache)
     calls = []
     real_build = SequenceIndex.build.__func__
@@ -328,4 +326,9 @@ def test_old_cache_is_rebuilt_not_misread(tmp_path, monkeypatch):
                         classmethod(lambda cls, *a, **k: calls.append(1) or real_build(cls, *a, **k)))
     idx = SequenceIndex.load_or_build([p], cache)
     assert calls == [1] and idx.representatives().tolist() == [0, 0]
-    assert SequenceIndex.load(cache).representatives().tolist() == [0, 0]     # saved again, as version 2
+    assert cache.is_dir() and SequenceIndex.load(cache).representatives().tolist() == [0, 0]    # saved as 3
+    meta3 = json.loads((cache / "meta.json").read_text())
+    meta3["version"] = 4                                                       # a newer one: named, not misread
+    (cache / "meta.json").write_text(json.dumps(meta3))
+    with pytest.raises(ValueError, match="format version 4 is not 3"):
+        SequenceIndex.load(cache)

@@ -53,10 +53,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .._testhooks import test_hook
 from .fasta import WHITESPACE, FastaError, FastaRecord, is_gzip
 from .fastq import _scan_fastq_file
 from .inputs import as_inputs, pair_layout
+from .store import COLUMNS, FORMAT_VERSION, IdColumn, load_dir, save_dir  # noqa: F401
 from .scan import (_BOM, BLOCK_SIZE, HASH_BYTES, Blocks, PathLike, _FileScan, _scan_fasta_file,  # noqa: F401
                    _warned_descriptions, cr_only, detect_format)
 
@@ -64,8 +64,6 @@ __all__ = ["SequenceIndex", "quick_identity", "iter_records", "detect_format"]
 
 log = logging.getLogger(__name__)
 
-#: 2: FASTQ, per-record content hashes, per-file letter counts and formats.
-FORMAT_VERSION = 2
 _MAX_OPEN_FILES = 128
 
 
@@ -145,7 +143,8 @@ class SequenceIndex:
                             else np.zeros(len(self.offset), dtype=np.int64))
         if ids is None and ids_blob is None:
             raise ValueError("SequenceIndex needs ids or ids_blob")
-        self._ids = list(ids) if ids is not None else None
+        self._ids = ids if isinstance(ids, (list, IdColumn)) or ids is None else list(ids)
+        self._store: str | None = None          # the directory a loaded index maps
         self._ids_blob = ids_blob
         self.fingerprint = fingerprint
         self.file_digests = list(file_digests or [])
@@ -266,7 +265,9 @@ class SequenceIndex:
                 f"fingerprint={self.fingerprint[:12]})")
 
     @property
-    def ids(self) -> list[str]:
+    def ids(self) -> Sequence[str]:
+        """The ids in row order: a list, or for a loaded index an :class:`~virnucdist.data.store.IdColumn`
+        (decoded on demand: ``ids[i]`` touches one id)."""
         if self._ids is None:
             blob = self._ids_blob or b""
             self._ids = blob.decode("utf-8").split("\n") if len(self) else []
@@ -415,6 +416,8 @@ class SequenceIndex:
             pass
 
     def __getstate__(self):
+        if self._store is not None:     # a saved index: the other process maps the same files
+            return {"_store": self._store}
         state = self.__dict__.copy()
         state["_ids_blob"] = self._blob()
         state["_ids"] = None            # the blob pickles much faster than a list of str
@@ -424,6 +427,10 @@ class SequenceIndex:
         return state
 
     def __setstate__(self, state):
+        if set(state) == {"_store"}:
+            self.__dict__.update(SequenceIndex.load(state["_store"]).__dict__)
+            self._fds = {}
+            return
         self.__dict__.update(state)
         self._fds = {}
         self._pid = os.getpid()
@@ -431,42 +438,33 @@ class SequenceIndex:
     # ------------------------------------------------------------------ persistence
 
     def save(self, path: PathLike) -> None:
-        """Write an uncompressed ``.npz`` atomically (temp name, then ``os.replace``)."""
-        path = os.fspath(path)
-        meta = {
-            "version": FORMAT_VERSION, "files": self.files, "sources": self.sources,
-            "fingerprint": self.fingerprint, "file_digests": self.file_digests,
-            "file_sizes": self.file_sizes, "identity": self.identity, "file_format": self.file_format,
-            "samples": self.samples, "input_spec": self.input_spec,
-        }
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as fh:
-            np.savez(fh, file_idx=self.file_idx, offset=self.offset, nbytes=self.nbytes,
-                     length=self.length, header_line=self.header_line, mate=self.mate, sample=self.sample,
-                     ids_blob=np.frombuffer(self._blob(), dtype=np.uint8),
-                     content_hash=self.content_hash, letter_counts=self.file_letter_counts
-                     if self.file_letter_counts is not None else np.zeros((0, 256), np.int64),
-                     meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8))
-        test_hook("index")
-        os.replace(tmp, path)
+        """Write the index directory ``path`` (see :mod:`virnucdist.data.store`), atomically."""
+        meta = {"files": self.files, "sources": self.sources, "fingerprint": self.fingerprint,
+                "file_digests": self.file_digests, "file_sizes": self.file_sizes, "identity": self.identity,
+                "file_format": self.file_format, "samples": self.samples, "input_spec": self.input_spec}
+        cols = {name: getattr(self, name) for name in COLUMNS}
+        cols["content_hash"] = self.content_hash
+        cols["representatives"] = self.representatives()
+        if self.file_letter_counts is not None:
+            cols["letter_counts"] = self.file_letter_counts
+        ids = self._ids if self._ids is not None else self.ids
+        save_dir(os.fspath(path), meta, cols, ids)
 
     @classmethod
     def load(cls, path: PathLike, *, expected_fingerprint: str | None = None) -> "SequenceIndex":
-        """Load a saved index; raises ValueError if ``expected_fingerprint`` is given and differs."""
-        with np.load(os.fspath(path), allow_pickle=False) as z:
-            meta = json.loads(z["meta"].tobytes().decode("utf-8"))
-            if meta.get("version") != FORMAT_VERSION:
-                raise ValueError(f"{path}: index format version {meta.get('version')} is not "
-                                 f"{FORMAT_VERSION}; delete it to rebuild")
-            index = cls(meta["files"], z["file_idx"], z["offset"], z["nbytes"], z["length"],
-                        ids_blob=z["ids_blob"].tobytes(), header_line=z["header_line"],
-                        sources=meta["sources"], fingerprint=meta["fingerprint"],
-                        file_digests=meta["file_digests"], file_sizes=meta["file_sizes"],
-                        identity=meta["identity"], content_hash=z["content_hash"],
-                        file_letter_counts=z["letter_counts"], file_format=meta["file_format"],
-                        mate=z["mate"] if "mate" in z.files else None,
-                        sample=z["sample"] if "sample" in z.files else None,
-                        samples=meta.get("samples"), input_spec=meta.get("input_spec"))
+        """Open a saved index (columns memory-mapped); ValueError if ``expected_fingerprint`` is
+        given and differs, or for an index of an older format."""
+        path = os.path.abspath(os.fspath(path))
+        meta, cols, ids = load_dir(path)
+        index = cls(meta["files"], cols["file_idx"], cols["offset"], cols["nbytes"], cols["length"], ids,
+                    header_line=cols["header_line"], sources=meta["sources"], fingerprint=meta["fingerprint"],
+                    file_digests=meta["file_digests"], file_sizes=meta["file_sizes"],
+                    identity=meta["identity"], content_hash=cols["content_hash"],
+                    file_letter_counts=cols.get("letter_counts"), file_format=meta["file_format"],
+                    mate=cols["mate"], sample=cols["sample"], samples=meta.get("samples"),
+                    input_spec=meta.get("input_spec"))
+        index._reps = cols.get("representatives")
+        index._store = path
         if expected_fingerprint is not None and index.fingerprint != expected_fingerprint:
             raise ValueError(
                 f"{path}: index was built from different inputs (fingerprint "

@@ -1,0 +1,161 @@
+"""The index on disk: a directory of ``.npy`` columns, memory-mapped on load, and an id blob.
+
+::
+
+    INDEX/meta.json          version, files, fingerprint, per-file digests/sizes/formats, samples
+    INDEX/<column>.npy       file_idx, offset, nbytes, length, header_line, mate, sample,
+                             content_hash [N, 2], representatives, letter_counts [files, 256]
+    INDEX/ids.bin            the ids, UTF-8, back to back
+    INDEX/ids_off.npy        int64 [N + 1]: id ``i`` is ``ids.bin[off[i]:off[i + 1]]``
+    INDEX/gzip-<f>.npz       seek points of gzip input ``f`` (see :mod:`virnucdist.data.gzseek`)
+
+Loading maps every file (``np.load(mmap_mode="r")``, ``mmap`` for the blob): nothing is read
+until used, so a process's resident memory for the index grows with the rows it touches
+(a rank's contiguous run), not with the file. Pages are shared by all processes of a node
+through the page cache. :class:`IdColumn` gives the ids as a sequence decoded on demand.
+
+Saving writes into ``INDEX.tmp<pid>`` and renames it into place; an older index (a
+directory, or a single ``.npz`` file of format 2) is replaced. A ``.npz`` of an older
+format is never read as this one: :func:`read_meta` names its version, and
+``SequenceIndex.load_or_build`` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import shutil
+from collections.abc import Sequence
+
+import numpy as np
+
+from .._testhooks import test_hook
+
+__all__ = ["FORMAT_VERSION", "IdColumn", "save_dir", "load_dir", "read_meta", "COLUMNS"]
+
+#: 3: a directory of memory-mapped columns (2: one ``index.npz``, read whole).
+FORMAT_VERSION = 3
+COLUMNS = ("file_idx", "offset", "nbytes", "length", "header_line", "mate", "sample")
+
+
+class IdColumn(Sequence):
+    """The ids of an index as a read-only sequence of str, decoded from a UTF-8 blob on demand."""
+
+    def __init__(self, blob, off: np.ndarray):
+        self._blob, self._off = blob, off
+
+    def __len__(self) -> int:
+        return len(self._off) - 1
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"id {i} out of range for {n} records")
+        return bytes(self._blob[int(self._off[i]):int(self._off[i + 1])]).decode("utf-8")
+
+    def __iter__(self):
+        n, step = len(self), 1 << 16
+        for lo in range(0, n, step):
+            off = np.asarray(self._off[lo:min(n, lo + step) + 1])
+            data = bytes(self._blob[int(off[0]):int(off[-1])])
+            rel = (off - off[0]).tolist()
+            yield from (data[a:b].decode("utf-8") for a, b in zip(rel[:-1], rel[1:]))
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (list, tuple, IdColumn)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"IdColumn({len(self)} ids)"
+
+
+def encode_ids(ids) -> tuple[bytes, np.ndarray]:
+    """``(blob, offsets)`` of a list of ids."""
+    enc = [s.encode("utf-8") for s in ids]
+    off = np.zeros(len(enc) + 1, dtype=np.int64)
+    if enc:
+        np.cumsum(np.fromiter((len(b) for b in enc), dtype=np.int64, count=len(enc)), out=off[1:])
+    return b"".join(enc), off
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def save_dir(path: str, meta: dict, columns: dict[str, np.ndarray], ids, extra: dict[str, bytes] | None = None) -> None:
+    """Write the index directory ``path`` atomically (a temporary directory renamed into place)."""
+    path = os.path.abspath(os.fspath(path))
+    tmp = f"{path}.tmp{os.getpid()}"
+    _remove(tmp)
+    os.makedirs(tmp)
+    for name, arr in columns.items():
+        np.save(os.path.join(tmp, f"{name}.npy"), np.ascontiguousarray(arr))
+    if isinstance(ids, IdColumn):
+        blob, off = ids._blob, np.asarray(ids._off)
+    else:
+        blob, off = encode_ids(ids)
+    with open(os.path.join(tmp, "ids.bin"), "wb") as fh:
+        fh.write(blob)
+    np.save(os.path.join(tmp, "ids_off.npy"), off)
+    for name, data in (extra or {}).items():
+        with open(os.path.join(tmp, name), "wb") as fh:
+            fh.write(data)
+    with open(os.path.join(tmp, "meta.json"), "w") as fh:      # last: a directory with meta.json is whole
+        json.dump({**meta, "version": FORMAT_VERSION, "records": len(off) - 1}, fh)
+    test_hook("index")
+    if os.path.lexists(path):
+        old = f"{path}.old{os.getpid()}"
+        _remove(old)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        _remove(old)
+    else:
+        os.replace(tmp, path)
+
+
+def read_meta(path: str) -> dict:
+    """``meta.json`` of an index directory; ValueError for an older format (e.g. a format-2 ``.npz``)."""
+    path = os.fspath(path)
+    if os.path.isfile(path):                   # format 2: one .npz; named, never read as this one
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                version = json.loads(z["meta"].tobytes().decode("utf-8")).get("version")
+        except Exception:                      # noqa: BLE001 (any unreadable file: not an index of ours)
+            version = "unknown"
+        raise ValueError(f"{path}: index format version {version} is not {FORMAT_VERSION}; delete it to rebuild")
+    with open(os.path.join(path, "meta.json")) as fh:
+        meta = json.load(fh)
+    if meta.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: index format version {meta.get('version')} is not {FORMAT_VERSION}; "
+                         "delete it to rebuild")
+    return meta
+
+
+def load_dir(path: str) -> tuple[dict, dict[str, np.ndarray], IdColumn]:
+    """``(meta, columns, ids)`` of an index directory, every column memory-mapped."""
+    path = os.fspath(path)
+    meta = read_meta(path)
+    cols = {}
+    for name in os.listdir(path):
+        if name.endswith(".npy") and name != "ids_off.npy":
+            cols[name[:-4]] = np.load(os.path.join(path, name), mmap_mode="r", allow_pickle=False)
+    off = np.load(os.path.join(path, "ids_off.npy"), mmap_mode="r", allow_pickle=False)
+    blob_path = os.path.join(path, "ids.bin")
+    if os.path.getsize(blob_path):
+        with open(blob_path, "rb") as fh:
+            blob = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    else:
+        blob = b""
+    if len(off) - 1 != meta["records"] or int(off[-1]) != len(blob):
+        raise ValueError(f"{path}: index is incomplete ({len(off) - 1} ids for {meta['records']} records); "
+                         "delete it to rebuild")
+    return meta, cols, IdColumn(blob, off)
