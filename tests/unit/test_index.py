@@ -55,7 +55,8 @@ def test_build_matches_read_fasta(inputs, tmp_path):
     assert idx.read(-1) == ""
     assert idx.length[idx.position("b5")] == 0
     assert idx.file_idx.dtype == np.int32 and idx.offset.dtype == np.int64
-    assert idx.sources[2] == str(inputs[2]) and idx.files[2].startswith(str(tmp_path / "run"))
+    assert idx.sources[2] == str(inputs[2]) and idx.files[2] == str(inputs[2])     # gzip read in place
+    assert not (tmp_path / "run").exists()                                           # no decompressed copy
     assert all(os.path.isabs(f) for f in idx.files)
     with pytest.raises(KeyError, match="nope"):
         idx.position("nope")
@@ -70,9 +71,10 @@ def test_block_boundaries_do_not_matter(inputs, tmp_path, block_size):
         np.testing.assert_array_equal(getattr(idx, col), getattr(ref, col))
 
 
-def test_gzip_needs_a_dir(inputs):
-    with pytest.raises(ValueError, match="gzip_dir"):
-        SequenceIndex.build(inputs)
+def test_gzip_needs_no_dir_and_leaves_no_copy(inputs, tmp_path):
+    before = sorted(os.listdir(tmp_path))
+    idx = SequenceIndex.build(inputs)
+    assert sorted(os.listdir(tmp_path)) == before and idx.read(70) == list(read_fasta(inputs[2]))[0].seq
 
 
 def _read_all(idx):
@@ -201,11 +203,10 @@ def test_load_or_build(tmp_path, monkeypatch):
     changed = SequenceIndex.load_or_build([p, gz], cache)
     assert len(calls) == 3 and changed.fingerprint != first.fingerprint
     assert changed.read(1) == "GGA"
-    os.remove(changed.files[1])                                     # decompressed copy lost
-    assert SequenceIndex.load_or_build([p, gz], cache).read(2) == "TTT" and len(calls) == 4
+    assert changed.files[1] == str(gz) and sorted(os.listdir(cache.parent)) == ["index"]  # no gzip copy
     (cache / "meta.json").write_bytes(b"garbage")                   # corrupt cache
     assert SequenceIndex.load_or_build([p, gz], cache).ids == ["r1", "r2", "g1"]
-    assert len(calls) == 5
+    assert len(calls) == 4
 
 
 def test_stale_file_detected_on_read(tmp_path):

@@ -64,7 +64,7 @@ def read_fasta(path: str | Path) -> Iterator[FastaRecord]:
     """Yield the records of a FASTA or FASTQ file (plain or gzip) in file order.
 
     The file is indexed first (:meth:`virnucdist.sharding.SequenceIndex.build`, the
-    one parser; a gzip input is decompressed to a temporary directory for that), so
+    one parser; a gzip input is read in place), so
     a malformed file raises :class:`FastaError` before the first record is yielded,
     with the same message the index gives; duplicate ids are an error, as in a run.
     A record with an empty sequence is yielded with ``seq == ""``.

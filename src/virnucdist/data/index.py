@@ -11,7 +11,9 @@ order)::
     header_line  int64   1-based line number of the record's header (for messages)
     content_hash [N, 2] uint64  blake2b-128 of the normalised sequence (whitespace removed,
                          upper-cased): equal sequences have equal hashes (``representatives``)
-    ids          list[str]  first word of the header (stored as one UTF-8 blob)
+    ids          first word of the header (stored as one UTF-8 blob with offsets)
+    mate         int8    0: a single read; 1 or 2: that mate of a pair (see data/inputs.py)
+    sample       int32   the record's sample (into ``samples``)
 
 and per file: ``file_format`` (``'fasta'`` or ``'fastq'``, from the content: the first
 non-blank byte is ``>`` or ``@``) and ``file_letter_counts`` (a 256-bin histogram of
@@ -28,12 +30,12 @@ Building scans each file once, in binary blocks, with numpy doing the per-byte w
 ``hashlib`` hashing the same blocks (the file fingerprint) and each record's
 normalised sequence (the content hash), so neither costs an extra pass.
 
-Gzip inputs (recognised by magic bytes) are decompressed once into
-``gzip_dir`` (the run directory) and indexed as plain files: random access into
-a gzip stream would mean re-inflating from the start for every record, so one
-sequential decompression to disk is the cheapest way to give DataLoader workers
-O(1) reads. ``sources`` keeps the original paths (used in messages and the
-cache identity); ``files`` holds the paths that are actually read.
+Gzip inputs (recognised by magic bytes; multi-member and BGZF included) are read where
+they are: the scan records seek points every few MB (:mod:`virnucdist.data.gzseek`) and a
+read inflates from the nearest one, so a process decompresses only the part it reads and
+no decompressed copy is written anywhere. ``files`` and ``sources`` are the input paths.
+
+On disk the index is a directory of memory-mapped columns (:mod:`virnucdist.data.store`).
 
 The fingerprint is a sha256 over the *contents* of the inputs (decompressed for
 gzip), in input order; never over paths or modification times.
@@ -47,13 +49,13 @@ import json
 import logging
 import mmap
 import os
-import tempfile
 import zlib
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from .fasta import WHITESPACE, FastaError, FastaRecord, is_gzip
+from .gzseek import GzipCorrupt, GzipPoints, GzipReader, GzipScan
 from .fastq import _scan_fastq_file
 from .inputs import as_inputs, pair_layout
 from .store import COLUMNS, FORMAT_VERSION, IdColumn, load_dir, save_dir  # noqa: F401
@@ -76,41 +78,31 @@ def quick_identity(paths: Iterable[PathLike]) -> list[list]:
     return out
 
 
-def _decompress(src: str, gzip_dir: str) -> str:
-    """Decompress ``src`` once into ``gzip_dir``; returns the plain file's path."""
-    os.makedirs(gzip_dir, exist_ok=True)
-    name = os.path.basename(src)
-    if name.endswith(".gz"):
-        name = name[:-3]
-    tag = hashlib.sha256(src.encode("utf-8")).hexdigest()[:10]
-    dst = os.path.abspath(os.path.join(gzip_dir, f"{tag}-{name}"))
-    tmp = f"{dst}.tmp{os.getpid()}"
-    lines = 0                                  # newlines decompressed so far: where a broken stream ends
-    try:
-        with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
-            while block := fin.read(16 << 20):
-                fout.write(block)
-                lines += block.count(b"\n")
-        os.replace(tmp, dst)
-    except (OSError, EOFError, zlib.error) as err:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(err, (FileNotFoundError, PermissionError)) and err.filename == tmp:
-            raise
-        raise FastaError(src, lines + 1, f"corrupt or truncated gzip file ({err}); "
-                                         "re-download or recompress it") from None
-    return dst
-
-
 def _scan_file(path: str, shown: str, block_size: int = BLOCK_SIZE,
-               progress: Callable[[int], None] | None = None) -> _FileScan:
-    """Index one plain FASTA or FASTQ file; ``shown`` is the name used in error messages."""
-    fmt = detect_format(path)
-    with open(path, "rb", buffering=0) as raw:
-        fh = Blocks(raw, progress, cr_only(raw.read(1 << 16)))
-        raw.seek(0)
-        _warned_descriptions.discard(shown)
-        return (_scan_fastq_file if fmt == "fastq" else _scan_fasta_file)(fh, shown, block_size)
+               progress: Callable[[int], None] | None = None) -> tuple[_FileScan, GzipPoints | None]:
+    """Index one FASTA or FASTQ file, plain or gzip (read in place: the seek points come back);
+    ``shown`` is the name used in error messages."""
+    _warned_descriptions.discard(shown)
+    if not is_gzip(path):
+        fmt = detect_format(path)
+        with open(path, "rb", buffering=0) as raw:
+            fh = Blocks(raw, progress, cr_only(raw.read(1 << 16)))
+            raw.seek(0)
+            return (_scan_fastq_file if fmt == "fastq" else _scan_fasta_file)(fh, shown, block_size), None
+    gz = GzipScan(path)
+    try:
+        fmt = detect_format(path, gzip.open)
+        with gzip.open(path, "rb") as head:
+            fh = Blocks(gz, progress, cr_only(head.read(1 << 16)))
+        scan = (_scan_fastq_file if fmt == "fastq" else _scan_fasta_file)(fh, shown, block_size)
+        return scan, gz.points()
+    except (GzipCorrupt, OSError, EOFError, zlib.error) as err:
+        if isinstance(err, (FileNotFoundError, PermissionError)):
+            raise
+        raise FastaError(shown, gz.lines + 1, f"corrupt or truncated gzip file ({err}); "
+                                              "re-download or recompress it") from None
+    finally:
+        gz.close()
 
 
 # ----------------------------------------------------------------------------- index
@@ -132,7 +124,8 @@ class SequenceIndex:
                  identity: list | None = None, content_hash: np.ndarray | None = None,
                  file_letter_counts: np.ndarray | None = None, file_format: Sequence[str] | None = None,
                  mate: np.ndarray | None = None, sample: np.ndarray | None = None,
-                 samples: Sequence | None = None, input_spec: list | None = None):
+                 samples: Sequence | None = None, input_spec: list | None = None,
+                 gz: dict[int, GzipPoints] | None = None):
         self.files = [str(f) for f in files]
         self.sources = [str(s) for s in (sources if sources is not None else files)]
         self.file_idx = np.asarray(file_idx, dtype=np.int32)
@@ -145,6 +138,9 @@ class SequenceIndex:
             raise ValueError("SequenceIndex needs ids or ids_blob")
         self._ids = ids if isinstance(ids, (list, IdColumn)) or ids is None else list(ids)
         self._store: str | None = None          # the directory a loaded index maps
+        #: per gzip input (by file number): its seek points; read in place through GzipReader
+        self.gz: dict[int, GzipPoints] = dict(gz or {})
+        self._gzr: dict[int, GzipReader] = {}
         self._ids_blob = ids_blob
         self.fingerprint = fingerprint
         self.file_digests = list(file_digests or [])
@@ -183,8 +179,8 @@ class SequenceIndex:
         interleaved); the two files of a read pair are recognised from their ids and
         their records stored interleaved as ``{id}/1``, ``{id}/2`` (see
         :mod:`virnucdist.data.inputs`); ``interleaved`` applies to plain paths.
-        Gzip inputs are decompressed once into ``gzip_dir`` (required when any input
-        is gzip; pass the run directory) and indexed as plain files. Raises
+        Gzip inputs are read in place (``gzip_dir`` is accepted for compatibility and
+        unused: nothing is decompressed to disk). Raises
         :class:`FastaError` for malformed input and for duplicate ids (naming both
         occurrences). Records with an empty sequence are kept with ``length == 0``.
         ``progress(nbytes)`` is called as the (decompressed) inputs are scanned.
@@ -199,18 +195,13 @@ class SequenceIndex:
             if not os.path.exists(p):
                 raise FastaError(p, None, "file not found; check the path")
         identity = quick_identity(paths)
-        files, scans = [], []
-        for p in paths:
-            if is_gzip(p):
-                if gzip_dir is None:
-                    raise ValueError(
-                        f"{p} is gzip-compressed: pass gzip_dir (the run directory) so it can "
-                        "be decompressed once there for random access")
-                plain = _decompress(p, os.fspath(gzip_dir))
-            else:
-                plain = p
-            files.append(plain)
-            scans.append(_scan_file(plain, p, block_size, progress))
+        scans, gz = [], {}
+        for f, p in enumerate(paths):
+            scan, points = _scan_file(p, p, block_size, progress)
+            scans.append(scan)
+            if points is not None:
+                gz[f] = points
+        files = list(paths)
         layout = pair_layout(specs, [s.ids for s in scans], [s.header_line for s in scans],
                              [(s.fmt, s.digest) for s in scans])
         counts = [len(s.offset) for s in scans]
@@ -235,7 +226,7 @@ class SequenceIndex:
                     file_digests=digests, file_sizes=sizes, identity=identity,
                     content_hash=cols["content_hash"], file_letter_counts=np.stack([s.counts for s in scans]),
                     file_format=[s.fmt for s in scans], mate=layout.mate, sample=layout.sample,
-                    samples=layout.samples, input_spec=spec)
+                    samples=layout.samples, input_spec=spec, gz=gz)
         index._check_unique()
         return index
 
@@ -345,7 +336,9 @@ class SequenceIndex:
         try:
             for i in range(len(self)):
                 f = int(self.file_idx[i])
-                if f not in maps:
+                if f not in maps and f in self.gz:
+                    maps[f] = (None, GzipReader(self.files[f], self.gz[f]))
+                elif f not in maps:
                     fh = open(self.files[f], "rb")
                     maps[f] = (fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if self.file_sizes[f] else b"")
                 mm = maps[f][1]
@@ -362,9 +355,10 @@ class SequenceIndex:
                 prev[f] = off + size
         finally:
             for fh, mm in maps.values():
-                if not isinstance(mm, bytes):
-                    mm.close()
-                fh.close()
+                if fh is not None:
+                    if not isinstance(mm, bytes):
+                        mm.close()
+                    fh.close()
 
     def _fd(self, f: int) -> int:
         if self._pid != os.getpid():          # forked without pickling: don't share fds
@@ -380,6 +374,12 @@ class SequenceIndex:
             self._fds[f] = fd
         return fd
 
+    def _gz_reader(self, f: int) -> GzipReader:
+        r = self._gzr.get(f)
+        if r is None:
+            r = self._gzr[f] = GzipReader(self.files[f], self.gz[f])
+        return r
+
     def read_bytes(self, i: int) -> bytes:
         """Record ``i``'s sequence as ASCII bytes (whitespace removed)."""
         n = len(self)
@@ -390,8 +390,10 @@ class SequenceIndex:
         f = int(self.file_idx[i])
         off = int(self.offset[i])
         size = int(self.nbytes[i])
-        fd = self._fd(f)
-        data = _pread(fd, size, off)
+        if f in self.gz:
+            data = self._gz_reader(f).read(off, size)
+        else:
+            data = _pread(self._fd(f), size, off)
         seq = data.translate(None, WHITESPACE)
         if len(seq) != self.length[i] or len(data) != size:
             raise RuntimeError(
@@ -423,6 +425,7 @@ class SequenceIndex:
         state["_ids"] = None            # the blob pickles much faster than a list of str
         state["_pos"] = None
         state["_fds"] = {}
+        state["_gzr"] = {}
         state["_reps"] = None
         return state
 
@@ -433,6 +436,7 @@ class SequenceIndex:
             return
         self.__dict__.update(state)
         self._fds = {}
+        self._gzr = {}
         self._pid = os.getpid()
 
     # ------------------------------------------------------------------ persistence
@@ -447,8 +451,9 @@ class SequenceIndex:
         cols["representatives"] = self.representatives()
         if self.file_letter_counts is not None:
             cols["letter_counts"] = self.file_letter_counts
+        meta["gzip"] = sorted(self.gz)
         ids = self._ids if self._ids is not None else self.ids
-        save_dir(os.fspath(path), meta, cols, ids)
+        save_dir(os.fspath(path), meta, cols, ids, {f"gzip-{f}.npz": p.to_bytes() for f, p in self.gz.items()})
 
     @classmethod
     def load(cls, path: PathLike, *, expected_fingerprint: str | None = None) -> "SequenceIndex":
@@ -462,7 +467,8 @@ class SequenceIndex:
                     identity=meta["identity"], content_hash=cols["content_hash"],
                     file_letter_counts=cols.get("letter_counts"), file_format=meta["file_format"],
                     mate=cols["mate"], sample=cols["sample"], samples=meta.get("samples"),
-                    input_spec=meta.get("input_spec"))
+                    input_spec=meta.get("input_spec"),
+                    gz={f: GzipPoints.from_file(os.path.join(path, f"gzip-{f}.npz")) for f in meta.get("gzip", [])})
         index._reps = cols.get("representatives")
         index._store = path
         if expected_fingerprint is not None and index.fingerprint != expected_fingerprint:
@@ -480,15 +486,13 @@ class SequenceIndex:
         """Load ``cache_path`` when the inputs' quick identity (path, size, mtime) is
         unchanged (and decompressed copies are intact), else build and save it.
 
-        ``gzip_dir`` defaults to the cache's directory. ``expected_fingerprint``,
+        ``gzip_dir`` is unused (gzip inputs are read in place). ``expected_fingerprint``,
         when given, must match the cache, otherwise it is rebuilt (and if the
         rebuilt index still differs, the caller gets the new one: check
         ``.fingerprint`` if the difference matters, e.g. on resume).
         """
         paths = as_inputs(paths, interleaved)
         cache_path = os.fspath(cache_path)
-        if gzip_dir is None:
-            gzip_dir = os.path.dirname(os.path.abspath(cache_path))
         if os.path.exists(cache_path):
             try:
                 cached = cls.load(cache_path)
@@ -498,7 +502,7 @@ class SequenceIndex:
             if reason is None:
                 return cached
             log.info("rebuilding sequence index %s: %s", cache_path, reason)
-        index = cls.build(paths, gzip_dir=gzip_dir, progress=progress)
+        index = cls.build(paths, progress=progress)
         index.save(cache_path)
         return index
 
@@ -514,8 +518,8 @@ class SequenceIndex:
             return "samples, mates or interleaving changed"
         if expected_fingerprint is not None and expected_fingerprint != self.fingerprint:
             return "fingerprint differs from the expected one"
-        for f, size in zip(self.files, self.file_sizes):
-            if not os.path.exists(f) or os.path.getsize(f) != size:
+        for k, (f, size) in enumerate(zip(self.files, self.file_sizes)):
+            if not os.path.exists(f) or (k not in self.gz and os.path.getsize(f) != size):
                 return f"{f} is missing or changed"
         return None
 
@@ -542,12 +546,10 @@ def _pread(fd: int, size: int, off: int) -> bytes:
 
 
 def iter_records(path: PathLike) -> Iterator[FastaRecord]:
-    """Records of one FASTA or FASTQ file (plain or gzip), through the index's scanner:
-    what :func:`virnucdist.data.fasta.read_fasta` returns. A gzip input is decompressed into a
-    temporary directory, removed when the iteration ends."""
-    with tempfile.TemporaryDirectory(prefix="virnucdist-read-") as tmp:
-        index = SequenceIndex.build([path], gzip_dir=tmp)
-        try:
-            yield from index.records()
-        finally:
-            index.close()
+    """Records of one FASTA or FASTQ file (plain or gzip, read in place), through the index's
+    scanner: what :func:`virnucdist.data.fasta.read_fasta` returns."""
+    index = SequenceIndex.build([path])
+    try:
+        yield from index.records()
+    finally:
+        index.close()

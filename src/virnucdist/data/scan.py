@@ -60,13 +60,14 @@ def _line_text(buf: bytes, pos: int, n: int = 40) -> str:
     return repr(text[:n] + ("..." if len(text) > n else ""))
 
 
-def detect_format(path: PathLike) -> str:
-    """``'fastq'`` when the first non-blank byte of a (plain) file is ``@``, else ``'fasta'``.
+def detect_format(path: PathLike, opener=open) -> str:
+    """``'fastq'`` when the first non-blank byte of a file is ``@``, else ``'fasta'``
+    (``opener``: e.g. ``gzip.open`` for a compressed file).
 
     Only the content decides, never the name; an empty or blank file is ``'fasta'``
     (whose scanner words the error).
     """
-    with open(path, "rb") as fh:
+    with opener(path, "rb") as fh:
         head = fh.read(1 << 16)
         if head.startswith(_BOM):
             head = head[len(_BOM):]
