@@ -7,7 +7,7 @@ A leaf module (no imports from the package) so that the small utilities
 
 Points (where the library calls the hook):
 
-``index``     ``SequenceIndex.save``: ``index.npz.tmp*`` written, not yet renamed
+``index``     ``SequenceIndex.save``: ``index.tmp*`` written, not yet renamed
 ``batch``     the engine's loop, after each window (``rank``, ``batches`` = windows done on this rank)
 ``flush``     ``ShardWriter``: a flush's rows written and flushed,
               ``committed`` not yet raised

@@ -99,14 +99,15 @@ def _committed(out: Path) -> list[tuple[int, int]]:
 
 
 def test_kill_during_index_build(data, tmp_path):
-    """Killed after index.npz.tmp* is written, before the rename: no index, no shards; the rerun rebuilds."""
+    """Killed after index.tmp* is written, before the rename: no index, no shards; the rerun rebuilds."""
     _, fasta, ids, _ = data
     out = tmp_path / "run"
     _killed(_embed(fasta, out, VIRNUCDIST_TEST_KILL_AT="index"))
-    assert list(out.glob("index.npz.tmp*")) and not (out / "index.npz").exists()
+    assert list(out.glob("index.tmp*")) and not (out / "index").exists()
     assert not (out / "shards").exists() and not (out / "embeddings.h5").exists()
     _rerun(fasta, out)
-    rep = _assert_identical(out, data)  # also: the stale index.npz.tmp* was removed
+    rep = _assert_identical(out, data)  # also: the stale index.tmp* was removed
+    assert not list(out.glob("index.tmp*"))
     assert rep["summary"]["resumed_records"] == 0 and rep["summary"]["sequences"] == len(ids)
 
 

@@ -174,8 +174,8 @@ class GzipPoints:
 class GzipScan:
     """Decompress a gzip file front to back (``read(n)``, for the scanner) and record seek points."""
 
-    def __init__(self, path: str, span: int = SPAN):
-        self.path, self.span = path, span
+    def __init__(self, path: str, span: int | None = None):
+        self.path, self.span = path, span or SPAN
         self.fh = open(path, "rb")
         self.inf = _Inflater(self.fh, 0, 31)
         self.out = ctypes.create_string_buffer(WINDOW + _OUT_CHUNK)

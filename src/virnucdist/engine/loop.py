@@ -3,7 +3,7 @@
 On every rank, in this order::
 
     run directory + manifest (rank 0; no side effect before the run is accepted)
-      -> index (rank 0 builds or reuses OUTDIR/index.npz, the others load it)
+      -> index (rank 0 builds or reuses OUTDIR/index, every rank memory-maps it: data.runindex)
       -> resume scan of the shards, dedup (one computation per distinct sequence)
       -> partition: one contiguous, token-balanced run of the remaining records per rank
       -> windows of that run -> DataLoader workers make blocks (task.block_maker)
@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from ..launch.logs import setup_logging
 from ..progress import Progress, index_progress
 from .runner import resolve_dtype
 from ..data.index import SequenceIndex
+from ..data.runindex import check_input_files, load_run_index, open_run_index
 from ..sharding.partition import partition, plan_windows
 from .task import Block, Counters, RunPlan, Task
 from ..telemetry import Telemetry, format_summary, write_run_report
@@ -69,13 +69,7 @@ class RunResult:
 
 
 def _check_inputs(inputs) -> None:
-    if not inputs:
-        raise UserError("no input files given")
-    for p in (getattr(p, "path", p) for p in inputs):  # a path or a data.inputs.InputFile
-        if Path(p).is_dir():
-            raise UserError(f"input {p} is a directory, not a FASTA/FASTQ file")
-        if not Path(p).is_file():
-            raise UserError(f"input {p} does not exist or is not a file")
+    check_input_files(inputs)  # one line: missing, a directory, a pipe or stream
 
 
 def _writable(out: Path) -> None:
@@ -86,17 +80,6 @@ def _writable(out: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise UserError(f"output directory {out} is not writable ({e.strerror}); choose another with -o") from None
-
-
-def _cached_index(cache: Path, inputs) -> SequenceIndex | None:
-    """The saved index when it was built from these inputs (same paths, sizes, modification times)."""
-    if not cache.exists():
-        return None
-    try:
-        idx = SequenceIndex.load(cache)
-        return idx if idx._stale_reason(inputs, None) is None else None  # paths, sizes, times, samples, mates
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def _remove(paths) -> None:
@@ -111,55 +94,32 @@ def _open_run(task: Task, out: Path, progress: bool) -> dict:
     """Rank 0: accept or refuse the run before touching anything an earlier run left.
 
     Returns ``{"complete": bool, "fingerprint": str}``; raises UserError to refuse. A refused run
-    leaves every file of the earlier run as it was (a gzip input is decompressed into a staging
-    folder that is removed again).
+    leaves every file of the earlier run as it was (a new index is saved only once accepted).
     """
     cfg = task.config
     inputs = [p if hasattr(p, "path") else str(p) for p in cfg.inputs]  # paths or data.inputs.InputFile
     path = out / MANIFEST
     old = json.loads(path.read_text()) if path.exists() else None
-    cached = _cached_index(out / "index.npz", inputs)
-    staging = out / f".staging-{uuid.uuid4().hex[:8]}"
-    try:
-        index = None
-        if cached is None:
-            bar = index_progress([getattr(p, "path", p) for p in inputs], progress)
-            index = SequenceIndex.build(inputs, gzip_dir=staging, progress=bar.advance)
-            bar.close()
-        ref = index or cached
-        manifest = {"virnucdist": __version__, "task": task.name, "input_fingerprint": ref.fingerprint,
-                    "records": len(ref), **task.identity()}
-        outputs = [out / n for n in (*task.outputs, "shards", "inputs", "run_report.json", "report.html")]
-        if old is not None:
-            changed = [k for k in manifest if k != "virnucdist" and old.get(k) != manifest[k]]
-            if changed and not cfg.overwrite:
-                raise UserError(f"{out} holds a run with a different {', '.join(changed)}; use another output "
-                                f"directory, or --overwrite to discard it")
-            if not changed and old.get("complete") and all((out / n).exists() for n in task.outputs[:1]):
-                return {"complete": True, "fingerprint": ref.fingerprint}
-            if changed:
-                _remove(outputs + [out / "index.npz", path])
-                index = index or cached  # saved again below
-        task.check(ref)
-        for stale in out.glob("index.npz.tmp*"):  # left by a process killed while saving the index
-            stale.unlink()
-        if index in (None, cached) and cached._stale_reason(inputs, None) is not None:  # e.g. gzip copy removed
-            bar = index_progress([getattr(p, "path", p) for p in inputs], progress)
-            index = SequenceIndex.build(inputs, gzip_dir=staging, progress=bar.advance)
-            bar.close()
-        if index is not None:
-            if staging.exists():  # decompressed gzip inputs: into OUTDIR/inputs for the run's reads
-                final = out / "inputs"
-                final.mkdir(exist_ok=True)
-                for f in staging.iterdir():
-                    os.replace(f, final / f.name)
-                index.close()
-                index.files = [str(final / Path(f).name) if Path(f).parent == staging else f for f in index.files]
-            index.save(out / "index.npz")
-        _write_manifest(out, {**manifest, "complete": False})
-        return {"complete": False, "fingerprint": ref.fingerprint}
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    run_index = open_run_index(out, inputs, progress=lambda paths: index_progress(paths, progress),
+                               interleaved=bool(getattr(cfg, "interleaved", False)))
+    ref = run_index.index
+    manifest = {"virnucdist": __version__, "task": task.name, "input_fingerprint": ref.fingerprint,
+                "records": len(ref), **task.identity()}
+    outputs = [out / n for n in (*task.outputs, "shards", "run_report.json", "report.html")]
+    if old is not None:
+        changed = [k for k in manifest if k != "virnucdist" and old.get(k) != manifest[k]]
+        if changed and not cfg.overwrite:
+            raise UserError(f"{out} holds a run with a different {', '.join(changed)}; use another output "
+                            f"directory, or --overwrite to discard it")
+        if not changed and old.get("complete") and all((out / n).exists() for n in task.outputs[:1]):
+            return {"complete": True, "fingerprint": ref.fingerprint}
+        if changed:
+            _remove(outputs + [path])
+            run_index.discard()  # saved again below
+    task.check(ref)
+    run_index.commit()
+    _write_manifest(out, {**manifest, "complete": False})
+    return {"complete": False, "fingerprint": ref.fingerprint}
 
 
 def _write_manifest(out: Path, manifest: dict) -> None:
@@ -246,7 +206,7 @@ def run(task: Task, ctx: DistContext | None = None) -> RunResult:
     fingerprint = opened["fingerprint"]
     tel = Telemetry(ctx.rank, ctx.device)
     with tel.phase("index", sync=False):
-        index = SequenceIndex.load(out / "index.npz")
+        index = load_run_index(out)
     n = len(index)
 
     # what is left to do: not done, not empty, the first of its sequence

@@ -1,0 +1,111 @@
+"""Gzip inputs read in place (seek points, no copy), the memory-mapped index, pipes refused."""
+
+import gzip
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from virnucdist.data import SequenceIndex
+from virnucdist.data import gzseek
+from virnucdist.data.runindex import check_input_files
+from virnucdist.errors import UserError
+
+
+def _fasta(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return b"".join(b">r%d desc\n" % i + rng.choice(np.frombuffer(b"ACGTacgt", np.uint8), size=int(rng.integers(0, 400))).tobytes()
+                    + b"\n" for i in range(n))
+
+
+def _variants(data):
+    third = len(data) // 3
+    return {
+        "single": gzip.compress(data, 6),
+        "multi": gzip.compress(data[:third]) + gzip.compress(data[third:2 * third]) + gzip.compress(data[2 * third:]),
+        "bgzf": b"".join(gzip.compress(data[i:i + 65280]) for i in range(0, len(data), 65280)) + gzip.compress(b""),
+        "padded": gzip.compress(data) + b"\0" * 64,
+    }
+
+
+@pytest.fixture
+def small_span(monkeypatch):
+    monkeypatch.setattr(gzseek, "SPAN", 64 << 10)      # many seek points in a small file
+
+
+@pytest.mark.parametrize("kind", ["single", "multi", "bgzf", "padded"])
+def test_gzip_in_place_equals_the_plain_file(tmp_path, small_span, kind):
+    data = _fasta(3000)
+    plain = tmp_path / "r.fa"
+    plain.write_bytes(data)
+    gz = tmp_path / f"r.{kind}.gz"
+    gz.write_bytes(_variants(data)[kind])
+    before = sorted(os.listdir(tmp_path))
+    ref, idx = SequenceIndex.build([plain]), SequenceIndex.build([gz])
+    assert sorted(os.listdir(tmp_path)) == before                        # nothing written beside the inputs
+    assert len(idx.gz[0].out_off) > 5 and idx.files == [str(gz)]
+    assert idx.fingerprint == ref.fingerprint and idx.ids == ref.ids
+    for col in ("offset", "nbytes", "length", "header_line", "content_hash"):
+        np.testing.assert_array_equal(getattr(idx, col), getattr(ref, col))
+    order = np.random.default_rng(1).permutation(len(ref))[:400]         # random access, across seek points
+    assert [idx.read(int(i)) for i in order] == [ref.read(int(i)) for i in order]
+    assert [(r.id, r.description, r.seq) for r in idx.records()] == [(r.id, r.description, r.seq) for r in ref.records()]
+
+
+def test_reader_inflates_only_from_the_nearest_point(tmp_path, small_span):
+    data = _fasta(3000)
+    gz = tmp_path / "r.fa.gz"
+    gz.write_bytes(gzip.compress(data))
+    idx = SequenceIndex.build([gz])
+    pts = idx.gz[0]
+    reader = gzseek.GzipReader(str(gz), pts)
+    k = len(pts.out_off) - 2
+    off = int(pts.out_off[k]) + 10
+    assert reader.read(off, 100) == data[off:off + 100]
+    assert reader._lo == int(pts.out_off[k]) and len(reader._buf) <= int(pts.out_off[k + 1] - pts.out_off[k]) + 100
+
+
+def test_saved_index_is_memory_mapped_and_pickles_as_its_path(tmp_path, small_span):
+    data = _fasta(2000)
+    gz = tmp_path / "r.fa.gz"
+    gz.write_bytes(_variants(data)["bgzf"])
+    idx = SequenceIndex.build([gz])
+    idx.save(tmp_path / "index")
+    back = SequenceIndex.load(tmp_path / "index")
+    assert isinstance(back.offset, np.memmap) or isinstance(back.offset.base, np.memmap)
+    assert type(back.ids).__name__ == "IdColumn" and back.ids == idx.ids and back.ids[-1] == "r1999"
+    np.testing.assert_array_equal(back.representatives(), idx.representatives())
+    blob = pickle.dumps(back)
+    assert len(blob) < 2000                                              # the path, not the columns
+    code = ("import sys,pickle; i=pickle.loads(sys.stdin.buffer.read());"
+            "pickle.dump([i.read(k) for k in range(len(i))], sys.stdout.buffer)")
+    out = subprocess.run([sys.executable, "-c", code], input=blob, check=True, capture_output=True).stdout
+    assert pickle.loads(out) == [idx.read(k) for k in range(len(idx))]
+
+
+def test_truncated_and_garbage_gzip_are_one_line(tmp_path):
+    z = gzip.compress(_fasta(500))
+    bad = tmp_path / "cut.fa.gz"
+    bad.write_bytes(z[: len(z) // 2])
+    with pytest.raises(UserError, match=r"cut.fa.gz, line \d+: corrupt or truncated gzip file"):
+        SequenceIndex.build([bad])
+    bad.write_bytes(z + b"garbage after")
+    with pytest.raises(UserError, match="trailing data after the last gzip member"):
+        SequenceIndex.build([bad])
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_pipe_input_refused_in_one_line(tmp_path):
+    fifo = tmp_path / "stream"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError) as info:
+        check_input_files([fifo])
+    msg = str(info.value)
+    assert "\n" not in msg and "pipe or stream" in msg and "save the stream to a file" in msg
+    with pytest.raises(UserError, match="does not exist"):
+        check_input_files([tmp_path / "missing.fa"])
+    with pytest.raises(UserError, match="is a directory"):
+        check_input_files([tmp_path])
