@@ -60,6 +60,11 @@ for step in "$@"; do
         --reads ${PRED_READS:-1000000} --warmup-reads 1000 --workdir $W --json "$OUT/predict_1m_$dt.json" 2>&1 \
         | tee "$OUT/predict_1m_$dt.log" | grep -v "^W1\|\*\*\*" | tail -12
       rm -rf $W ;;
+    train_650m)  # issue 23: virnucdist train on 200k windows (150/50), ESM-2 650M + DNABERT-S random, + predict baseline
+      W=/tmp/vnd-train; mkdir -p $W
+      timeout 540 python3 benchmarks/train.py --windows ${TRAIN_WINDOWS:-200000} --workdir $W \
+        --json "$OUT/train_650m.json" 2>&1 | tee "$OUT/train_650m.log" | grep -v "RANDOM WEIGHTS" | tail -12
+      rm -rf $W ;;
     perf_smoke)  # every issue-24 benchmark on CPU, tiny (checks the scripts, not the GPU)
       python3 benchmarks/fp8_policies.py --smoke --policies all,edges2 | tail -5
       python3 benchmarks/roofline.py --smoke | tail -2
