@@ -55,6 +55,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .fasta import WHITESPACE, FastaError, FastaRecord, is_gzip
+from .bam import is_bam
+from .bamindex import scan_bam_file
 from .gzseek import GzipCorrupt, GzipPoints, GzipReader, GzipScan
 from .fastq import _scan_fastq_file
 from .inputs import as_inputs, pair_layout
@@ -195,15 +197,19 @@ class SequenceIndex:
             if not os.path.exists(p):
                 raise FastaError(p, None, "file not found; check the path")
         identity = quick_identity(paths)
-        scans, gz = [], {}
+        scans, gz, preset = [], {}, {}
         for f, p in enumerate(paths):
+            if is_bam(p):           # mates from the flags; read back by virtual offset
+                scan, preset[f] = scan_bam_file(p, progress)
+                scans.append(scan)
+                continue
             scan, points = _scan_file(p, p, block_size, progress)
             scans.append(scan)
             if points is not None:
                 gz[f] = points
         files = list(paths)
         layout = pair_layout(specs, [s.ids for s in scans], [s.header_line for s in scans],
-                             [(s.fmt, s.digest) for s in scans])
+                             [(s.fmt, s.digest) for s in scans], preset)
         counts = [len(s.offset) for s in scans]
         file_idx = np.repeat(np.arange(len(files), dtype=np.int32), counts)
         digests = [s.digest for s in scans]
@@ -336,6 +342,9 @@ class SequenceIndex:
         try:
             for i in range(len(self)):
                 f = int(self.file_idx[i])
+                if self.file_format[f] == "bam":
+                    yield FastaRecord(ids[i], ids[i], self.read(i))
+                    continue
                 if f not in maps and f in self.gz:
                     maps[f] = (None, GzipReader(self.files[f], self.gz[f]))
                 elif f not in maps:
@@ -392,6 +401,9 @@ class SequenceIndex:
         size = int(self.nbytes[i])
         if f in self.gz:
             data = self._gz_reader(f).read(off, size)
+        elif self.file_format[f] == "bam":
+            from .bam import read_bam
+            data = read_bam(self.files[f], off).encode("ascii")
         else:
             data = _pread(self._fd(f), size, off)
         seq = data.translate(None, WHITESPACE)
@@ -519,7 +531,8 @@ class SequenceIndex:
         if expected_fingerprint is not None and expected_fingerprint != self.fingerprint:
             return "fingerprint differs from the expected one"
         for k, (f, size) in enumerate(zip(self.files, self.file_sizes)):
-            if not os.path.exists(f) or (k not in self.gz and os.path.getsize(f) != size):
+            plain = k not in self.gz and self.file_format[k] != "bam"
+            if not os.path.exists(f) or (plain and os.path.getsize(f) != size):
                 return f"{f} is missing or changed"
         return None
 

@@ -127,11 +127,15 @@ def _interleaved_error(path: str, ids: list[str], lines, k: int) -> FastaError:
 
 
 def pair_layout(specs: Sequence[InputFile], ids_per_file: Sequence[list[str]],
-                lines_per_file: Sequence[np.ndarray], kinds: Sequence | None = None) -> PairLayout:
+                lines_per_file: Sequence[np.ndarray], kinds: Sequence | None = None,
+                preset: dict[int, np.ndarray] | None = None) -> PairLayout:
     """Recognise pairs (see the module docstring) and return the index's row order and columns.
 
     ``kinds``: per file, ``(format, content digest)``: files are paired automatically only
-    when of one format and of different content (the same reads twice are duplicates)."""
+    when of one format and of different content (the same reads twice are duplicates).
+    ``preset``: per file number, mate numbers the file says itself (BAM flags; ids already
+    carry ``/1``, ``/2``): kept as they are, never paired with another file."""
+    preset = preset or {}
     kinds = list(kinds) if kinds is not None else [(None, i) for i in range(len(specs))]
     counts = [len(x) for x in ids_per_file]
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -146,7 +150,13 @@ def pair_layout(specs: Sequence[InputFile], ids_per_file: Sequence[list[str]],
         rows = np.arange(starts[f], starts[f + 1], dtype=np.int64)
         sample_no = names[s.sample]
         nxt = specs[f + 1] if f + 1 < len(specs) else None
-        if s.interleaved:
+        if f in preset:
+            pieces.append(rows)
+            ids.extend(fid)
+            mates.append(np.asarray(preset[f], np.int8))
+            changed = changed or bool(len(preset[f]) and preset[f].any())
+            f += 1
+        elif s.interleaved:
             bad = -1
             if len(fid) % 2:
                 bad = len(fid) - 1
@@ -160,7 +170,8 @@ def pair_layout(specs: Sequence[InputFile], ids_per_file: Sequence[list[str]],
             mates.append(np.tile(np.array([1, 2], np.int8), len(fid) // 2))
             changed = True
             f += 1
-        elif nxt is not None and _is_pair(s, nxt, fid, ids_per_file[f + 1], kinds[f], kinds[f + 1]):
+        elif nxt is not None and f + 1 not in preset and _is_pair(s, nxt, fid, ids_per_file[f + 1], kinds[f],
+                                                                   kinds[f + 1]):
             gid, glines = ids_per_file[f + 1], lines_per_file[f + 1]
             k = _first_mismatch(fid, gid)
             if k >= 0 or len(fid) != len(gid):
