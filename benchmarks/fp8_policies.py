@@ -76,7 +76,9 @@ def main() -> None:
     args = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.smoke:
-        args.model, args.frames, args.label_reads, args.toks_per_batch = "esm2_t6_8M_UR50D", 240, 200, 4096
+        args.model, args.frames, args.label_reads, args.toks_per_batch = "esm2_t6_8M_UR50D", 96, 60, 2048
+        if args.policies == ",".join(POLICIES):
+            args.policies = "all,first2,gemms=qkv+fc1+fc2;first=1;last=1"
     dna_name = "dnabert-s-tiny" if args.smoke else "dnabert-s"
     real_fp8 = fp8_supported(dev)
     if not real_fp8 and not args.smoke:
@@ -119,7 +121,7 @@ def main() -> None:
     rows = []
 
     def measure(name, share):
-        s, toks, emb = run(lambda b: lm.module.embed(*b), batches, dev, warm=2)
+        s, toks, emb = run(lambda b: lm.module.embed(*b), batches, dev, warm=0 if args.smoke else 2)
         lab, p = labels(emb)
         row = {"policy": name, "fp8_share": share, "tokens_per_s": toks / s, **cos_stats(emb, ref),
                "label_agreement": (lab == ref_lab).double().mean().item(), "label_flips": int((lab != ref_lab).sum()),

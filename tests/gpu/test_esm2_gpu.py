@@ -86,3 +86,19 @@ def test_kernel_is_varlen_on_cuda():
     from virnucdist.models.attention import kernel_name
 
     assert kernel_name("cuda") in {"flash_attn", "torch_varlen"}
+
+
+def test_fair_esm_pt_loads_straight_to_the_gpu_in_bf16(tmp_path):
+    """Every tensor lands on the GPU in bf16 and equals the checkpoint's fp32 tensor cast once."""
+    from virnucdist.models.esm2 import ESM2Config
+    from virnucdist.models.loading import load_model
+    from virnucdist.testing import random_esm2, save_fair_esm_checkpoint
+
+    src = random_esm2(ESM2Config(4, 128, 4), seed=3)
+    path = save_fair_esm_checkpoint(src, tmp_path / "esm2_gpu.pt")
+    lm = load_model(str(path), device="cuda", dtype=torch.bfloat16)
+    got = lm.module.state_dict()
+    for k, v in src.state_dict().items():
+        assert got[k].device.type == "cuda" and got[k].dtype == torch.bfloat16, k
+        assert torch.equal(got[k].cpu(), v.to(torch.bfloat16)), k
+    assert lm.module.inv_freq.device.type == "cuda" and lm.module.inv_freq.dtype == torch.float32

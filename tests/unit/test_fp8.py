@@ -109,9 +109,12 @@ def test_policy_strings_parse_and_bad_ones_are_one_line_errors():
     assert p == FP8Policy(gemms=("qkv", "fc1"), bf16_first=2, bf16_last=1)
     assert FP8Policy.parse(str(p)) == p  # round trip through the recorded form
     assert FP8Policy.parse("edges2") is POLICIES["edges2"]
+    fast = FP8Policy.parse("first=4;fast=1")
+    assert fast == FP8Policy(bf16_first=4, fast_accum=True) and FP8Policy.parse(str(fast)) == fast
+    assert all(FP8Policy.parse(str(v)) == v for v in POLICIES.values())
     assert p.fp8_paths(0, 6) == () and p.fp8_paths(5, 6) == ()
     assert p.fp8_paths(2, 6) == ("self_attn.qkv", "fc1")
-    for bad in ("gemms=qkv+up", "firsts=2", "first=x", "nonsense"):
+    for bad in ("gemms=qkv+up", "firsts=2", "first=x", "fast=2", "nonsense"):
         with pytest.raises(UserError) as e:
             FP8Policy.parse(bad)
         assert "\n" not in str(e.value)

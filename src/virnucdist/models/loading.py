@@ -126,13 +126,35 @@ def _load_esm2(spec, device, dtype, random_init, seed, tok) -> ESM2Embedder:
     else:
         path = _find_esm_checkpoint(spec)
         cfg, state = read_fair_esm_checkpoint(path)
+    # tensor by tensor from the mapped file to the run's device and dtype: no model-sized host copy
+    state = to_run_all({k: v for k, v in state.items() if not k.startswith(PackedESM2.UNUSED_PREFIXES)}, device, dtype)
     with torch.device("meta"):
         module = PackedESM2(cfg)
-    _load_strict(module, state, path)
-    module.inv_freq = rotary_inv_freq(cfg)
-    module = module.to(device=device, dtype=dtype)
-    module.inv_freq = module.inv_freq.float()
+    _load_strict(module, state, path)  # assigns these tensors (q/k/v fused on the device, in the run's dtype)
+    del state
+    module.inv_freq = rotary_inv_freq(cfg, device)
     return ESM2Embedder(name, module.eval().requires_grad_(False), tok, str(path))
+
+
+def to_run_all(state: dict, device: torch.device, dtype: torch.dtype) -> dict:
+    """:func:`to_run` over a state dict; to a GPU with a few threads, so that reading the mapped file
+    (page faults, the disk) overlaps the copies and casts."""
+    if device.type == "cpu" or len(state) < 2:
+        return {k: to_run(v, device, dtype) for k, v in state.items()}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip(state, pool.map(lambda v: to_run(v, device, dtype), state.values())))
+
+
+def to_run(t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """One checkpoint tensor in the run's device and (floating) dtype. To a GPU it travels in its stored
+    dtype and is cast there (the host never holds a converted copy); on the CPU it is cast once, or, when
+    the dtype already matches, stays the memory-mapped tensor itself (no copy)."""
+    target = dtype if t.is_floating_point() else t.dtype
+    if device.type != "cpu":
+        return t.to(device).to(target)
+    return t.to(target)
 
 
 def _find_esm_checkpoint(spec: str) -> Path:
@@ -174,6 +196,7 @@ def read_fair_esm_checkpoint(path: Path) -> tuple[ESM2Config, dict]:
     if not zipped and not magic.startswith(b"\x80"):  # neither torch.save's zip nor a legacy pickle
         raise CheckpointError(f"{path}: not a loadable fair-esm checkpoint: not a PyTorch file (torch.save). "
                               f"Give a fair-esm ESM-2 .pt file or a model name ({', '.join(ESM2_ARCHS)}).")
+    _read_ahead(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
@@ -196,6 +219,19 @@ def read_fair_esm_checkpoint(path: Path) -> tuple[ESM2Config, dict]:
                 break
         state[k] = v
     return cfg, state
+
+
+def _read_ahead(path: Path) -> None:
+    """Ask the kernel to start reading the whole file now (asynchronous readahead: the mapped tensors'
+    page faults then mostly find their pages in the cache). A hint only; ignored where unsupported."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+    except (AttributeError, OSError):
+        pass
 
 
 def _load_strict(module: PackedESM2, state: dict, path) -> None:
