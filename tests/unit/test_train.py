@@ -17,7 +17,7 @@ from _train_data import genomes, tiny_models, two_sources
 
 from virnucdist.data.fasta import write_fasta
 from virnucdist.errors import UserError
-from virnucdist.models.classifier import load_classifier
+from virnucdist.models.classifier import classifier_chunk_size_hint, load_classifier
 from virnucdist.tasks.predict import PredictConfig, predict
 from virnucdist.tasks.train import TrainConfig, train
 from virnucdist.vnp.chunk import window_spans
@@ -115,6 +115,7 @@ def test_trained_classifier_runs_in_predict(demo, tmp_path):
     predict(PredictConfig(inputs=(str(fasta),), chunk_size=90, classifier=str(out / "classifier.pth"),
                           esm_model=str(d / "esm2_tiny.pt"), dnabert_model=str(d / "dnabert_tiny"),
                           output_dir=str(tmp_path / "pred"), num_workers=0, device="cpu", quiet=True))
+    assert classifier_chunk_size_hint(out / "classifier.pth") == 90  # from metrics.json: predict warns on another
     rows = list(read_predictions(tmp_path / "pred" / "prediction_results.txt"))
     assert rows
     right = [(r.prediction == "virus") == r.seq_id.startswith("newvir") for r in rows]

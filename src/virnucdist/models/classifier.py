@@ -218,7 +218,19 @@ def check_input_dim(model: MLPClassifier, expected: int | tuple[int, int], path:
 
 
 def classifier_chunk_size_hint(path: str | os.PathLike) -> int | None:
-    """Chunk size a classifier file was trained for, guessed from its name (``300_model``/``500_model``)."""
+    """Chunk size a classifier file was trained for: from the ``metrics.json`` that ``virnucdist train``
+    writes beside it, else guessed from its name (``300_model``/``500_model``)."""
+    metrics = Path(path).parent / "metrics.json"
+    if metrics.is_file():
+        import json
+
+        try:
+            pieces = json.loads(metrics.read_text())["pieces"]
+            size = pieces.get("window") or pieces.get("chunk_size")
+            if isinstance(size, int):
+                return size
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
     name = Path(path).name
     for size in (300, 500):
         if f"{size}_model" in name:

@@ -184,7 +184,7 @@ class PredictTask:
             if ctx.is_main and hint is not None and hint != c.chunk_size:
                 logging.getLogger("virnucdist").warning(
                     "classifier %s looks trained for %d-bp chunks but --chunk-size is %d; VirNucPro pairs "
-                    "300_model.pth with 300 and 500_model.pth with 500", c.classifier, hint, c.chunk_size)
+                    "300_model.pth with 300 and 500_model.pth with 500 (a trained one: the length in its metrics.json)", c.classifier, hint, c.chunk_size)
         self.clf = clf.to(device=ctx.device, dtype=torch.float32).eval()
         self.budget = c.toks_per_batch or DEFAULT_TOKS.get(ctx.device.type, 4096)
         self.models = [self.esm, self.dna]
