@@ -124,7 +124,8 @@ def main() -> None:
                  "sequences": summ["sequences"], "tokens_per_s": summ["tokens"] / inf,
                  "token_imbalance": summ["token_imbalance"], "time_spread": summ["inference_time_spread"],
                  "phases_rank0": ranks[0]["phases"], "ranks": ranks, "dedup": rep.get("dedup"),
-                 "finalize_s": ranks[0]["phases"].get("finalize", 0.0)}
+                 "finalize_s": ranks[0]["phases"].get("finalize", 0.0), "start_s": summ.get("start_s"),
+                 "launch_to_run_s": ranks[0].get("launch_to_run_s")}
         if task in base:
             entry["speedup"] = base[task]["inference_s"] / inf
             entry["efficiency"] = entry["speedup"] / ws
@@ -138,7 +139,8 @@ def main() -> None:
                            ("toks", "tokens", "d"), ("t", "infer s", ".2f"), ("tps", "tokens/s", ",.0f"),
                            ("util", "gpu util %", ".0f"), ("umin", "min util %", ".0f")]))
         print(f"token imbalance {summ['token_imbalance']:.3%}, inference time spread {summ['inference_time_spread']:.2%}, "
-              f"total {entry['tokens_per_s']:,.0f} tokens/s, wall {summ['wall_s']:.1f} s, phases (rank 0): "
+              f"total {entry['tokens_per_s']:,.0f} tokens/s, wall {summ['wall_s']:.1f} s, start (launch -> first "
+              f"forward) {entry['start_s'] or 0:.1f} s, launch -> run {entry['launch_to_run_s'] or 0:.1f} s, phases (rank 0): "
               + ", ".join(f"{k} {v:.2f}s" for k, v in ranks[0]["phases"].items()))
         if "speedup" in entry:
             print(f"speedup vs baseline: {entry['speedup']:.2f}x inference ({entry['efficiency']:.1%} efficiency), "

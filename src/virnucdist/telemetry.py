@@ -53,6 +53,10 @@ class RankStats:
     gpu_util_min: float | None = None
     gpu_util_samples: int = 0
     started_unix: float = 0.0  # time.time() when this rank's Telemetry started: aligns ranks on one axis
+    # start-up: seconds from this process's launch (interpreter start) to its Telemetry (imports, process group,
+    # input checks) and to its first forward launched (+ index, model load, loader workers, kernel JIT)
+    launch_to_run_s: float | None = None
+    start_s: float | None = None
     # [{"name", "start", "end"}], seconds since this rank's start, in the order the phases ran
     phase_spans: list[dict] = field(default_factory=list)
     # [{"t", "records", "tokens", "tok_s", "gpu_util", "gpu_mem_gb", "rss_gb"}]: see Timeline
@@ -194,6 +198,11 @@ class Timeline:
         self._thread = threading.Thread(target=self._run, daemon=True, name="timeline")
         self._thread.start()
 
+    def first_batch(self) -> None:
+        """Call when this rank's first forward has been launched: ``start_s`` = launch -> now (start-up)."""
+        if self.stats.start_s is None and self.stats.launch_to_run_s is not None:
+            self.stats.start_s = self.stats.launch_to_run_s + time.perf_counter() - self._t0
+
     def count(self, records: int, tokens: int) -> None:
         self.records += records
         self.tokens += tokens
@@ -242,6 +251,18 @@ class Timeline:
         return self.points
 
 
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux ``/proc``: 10-ms resolution); None elsewhere."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Telemetry:
     """A rank's timers and counters. ``sample_every_s``: the timeline's interval (default
     ``VIRNUCDIST_SAMPLE_EVERY_S`` from the environment, else 5 s)."""
@@ -249,7 +270,7 @@ class Telemetry:
     def __init__(self, rank: int, device: torch.device, sample_every_s: float | None = None):
         self.device = device
         self._t0 = time.perf_counter()
-        self.stats = RankStats(rank=rank, device=str(device), started_unix=time.time())
+        self.stats = RankStats(rank=rank, device=str(device), started_unix=time.time(), launch_to_run_s=process_age_s())
         self.gpu = GpuSampler(device.index or 0) if device.type == "cuda" else None
         if sample_every_s is None:
             env = os.environ.get("VIRNUCDIST_SAMPLE_EVERY_S", "")
@@ -258,6 +279,11 @@ class Telemetry:
             except ValueError:
                 raise ValueError(f"VIRNUCDIST_SAMPLE_EVERY_S={env!r}: give the timeline interval in seconds") from None
         self.timeline = Timeline(sample_every_s, gpu=self.gpu, t0=self._t0)
+
+    def first_batch(self) -> None:
+        """Call when this rank's first forward has been launched: ``start_s`` = launch -> now (start-up)."""
+        if self.stats.start_s is None and self.stats.launch_to_run_s is not None:
+            self.stats.start_s = self.stats.launch_to_run_s + time.perf_counter() - self._t0
 
     def count(self, records: int, tokens: int) -> None:
         """Records and tokens just done (call once per batch; two additions, no GPU sync)."""
@@ -312,6 +338,8 @@ def summarize(ranks: list[RankStats], wall_s: float) -> dict[str, Any]:
         "records_with_unknown_letters": sum(r.records_with_unknown_letters for r in ranks),
         "oom_splits": sum(r.oom_splits for r in ranks),
         "resumed_records": sum(r.resumed_records for r in ranks),
+        # the slowest rank's launch -> first batch done (None: not measured, e.g. nothing to compute)
+        "start_s": max((r.start_s for r in ranks if r.start_s is not None), default=None),
     }
 
 
@@ -348,7 +376,8 @@ def format_summary(ranks: list[RankStats], wall_s: float) -> str:
         lines.append(f"{r.rank:>4} {r.device:>8} {r.sequences:>9} {r.tokens:>11} {r.inference_s:>8.2f} {tps:>10.0f} "
                      f"{r.packing_efficiency:>6.1%} {util}")
     lines.append(f"total: {s['sequences']} sequences, {s['tokens']} tokens, {s['tokens_per_s']:.0f} tokens/s, "
-                 f"token imbalance {s['token_imbalance']:.2%}, wall {wall_s:.1f} s")
+                 f"token imbalance {s['token_imbalance']:.2%}, wall {wall_s:.1f} s"
+                 + (f", start (launch -> first batch) {s['start_s']:.1f} s" if s["start_s"] is not None else ""))
     return "\n".join(lines)
 
 

@@ -109,6 +109,11 @@ def test_run_report_summary(fasta, reference):
     assert r0["packing_efficiency"] == pytest.approx(r0["tokens"] / (r0["batches"] * 1024))
     assert {"index", "model_load", "inference", "finalize"} <= set(r0["phases"])
     assert rep["config"]["model"] == MODEL and "versions" in rep
+    # start-up: launch -> the first forward, after the index and the model load, before the inference ends
+    spans = {sp["name"]: sp for sp in r0["phase_spans"]}
+    assert r0["launch_to_run_s"] > 0 and s["start_s"] == r0["start_s"]
+    assert r0["launch_to_run_s"] + spans["model_load"]["end"] <= r0["start_s"]
+    assert r0["start_s"] <= r0["launch_to_run_s"] + spans["inference"]["end"]
 
 
 def test_resume_after_partial_run(fasta, reference, tmp_path):

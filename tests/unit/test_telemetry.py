@@ -128,3 +128,11 @@ def test_run_report_writes_one_line_per_point_and_reads_back(tmp_path):
     assert rank["timeline"] == s.timeline and rank["phase_spans"] == s.phase_spans
     point_lines = [line for line in text.splitlines() if line.strip().startswith('{"t": ')]
     assert len(point_lines) == len(s.timeline)
+
+
+def test_process_age_counts_from_the_interpreter_start():
+    import subprocess
+
+    code = "import time; time.sleep(0.6); from virnucdist.telemetry import process_age_s; print(process_age_s())"
+    age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 0.6 <= age < 60

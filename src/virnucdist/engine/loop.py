@@ -322,8 +322,12 @@ def _loop(task, ctx, tel, index, share, done, costs, toks, out, fingerprint, cou
                         desc=getattr(task, "verb", task.name), unit=getattr(task, "cost_unit", "tok"))
     s = tel.stats
     s.toks_per_batch = toks
-    for r in task.runners:  # tokens per forward into the timeline: O(1), no device sync
-        r.on_tokens = lambda n: tel.count(0, n)
+    def on_tokens(n: int) -> None:  # per forward: tokens into the timeline, O(1), no device sync
+        tel.first_batch()  # the first forward launched ends start-up (a no-op afterwards)
+        tel.count(0, n)
+
+    for r in task.runners:
+        r.on_tokens = on_tokens
     blocks = 0
     try:
         with torch.inference_mode(), tel.phase("inference"):
