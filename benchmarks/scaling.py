@@ -139,8 +139,9 @@ def main() -> None:
                            ("toks", "tokens", "d"), ("t", "infer s", ".2f"), ("tps", "tokens/s", ",.0f"),
                            ("util", "gpu util %", ".0f"), ("umin", "min util %", ".0f")]))
         print(f"token imbalance {summ['token_imbalance']:.3%}, inference time spread {summ['inference_time_spread']:.2%}, "
-              f"total {entry['tokens_per_s']:,.0f} tokens/s, wall {summ['wall_s']:.1f} s, start (launch -> first "
-              f"forward) {entry['start_s'] or 0:.1f} s, launch -> run {entry['launch_to_run_s'] or 0:.1f} s, phases (rank 0): "
+              f"total {entry['tokens_per_s']:,.0f} tokens/s, wall {summ['wall_s']:.1f} s, run start -> first forward "
+              f"{(entry['start_s'] or 0) - (entry['launch_to_run_s'] or 0):.1f} s (process launch -> first forward "
+              f"{entry['start_s'] or 0:.1f} s, this process also made the workload), phases (rank 0): "
               + ", ".join(f"{k} {v:.2f}s" for k, v in ranks[0]["phases"].items()))
         if "speedup" in entry:
             print(f"speedup vs baseline: {entry['speedup']:.2f}x inference ({entry['efficiency']:.1%} efficiency), "
