@@ -16,7 +16,7 @@ fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || python3 -m pip install -q --no-deps -e . 2>&1 | tail -2
 [ $# -eq 0 ] && set -- env kernels_esm kernels_dnabert gputests
 case "$1" in  # issue 24 groups (budgets: perf1 ~8 min, perf2 ~9 min worst case)
-  perf1) set -- env gputests_short dnabert_1m fp8_policies roofline startup ;;
+  perf1) set -- env tokenize_dna gputests_short dnabert_1m fp8_policies roofline startup ;;
   perf2) set -- predict_1m_bf16 predict_1m_fp8 ;;
 esac
 python3 -c "import torch; print('torch', torch.__version__)" 2>&1 | tail -1
@@ -39,6 +39,8 @@ for step in "$@"; do
     gputests_short)
       timeout 120 python3 -m pytest -q -s -p no:cacheprovider tests/gpu 2>&1 | tee "$OUT/gputests.log" \
         | grep -E "cosine|cos min|rel error|passed|failed|error|Error|SKIP" | tail -30 ;;
+    tokenize_dna)  # DNABERT-S tokens/s of one loader worker on this host's CPUs (old vs new path)
+      timeout 60 python3 benchmarks/tokenize_dna.py --reads 20000 2>&1 | tee "$OUT/tokenize_dna.log" | tail -4 ;;
     dnabert_1m)  # DNABERT-S embed of 1M random 150-bp reads end to end: tokens/s over inference, GPU busy %, workers
       W=/tmp/vnd-dna1m; mkdir -p $W
       timeout 110 torchrun --standalone --nproc_per_node=1 benchmarks/scaling.py --tasks dnabert --reads ${DNA_READS:-1000000} \
@@ -66,6 +68,7 @@ for step in "$@"; do
         --json "$OUT/train_650m.json" 2>&1 | tee "$OUT/train_650m.log" | grep -v "RANDOM WEIGHTS" | tail -12
       rm -rf $W ;;
     perf_smoke)  # every issue-24 benchmark on CPU, tiny (checks the scripts, not the GPU)
+      python3 benchmarks/tokenize_dna.py --smoke | tail -3
       python3 benchmarks/fp8_policies.py --smoke --policies all,edges2 | tail -5
       python3 benchmarks/roofline.py --smoke | tail -2
       python3 benchmarks/startup.py --smoke --modes library --workdir /tmp/vnd-startup-smoke | tail -2

@@ -158,8 +158,10 @@ class DnaBertSTokenizer:
         return np.asarray(self.tokenizer.encode(seq.upper()).ids, dtype=np.int64)
 
     def encode_batch(self, seqs: list[str]) -> list[np.ndarray]:
-        encs = self.tokenizer.encode_batch([s.upper() for s in seqs])
-        return [np.asarray(e.ids, dtype=np.int64) for e in encs]
+        tok = self.tokenizer
+        # encode_batch_fast (tokenizers >= 0.20): the same ids without character offsets, ~1.7x the reads/s
+        encode = getattr(tok, "encode_batch_fast", None) or tok.encode_batch
+        return [np.asarray(e.ids, dtype=np.int64) for e in encode([s.upper() for s in seqs])]
 
     def unknown_letters(self, seq: str) -> list[str]:
         """Sorted letters of ``seq`` that the tokenizer makes ``[UNK]`` (each letter tried alone)."""
