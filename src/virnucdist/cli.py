@@ -182,6 +182,21 @@ def _report_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cds_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", help="GenBank flat files (.gbff/.gb, plain or .gz)")
+    p.add_argument("-o", "--output", required=True, help="FASTA of the coding sequences to write")
+
+
+def _cds_run(args: argparse.Namespace) -> int:
+    from virnucdist.vnp.genbank import iter_cds
+
+    paths = [_existing_file(p) for p in args.inputs]
+    with _output(args.output) as tmp:
+        written = write_fasta(tmp, (rec for path in paths for rec in iter_cds(path)))
+    _say(f"cds: {written} coding sequences from {len(args.inputs)} file(s) -> {args.output}")
+    return 0
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("flags", nargs="*", help="the flags of python -m virnucdist.train (see its --help)")
 
@@ -204,6 +219,7 @@ COMMANDS: dict[str, Command] = {
     "consensus": Command("per-chunk virus calls from prediction_results.txt", _consensus_args, _consensus_run),
     "inspect": Command("what a run produced: model, counts, dims, report, resumable state", _inspect_args, _inspect_run),
     "report": Command("a run's report as one HTML page with plots (needs matplotlib)", _report_args, _report_run),
+    "cds": Command("coding sequences of GenBank files as FASTA (for train --frames annotated)", _cds_args, _cds_run),
     "train": Command("train VirNucPro's classifier on --viral/--other sequences (as python -m virnucdist.train)",
                      _train_args, _train_run),
 }

@@ -190,3 +190,20 @@ def test_report_draws_the_learning_curves(demo):
     page = (out / "report.html").read_text()
     assert "id='fig-learning'" in page and "Learning curves" in page
     assert (out / "report-learning.png").stat().st_size > 1000
+
+
+def test_annotated_frames_one_per_chunk(demo, tmp_path):
+    """--frames annotated on coding sequences: exactly one frame per chunk (the CDS's own, stop-free), where
+    all stop-free frames are more; chunks of 100 start on all three codon phases."""
+    from virnucdist.data.fasta import read_fasta
+    from virnucdist.vnp.chunk import chunk_spans
+    from virnucdist.vnp.translate import six_frame
+
+    d, _, _ = demo
+    train(_cfg(d, tmp_path / "a", chunk_size=100, frames="annotated", max_epochs=2))
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    seqs = [r.seq for f in ("viral.fa", "other.fa") for r in read_fasta(d / f)]
+    spans = [(s, a, b) for s in seqs for a, b in chunk_spans(len(s), 100)]
+    assert {a % 3 for _, a, _ in spans} == {0, 1, 2}
+    assert m["frames"] == len(spans) and m["frames"] < sum(len(six_frame("", s[a:b])) for s, a, b in spans)
+    assert m["frame_rule"] == "annotated"

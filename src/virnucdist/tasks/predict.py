@@ -32,6 +32,7 @@ from ..models.loading import load_model
 from ..packing import pack_pairs
 from ..engine.runner import DTYPES, BatchRunner, resolve_dtype, to_host_async
 from ..vnp.chunk import chunk_id, chunk_spans, window_spans
+from ..vnp.genbank import annotated_frame
 from ..vnp.outputs import ScoredRead, write_frame_embeddings, write_result_files, write_stage_files
 from ..vnp.translate import FRAME_NAMES, six_frame
 from ..writers import Column, Part, ShardSchema
@@ -78,13 +79,15 @@ class _MakePredictBlock:
     """Worker side: chunk, translate, tokenize and pair-pack one window of reads (pure).
 
     ``step``: None cuts VirNucPro's chunks of ``chunk_size``; a step cuts sliding windows of
-    ``chunk_size`` every ``step`` bases instead (``virnucdist train --window W --step S``)."""
+    ``chunk_size`` every ``step`` bases instead (``virnucdist train --window W --step S``).
+    ``annotated``: the reads are coding sequences; keep only the frame that reads their codons."""
 
     chunk_size: int
     esm_tokenizer: object
     dna_tokenizer: object
     budget: int
     step: int | None = None
+    annotated: bool = False  # keep only the forward frame reading a CDS's codons (train --frames annotated)
 
     def __call__(self, index, number: int, rows: np.ndarray) -> Block:
         n_chunks = np.zeros(len(rows), dtype=np.int32)
@@ -97,6 +100,8 @@ class _MakePredictBlock:
             n_chunks[j] = len(spans)
             for k, (a, b) in enumerate(spans):
                 for fr in six_frame("", seq[a:b]):
+                    if self.annotated and fr.id[-2:] != annotated_frame(a):
+                        continue
                     chunks.append(k)
                     codes.append(_CODE[fr.id[-2:]])
                     proteins.append(fr.protein)

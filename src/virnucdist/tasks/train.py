@@ -10,8 +10,9 @@ and writes ``classifier.pth`` (VirNucPro's pickled-module form), ``training_log.
 ``metrics.json``.
 
 Frames: VirNucPro trained on the ONE frame of each chunk that matches the GenBank protein
-annotation. Here every stop-free frame of a chunk is a training row labelled with its file's
-class, exactly the frames predict will score; no annotation is needed.
+annotation. By default every stop-free frame of a chunk is a training row labelled with its file's
+class, exactly the frames predict will score; no annotation is needed. ``--frames annotated``
+takes coding sequences (``virnucdist cds FILE.gbff``) and keeps VirNucPro's frame only.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class TrainConfig:
     window: int | None = None  # ... or sliding windows of this length
     step: int | None = None  # every this many bases (default: window // 2)
     split_by: str = "chunk"  # what stays together across the train/held-out split: chunk | record
+    frames: str = "all"  # all stop-free frames (as predict scores) | annotated (inputs are CDS: their own frame)
     random_init: bool = False
     seed: int = 0  # random model weights (--random-init)
     toks_per_batch: int | None = None
@@ -115,6 +117,8 @@ class TrainTask(PredictTask):
             raise UserError(f"--chunk-size / --window must be at least {MIN_CHUNK} bases, got {c.piece}")
         if c.step is not None and c.step < 1:
             raise UserError(f"--step must be at least 1, got {c.step}")
+        if c.frames not in ("all", "annotated"):
+            raise UserError(f"--frames must be 'all' or 'annotated', got {c.frames!r}")
         if c.split_by not in ("chunk", "record"):
             raise UserError(f"--split-by must be 'chunk' or 'record', got {c.split_by!r}")
         c.recipe().check()
@@ -133,7 +137,7 @@ class TrainTask(PredictTask):
         return {"chunk_size": c.chunk_size, "window": c.window, "step": self.step, "viral_files": len(c.viral),
                 "esm_model": model_identity(c.esm_model, c.random_init, c.seed),
                 "dnabert_model": model_identity(c.dnabert_model, c.random_init, c.seed),
-                "dtype": c.dtype or "default", "split_by": c.split_by, "recipe": vars(c.recipe())}
+                "dtype": c.dtype or "default", "split_by": c.split_by, "frames": c.frames, "recipe": vars(c.recipe())}
 
     def prepare(self, ctx: DistContext, index) -> None:
         c = self.config
@@ -154,10 +158,11 @@ class TrainTask(PredictTask):
         dim = self.dna.dim + self.esm.dim
         ragged = (Column("chunk", "i4"), Column("frame", "u1"), Column("features", "f4", (dim,)))
         return ShardSchema("train", (Column("n_chunks", "i4"),), ragged,
-                           {"piece": self.config.piece, "step": self.step or 0})
+                           {"piece": self.config.piece, "step": self.step or 0, "frames": self.config.frames})
 
     def block_maker(self):
-        return _MakePredictBlock(self.config.piece, self.esm.tokenizer, self.dna.tokenizer, self.budget, self.step)
+        return _MakePredictBlock(self.config.piece, self.esm.tokenizer, self.dna.tokenizer, self.budget, self.step,
+                                 self.config.frames == "annotated")
 
     def run_block(self, block) -> list[Part]:
         n_chunks, n_frames, chunks, codes = block.payload
@@ -219,7 +224,7 @@ class TrainTask(PredictTask):
             "dnabert_dim": self.dna.dim, "esm_dim": self.esm.dim, "esm_model": self.esm.name,
             "dnabert_model": self.dna.name, "random_weights": bool(c.random_init),
             "pieces": {"chunk_size": c.chunk_size, "window": c.window, "step": self.step},
-            "split_by": c.split_by, "recipe": vars(recipe),
+            "split_by": c.split_by, "frame_rule": c.frames, "recipe": vars(recipe),
             "predict_with": f"--chunk-size {c.piece} --esm-model {c.esm_model} --dnabert-model {c.dnabert_model}",
         })
         tmp = out / "metrics.json.tmp"
@@ -253,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output-dir", required=True)
     p.add_argument("--split-by", choices=("chunk", "record"), default="chunk",
                    help="held-out unit: a chunk/window's frames stay together (default), or a whole input record's")
+    p.add_argument("--frames", choices=("all", "annotated"), default="all",
+                   help="all: every stop-free frame (the frames predict scores; default); annotated: the inputs are "
+                        "coding sequences (virnucdist cds FILE.gbff) and each chunk keeps the frame of its codons, "
+                        "VirNucPro's choice")
     p.add_argument("--random-init", action="store_true", help="seeded RANDOM model weights (tests, demos, benchmarks)")
     p.add_argument("--seed", type=int, default=0, help="seed of --random-init's model weights")
     p.add_argument("--toks-per-batch", type=int, default=None)
