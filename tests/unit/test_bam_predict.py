@@ -1,0 +1,44 @@
+"""BAM input through the index: predict on an unaligned paired BAM gives the files of the same reads as
+R1/R2 FASTQ (pysam writes the BAM)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from _pairs_data import make_pairs, tiny, write_r1_r2
+
+from virnucdist.tasks.predict import PredictConfig, predict
+
+pysam = pytest.importorskip("pysam")
+
+FILES = ("prediction_results.txt", "read_summary.tsv", "prediction_results_highestscore.csv", "pair_summary.tsv")
+
+
+def write_unaligned_bam(path, pairs):
+    header = {"HD": {"VN": "1.6", "SO": "unsorted"}, "RG": [{"ID": "run42", "SM": "S1"}]}
+    with pysam.AlignmentFile(str(path), "wb", header=header) as f:
+        for rid, a, b in pairs:
+            for flag, seq in ((0x4D, a), (0x8D, b)):  # paired, unmapped, mate unmapped, first / second
+                r = pysam.AlignedSegment()
+                r.query_name, r.flag, r.query_sequence = rid, flag, seq
+                r.query_qualities = pysam.qualitystring_to_array("F" * len(seq))
+                r.reference_id = r.reference_start = r.next_reference_id = r.next_reference_start = -1
+                f.write(r)
+    return path
+
+
+def digest(folder):
+    return {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in FILES}
+
+
+def test_bam_gives_the_fastq_results(tmp_path):
+    pairs = make_pairs(21, 8)
+    bam = write_unaligned_bam(tmp_path / "reads.bam", pairs)
+    r1, r2 = write_r1_r2(tmp_path / "reads", pairs)
+    common = dict(num_workers=0, window_records=5, toks_per_batch=1000, **tiny())
+    predict(PredictConfig(inputs=(str(bam),), output_dir=str(tmp_path / "bam"), **common))
+    predict(PredictConfig(inputs=(str(r1), str(r2)), output_dir=str(tmp_path / "fq"), **common))
+    assert digest(tmp_path / "bam") == digest(tmp_path / "fq")
+    ids = [ln.split("\t")[0] for ln in (tmp_path / "bam" / "read_summary.tsv").read_text().splitlines()[1:]]
+    assert ids == [f"{rid}/{m}" for rid, _, _ in pairs for m in (1, 2)]
