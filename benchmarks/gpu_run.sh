@@ -67,6 +67,11 @@ for step in "$@"; do
       timeout 540 python3 benchmarks/train.py --windows ${TRAIN_WINDOWS:-200000} --workdir $W \
         --json "$OUT/train_650m.json" 2>&1 | tee "$OUT/train_650m.log" | grep -v "RANDOM WEIGHTS" | tail -12
       rm -rf $W ;;
+    samples_one|samples_each)  # issue 21: 8 samples x SAMPLES_PAIRS 150-bp pairs, one --samples launch / one launch each
+      W=/tmp/vnd-samples; mode=${step##*_}; [ $mode = one ] && lim=420 || lim=570
+      timeout $lim python3 benchmarks/samples.py --random-init --esm-model esm2_t36_3B_UR50D --dnabert-model dnabert-s \
+        --samples 8 --pairs ${SAMPLES_PAIRS:-50000} --only $mode --dir $W --json "$OUT/samples_$mode.json" 2>&1 \
+        | tee "$OUT/samples_$mode.log" | tail -8 ;;  # keeps $W (the data) for the other mode; --merge the two JSONs
     perf_smoke)  # every issue-24 benchmark on CPU, tiny (checks the scripts, not the GPU)
       python3 benchmarks/tokenize_dna.py --smoke | tail -3
       python3 benchmarks/fp8_policies.py --smoke --policies all,edges2 | tail -5

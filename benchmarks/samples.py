@@ -2,7 +2,11 @@
 
     python benchmarks/samples.py --esm-model esm2_t36_3B_UR50D --dnabert-model /path/DNABERT-S \\
         --classifier 300_model.pth [--samples 8] [--pairs 50000] [--length 150] [--nproc 1] [--json out.json]
-    python benchmarks/samples.py --smoke      # CPU, tiny random models, 8 samples of 100 pairs: seconds
+    python benchmarks/samples.py --smoke      # CPU, tiny random models, 8 samples of 100 pairs: minutes on 2 cores
+    # no weights on the machine: --random-init (ESM-2 3B and DNABERT-S of the real sizes, a random classifier;
+    # model_load is then the random initialisation, not a checkpoint read: benchmarks/startup.py times that)
+    python benchmarks/samples.py --random-init --esm-model esm2_t36_3B_UR50D --dnabert-model dnabert-s
+    # in two device calls: --only one --json a.json, then --only each --json b.json; --merge a.json b.json
 
 Writes ``--samples`` samples of ``--pairs`` synthetic read pairs (``--length`` bp, gzip R1/R2
 FASTQ as Illumina writes them) and a sample sheet into ``--dir``, then times, on the same machine
@@ -54,6 +58,7 @@ def write_sample(base: Path, seed: int, pairs: int, length: int) -> tuple[Path, 
 def launch(args, predict_args: list[str], out: Path) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
            "-m", "virnucdist.predict", *predict_args, *args.model_flags, "-o", str(out), "--quiet"]
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run every time (a finished one would be a no-op)
     t0 = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     wall = time.time() - t0
@@ -74,6 +79,23 @@ def calls(summary: Path) -> tuple[int, int]:
     return len(lines), sum(ln.endswith("\tvirus") for ln in lines)
 
 
+def report(one: dict | None, each: list | None, samples: int, agree) -> float | None:
+    """Print the table (and the ratio when both modes ran)."""
+    print(f"\n{'':28s}" + "".join(f"{p:>14s}" for p in ("wall", *PHASES)))
+    if one:
+        print(f"{'one --samples launch':28s}" + "".join(f"{one[p]:14.2f}" for p in ("wall", *PHASES)))
+    if each:
+        total = {k: sum(e[k] for e in each) for k in ("wall", *PHASES)}
+        print(f"{f'{samples} launches (sum)':28s}" + "".join(f"{total[p]:14.2f}" for p in ("wall", *PHASES)))
+        print(f"{'per launch (mean)':28s}" + "".join(f"{total[p] / len(each):14.2f}" for p in ("wall", *PHASES)))
+    if not (one and each):
+        return None
+    ratio = total["wall"] / one["wall"]
+    print(f"\nwall: one launch {one['wall']:.1f} s, {samples} launches {total['wall']:.1f} s: ratio {ratio:.2f}x"
+          + ("" if agree is None else f"; per-sample counts agree: {agree}"))
+    return ratio
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=8)
@@ -88,16 +110,26 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="work directory (default: a temporary one, removed)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny random models, 100 pairs per sample")
+    ap.add_argument("--random-init", action="store_true", help="random weights (no --classifier needed)")
+    ap.add_argument("--only", choices=["one", "each"], default=None, help="time one mode (merge later with --merge)")
+    ap.add_argument("--merge", nargs=2, metavar="JSON", help="print the table of two --only runs")
     args = ap.parse_args()
+    if args.merge:
+        a, b = (json.loads(Path(p).read_text()) for p in args.merge)
+        one = a.get("one_launch") or b.get("one_launch")
+        each = a.get("per_sample_launches") or b.get("per_sample_launches")
+        report(one, each, a["samples"], None)
+        return
     if args.smoke:
         args.pairs = min(args.pairs, 100)
         args.model_flags = ["--esm-model", "esm2_t6_8M_UR50D", "--dnabert-model", "dnabert-s-tiny", "--random-init",
                             "--device", "cpu", "--num-workers", "1"]
     else:
-        if not (args.esm_model and args.dnabert_model and args.classifier):
-            ap.error("--esm-model, --dnabert-model and --classifier are required (or --smoke)")
+        if not (args.esm_model and args.dnabert_model and (args.classifier or args.random_init)):
+            ap.error("--esm-model, --dnabert-model and --classifier (or --random-init) are required (or --smoke)")
         args.model_flags = ["--esm-model", args.esm_model, "--dnabert-model", args.dnabert_model,
-                            "--classifier", args.classifier]
+                            *(["--classifier", args.classifier] if args.classifier else []),
+                            *(["--random-init"] if args.random_init else [])]
     args.model_flags += ["--chunk-size", str(args.chunk_size), *args.extra.split()]
     work = Path(args.dir or tempfile.mkdtemp(prefix="vnd-samples-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -107,19 +139,15 @@ def main() -> None:
     sheet.write_text("sample\tR1\tR2\n" + "".join(f"S{k + 1}\t{a}\t{b}\n" for k, (a, b) in enumerate(files)))
     print(f"data: {args.samples} samples x {args.pairs} pairs x {args.length} bp in {time.perf_counter() - t:.1f} s "
           f"({work})", flush=True)
-    one = launch(args, ["--samples", str(sheet)], work / "sheet_run")
-    each = [launch(args, [str(a), str(b)], work / f"single_S{k + 1}") for k, (a, b) in enumerate(files)]
-    table = (work / "sheet_run" / "samples.tsv").read_text().splitlines()[1:]
-    agree = all(tuple(map(int, ln.split("\t")[1:4:2])) == calls(work / f"single_S{k + 1}" / "read_summary.tsv")
-                for k, ln in enumerate(table))
-    total = {k: sum(e[k] for e in each) for k in ("wall", *PHASES)}
-    print(f"\n{'':28s}" + "".join(f"{p:>14s}" for p in ("wall", *PHASES)))
-    print(f"{'one --samples launch':28s}" + "".join(f"{one[p]:14.2f}" for p in ("wall", *PHASES)))
-    print(f"{f'{args.samples} launches (sum)':28s}" + "".join(f"{total[p]:14.2f}" for p in ("wall", *PHASES)))
-    print(f"{'per launch (mean)':28s}" + "".join(f"{total[p] / len(each):14.2f}" for p in ("wall", *PHASES)))
-    ratio = total["wall"] / one["wall"]
-    print(f"\nwall: one launch {one['wall']:.1f} s, {args.samples} launches {total['wall']:.1f} s: ratio {ratio:.2f}x; "
-          f"per-sample counts agree: {agree}")
+    one = launch(args, ["--samples", str(sheet)], work / "sheet_run") if args.only != "each" else None
+    each = [launch(args, [str(a), str(b)], work / f"single_S{k + 1}") for k, (a, b) in enumerate(files)] \
+        if args.only != "one" else None
+    agree = None
+    if one and each:
+        table = (work / "sheet_run" / "samples.tsv").read_text().splitlines()[1:]
+        agree = all(tuple(map(int, ln.split("\t")[1:4:2])) == calls(work / f"single_S{k + 1}" / "read_summary.tsv")
+                    for k, ln in enumerate(table))
+    ratio = report(one, each, args.samples, agree)
     if args.json:
         Path(args.json).write_text(json.dumps({"samples": args.samples, "pairs": args.pairs, "length": args.length,
                                                "nproc": args.nproc, "smoke": args.smoke, "one_launch": one,
