@@ -157,3 +157,24 @@ def test_unsupported_esm_config_is_one_line(tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UserError, match="position_embedding_type = 'absolute'"):
         load_model(str(d))
+
+
+def test_embed_run_with_an_hf_directory(tmp_path):
+    """``embed --model HF_DIR``: taken for ESM-2 (protein input accepted), vectors as transformers gives them."""
+    from transformers import AutoTokenizer
+
+    from virnucdist import EmbedConfig, embed
+    from virnucdist.data.fasta import write_fasta
+    from virnucdist.writers import read_embeddings
+
+    d, model = _hf_esm_dir(tmp_path)
+    seqs = _proteins(8)
+    fasta = tmp_path / "p.fa"
+    write_fasta(fasta, [(f"p{i}", s) for i, s in enumerate(seqs)])
+    embed(EmbedConfig(inputs=(str(fasta),), model=str(d), output_dir=str(tmp_path / "out"), num_workers=0,
+                      device="cpu", quiet=True))
+    ids, emb = read_embeddings(tmp_path / "out" / "embeddings.h5")
+    assert ids == [f"p{i}" for i in range(8)]
+    ref, _ = _transformers_means(model, AutoTokenizer.from_pretrained(d), seqs, (LAYERS,))
+    cos = F.cosine_similarity(torch.from_numpy(emb).double(), ref[LAYERS].double(), dim=-1)
+    assert cos.min().item() >= 0.99999

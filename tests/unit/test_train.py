@@ -207,3 +207,17 @@ def test_annotated_frames_one_per_chunk(demo, tmp_path):
     assert {a % 3 for _, a, _ in spans} == {0, 1, 2}
     assert m["frames"] == len(spans) and m["frames"] < sum(len(six_frame("", s[a:b])) for s, a, b in spans)
     assert m["frame_rule"] == "annotated"
+
+
+def test_console_script_train_is_the_task(demo, capsys):
+    """``virnucdist train ...`` runs the train task's parser and its one-line errors (exit 2)."""
+    from virnucdist.cli import main as cli_main
+
+    d, _, _ = demo
+    with pytest.raises(SystemExit) as e:
+        cli_main(["train", "--viral", str(d / "viral.fa"), "--other", str(d / "viral.fa"), "--chunk-size", "90",
+                  "--esm-model", str(d / "esm2_tiny.pt"), "--dnabert-model", str(d / "dnabert_tiny"), "-o",
+                  str(d / "cli_out")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("virnucdist: error:") and "given as both --viral and --other" in err[-1]
