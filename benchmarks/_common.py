@@ -32,8 +32,9 @@ def random_proteins(n: int, lo: int, hi: int, seed: int) -> list[tuple[str, str]
 
 def random_dna(n: int, length: int, seed: int) -> list[tuple[str, str]]:
     rng = np.random.default_rng(seed)
-    bases = np.array(list("ACGT"))[rng.integers(0, 4, size=n * length)]
-    return [(f"read_{i:07d}", "".join(bases[i * length:(i + 1) * length])) for i in range(n)]
+    # one ASCII string, then slices (the same letters as indexing an array of str, ~20x faster at 1M reads)
+    bases = np.frombuffer(b"ACGT", dtype=np.uint8)[rng.integers(0, 4, size=n * length)].tobytes().decode("ascii")
+    return [(f"read_{i:07d}", bases[i * length:(i + 1) * length]) for i in range(n)]
 
 
 def write_fasta(path: Path, records) -> Path:

@@ -121,12 +121,15 @@ def main() -> None:
     rows = []
 
     def measure(name, share):
-        s, toks, emb = run(lambda b: lm.module.embed(*b), batches, dev, warm=0 if args.smoke else 2)
+        s, toks, emb = run(lambda b: lm.module.embed(*b), batches, dev, warm=0 if args.smoke else 1)
         lab, p = labels(emb)
         row = {"policy": name, "fp8_share": share, "tokens_per_s": toks / s, **cos_stats(emb, ref),
                "label_agreement": (lab == ref_lab).double().mean().item(), "label_flips": int((lab != ref_lab).sum()),
                "max_prob_diff": (p - ref_p).abs().max().item()}
         rows.append(row)
+        if args.json:  # after every row: a step cut by its timeout still leaves the rows done
+            Path(args.json).write_text(json.dumps({"device": dname, "model": args.model, "partial": True,
+                                                   "rows": rows}, indent=2))
         print(f"[{dname}] {name}: " + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
                                                 for k, v in row.items() if k != "policy"), flush=True)
 

@@ -10,7 +10,9 @@ then runs fresh interpreters that each load it and run one warm-up batch, printi
 in host memory shows here; the mapped checkpoint's pages are file-backed and do not):
 
 - ``library``: ``virnucdist.models.loading.load_model(path, dtype=bf16)`` (the run's path);
-- ``naive`` (same run baseline): ``torch.load`` into host memory, an fp32 model built on the CPU,
+- ``previous`` (same-run baseline): the library's load before issue 24 (fp32 tensors assigned on the host,
+  q/k/v fused there in fp32, then one ``.to(device, bf16)`` that casts on the CPU);
+- ``naive``: ``torch.load`` into host memory, an fp32 model built on the CPU,
   ``load_state_dict``, then ``.to(device, bf16)`` (what fair-esm's loader does).
 Each mode runs twice: cold (after the fadvise) and warm (page cache).
 """
@@ -51,11 +53,24 @@ dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 if dev.type == "cuda":
     torch.zeros(1, device=dev); torch.cuda.synchronize()
 t_ctx = time.perf_counter()
+from virnucdist.models.esm2 import ESM2Config
+with torch.device("meta"):  # one-off lazy imports (meta kernels) out of the memory figure
+    PackedESM2(ESM2Config(1, 32, 2))
 base = rss_anon()
 dtype = getattr(torch, dtype_name)
 if mode == "library":
     lm = load_model(path, device=dev, dtype=dtype)
     module = lm.module
+elif mode == "previous":  # the library before issue 24: fp32 tensors assigned on the host, then one .to()
+    from virnucdist.models.loading import _load_strict
+    from virnucdist.models.esm2 import rotary_inv_freq
+    cfg, state = read_fair_esm_checkpoint(path)
+    with torch.device("meta"):
+        module = PackedESM2(cfg)
+    _load_strict(module, state, path)
+    module.inv_freq = rotary_inv_freq(cfg)
+    module = module.to(device=dev, dtype=dtype).eval()
+    module.inv_freq = module.inv_freq.float()
 else:
     cfg, state = read_fair_esm_checkpoint(path)
     state = {k: v.clone() for k, v in state.items()}  # torch.load without mmap: the file in host memory
@@ -103,7 +118,8 @@ def main() -> None:
     ap.add_argument("--model", default="esm2_t36_3B_UR50D")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--workdir", default="/tmp/vnd-startup")
-    ap.add_argument("--modes", default="library,naive")
+    ap.add_argument("--modes", default="library,previous", help="library, previous, naive (slow: random init "
+                                                                    "of the model on the CPU first)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
