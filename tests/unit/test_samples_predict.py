@@ -127,3 +127,11 @@ def test_a_bad_file_stops_the_sheet_in_one_line_naming_sample_file_record(sheet_
     msg = str(e.value)
     assert "\n" not in msg and "'cut'" in msg and str(r2) in msg and "record 5" in msg
     assert not (tmp_path / "out" / "shards").exists()  # refused before any model work
+
+
+def test_overwrite_with_single_end_reads_removes_the_pair_summary(sheet_data, tmp_path):
+    f1, _, f3 = sheet_data["files"]
+    run(tmp_path, f1)
+    assert (tmp_path / "pair_summary.tsv").exists()
+    run(tmp_path, [f3], overwrite=True)  # the same reads' file without --interleaved: single-end
+    assert not (tmp_path / "pair_summary.tsv").exists() and (tmp_path / "read_summary.tsv").exists()

@@ -131,7 +131,7 @@ class PredictTask:
     name, verb, cost_unit = "predict", "predicting", "bp"
     outputs = ("prediction_results.txt", "prediction_results_highestscore.csv", "read_summary.tsv",
                "nucleotide_embeddings.h5", "protein_embeddings.h5", "chunked.fa", "identified_nucleotide.fa",
-               "identified_protein.faa")
+               "identified_protein.faa", "pair_summary.tsv")
     dedup = True
 
     def __init__(self, config: PredictConfig):
