@@ -33,23 +33,22 @@ from torch.utils.data import DataLoader, Dataset
 from .._version import __version__
 from .._testhooks import active_test_hooks, test_hook
 from ..errors import PeerFailed, UserError
-from ..launch.dist import DistContext, init_distributed, workers_per_rank
+from ..launch.dist import DistContext, init_distributed
 from ..launch.entry import set_safe_counter
 from ..launch.logs import setup_logging
 from ..progress import Progress, index_progress
-from .runner import resolve_dtype
 from ..data.index import SequenceIndex
 from ..data.runindex import check_input_files, load_run_index, open_run_index
 from ..sharding.partition import partition, plan_windows
+from .config import DEFAULT_TOKS, NUMERICS, config_from_args, numerics, resolve
 from .task import Block, Counters, RunPlan, Task
 from ..telemetry import Telemetry, format_summary, write_run_report
 from ..writers import Results, ShardWriter, replace_durably, scan_shards
 
-__all__ = ["run", "run_main", "RunResult", "WINDOW_BATCHES", "DEFAULT_TOKS"]
+__all__ = ["run", "run_main", "RunResult", "WINDOW_BATCHES"]
 
 log = logging.getLogger("virnucdist")
 
-DEFAULT_TOKS = {"cpu": 4096, "cuda": 65536}
 WINDOW_BATCHES = 32  # a window holds about this many batch budgets of tokens: packing stays high inside it
 MANIFEST = "run.json"
 
@@ -101,16 +100,16 @@ def _open_run(task: Task, out: Path, progress: bool) -> dict:
     path = out / MANIFEST
     old = json.loads(path.read_text()) if path.exists() else None
     run_index = open_run_index(out, inputs, progress=lambda paths: index_progress(paths, progress),
-                               interleaved=bool(getattr(cfg, "interleaved", False)))
+                               interleaved=cfg.interleaved)
     ref = run_index.index
     manifest = {"virnucdist": __version__, "task": task.name, "input_fingerprint": ref.fingerprint,
-                "records": len(ref), **task.identity()}
+                "records": len(ref), **task.identity(), **numerics(cfg)}
     outputs = [out / n for n in (*task.outputs, "shards", "run_report.json", "report.html")]
     if old is not None:
         changed = [k for k in manifest if k != "virnucdist" and old.get(k) != manifest[k]]
         if changed and not cfg.overwrite:
-            raise UserError(f"{out} holds a run with a different {', '.join(changed)}; use another output "
-                            f"directory, or --overwrite to discard it")
+            raise UserError(f"{out} holds a run with a different {', '.join(_said(k, old, manifest) for k in changed)}"
+                            f"; use another output directory, or --overwrite to discard it")
         if not changed and old.get("complete") and all((out / n).exists() for n in task.outputs[:1]):
             return {"complete": True, "fingerprint": ref.fingerprint}
         if changed:
@@ -118,8 +117,17 @@ def _open_run(task: Task, out: Path, progress: bool) -> dict:
             run_index.discard()  # saved again below
     task.check(ref)
     run_index.commit()
-    _write_manifest(out, {**manifest, "complete": False})
+    _write_manifest(out, {**manifest, "resolved": json.loads(json.dumps(_plain(cfg), default=str)), "complete": False})
     return {"complete": False, "fingerprint": ref.fingerprint}
+
+
+def _said(key: str, old: dict, new: dict) -> str:
+    """A changed manifest key for the refusal: with both values when they are short (``dtype (fp32 -> bf16)``)."""
+    a, b = old.get(key, "unset"), new[key]
+    if key in NUMERICS or (isinstance(a, (str, int, float, bool)) and isinstance(b, (str, int, float, bool))
+                           and len(str(a)) + len(str(b)) < 40):
+        return f"{key} ({a} -> {b})"
+    return key
 
 
 def _write_manifest(out: Path, manifest: dict) -> None:
@@ -180,13 +188,13 @@ def _as_is(x):
 def run(task: Task, ctx: DistContext | None = None) -> RunResult:
     """Run ``task`` on this rank (call on every rank under torchrun); rank 0 writes the final files."""
     t_start = time.perf_counter()
-    cfg = task.config
-    ctx = ctx or init_distributed(cfg.device)
-    out = Path(cfg.output_dir)
-    setup_logging(None, ctx.rank, cfg.quiet)
-    _check_inputs(cfg.inputs)
-    if getattr(cfg, "dtype", None):
-        resolve_dtype(cfg.dtype, ctx.device)  # e.g. --dtype fp8 on a GPU without FP8: one line, before any work
+    ctx = ctx or init_distributed(task.config.device)
+    out = Path(task.config.output_dir)
+    setup_logging(None, ctx.rank, task.config.quiet)
+    _check_inputs(task.config.inputs)
+    # the defaults become what runs here (dtype, token budget, ...), before any work or manifest; e.g.
+    # --dtype fp8 on a GPU without FP8 is refused here in one line
+    cfg = task.config = resolve(task.config, ctx.device)
     if ctx.is_main:
         _writable(out)
     try:
@@ -222,7 +230,7 @@ def run(task: Task, ctx: DistContext | None = None) -> RunResult:
             if m.attrs.get("warning"):  # e.g. RANDOM WEIGHTS: loud, every run
                 log.warning("%s: %s", m.name, m.attrs["warning"])
     costs = np.asarray(task.costs(index), dtype=np.int64)
-    use_dedup = task.dedup and getattr(cfg, "dedup", True)
+    use_dedup = task.dedup and cfg.dedup
     source = np.asarray(index.representatives(), dtype=np.int64) if use_dedup else np.arange(n, dtype=np.int64)
     first = source == np.arange(n)
     work = first & ~empty & ~done
@@ -243,7 +251,7 @@ def run(task: Task, ctx: DistContext | None = None) -> RunResult:
             log.warning("set aside %d unreadable shard(s) (killed mid-write); their records are redone",
                         scan["corrupt"])
 
-    toks = cfg.toks_per_batch or DEFAULT_TOKS.get(ctx.device.type, 4096)
+    toks = cfg.toks_per_batch
     counters = Counters()
     if work[mine].any():
         _loop(task, ctx, tel, index, mine, done, costs, toks, out, fingerprint, counters)
@@ -278,7 +286,7 @@ def run(task: Task, ctx: DistContext | None = None) -> RunResult:
         })
         _warn(merged, index, task)
         _mark_complete(out)  # first: a kill between the two leaves spare shards, never a run to redo
-        if not getattr(cfg, "keep_shards", False):
+        if not cfg.keep_shards:
             _remove([out / "shards", out / "inputs"])
         if not cfg.quiet:
             log.info("%s", format_summary(stats, wall))
@@ -305,18 +313,18 @@ def _loop(task, ctx, tel, index, share, done, costs, toks, out, fingerprint, cou
     and only its records not yet on disk are committed.
     """
     cfg = task.config
-    per_window = getattr(cfg, "window_records", None)  # None: windows by tokens, ramped up at the start
+    per_window = cfg.window_records  # None: windows by tokens, ramped up at the start
     planned = plan_windows(share, costs[share], WINDOW_BATCHES * toks, max_rows=per_window, ramp=per_window is None)
     windows = [w for w in planned if not done[w].all()]
     mine = share[~done[share]]
-    workers = workers_per_rank(ctx.device) if cfg.num_workers is None else cfg.num_workers
+    workers = cfg.num_workers
     if ctx.is_main:
         log.info("%d loader worker(s) per rank", workers)
     loader = DataLoader(_Windows(windows, index, task.block_maker()), batch_size=None, collate_fn=_as_is,
                         num_workers=workers, pin_memory=ctx.device.type == "cuda",
                         prefetch_factor=2 if workers > 0 else None)
     writer = ShardWriter(out / "shards", ctx.rank, task.schema(), fingerprint=fingerprint,
-                         flush_every=getattr(cfg, "flush_every", 1))  # default: commit every window
+                         flush_every=cfg.flush_every)
     progress = Progress(total_records=len(mine), total_tokens=int(costs[mine].sum()),
                         enabled=ctx.is_main and not cfg.quiet, world_size=ctx.world_size,
                         desc=getattr(task, "verb", task.name), unit=getattr(task, "cost_unit", "tok"))
@@ -405,9 +413,7 @@ def _plain(cfg: Any) -> Any:
 
 def run_main(parser: argparse.ArgumentParser, config_cls, make_task, argv: list[str] | None) -> int:
     """``main()`` of an entrypoint: flags -> frozen config (1:1) -> ``run(make_task(cfg), ctx)`` on this rank."""
-    fields = vars(parser.parse_args(argv))
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}  # frozen: lists -> tuples
-    cfg = config_cls(**fields)
+    cfg = config_from_args(config_cls, parser.parse_args(argv))
     ctx = init_distributed(cfg.device)
     try:
         run(make_task(cfg), ctx)

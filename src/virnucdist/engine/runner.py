@@ -19,7 +19,7 @@ import torch
 from .._testhooks import test_hook
 from ..packing import PackedBatch, split_batch
 
-__all__ = ["BatchRunner", "DTYPES", "resolve_dtype", "to_host_async"]
+__all__ = ["BatchRunner", "to_host_async"]
 
 log = logging.getLogger("virnucdist")
 
@@ -94,24 +94,6 @@ class BatchRunner:
             self.clean = 0
             self.cap *= 2
             log.info("token cap raised to %d after %d clean batches", self.cap, REGROW_AFTER)
-
-
-#: --dtype choices; fp8 loads bf16 weights and the task quantises ESM-2's layer GEMMs (models/fp8.py)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}
-
-
-def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
-    """``--dtype``: bf16 on CUDA and fp32 on CPU by default; ``fp8`` needs an FP8 GPU (checked here)."""
-    if name == "fp8":
-        from ..models.fp8 import require_fp8
-
-        require_fp8(device)
-        return DTYPES[name]
-    if name is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if device.type == "cpu" and name != "fp32":
-        log.warning("--dtype %s on CPU: half precision is slow and inexact there; using it as asked", name)
-    return DTYPES[name]
 
 
 def to_host_async(*tensors: torch.Tensor):

@@ -21,14 +21,15 @@ import numpy as np
 import torch
 
 from .._version import __version__
-from ..engine import DEFAULT_TOKS, RunResult, run, run_main
+from ..engine import RunConfig, RunResult, add_run_arguments, run, run_main
+from ..engine.config import numerics, torch_dtype
 from ..data.inputs import as_inputs
 from ..errors import UserError
 from ..launch.dist import DistContext
 from ..models.fp8 import to_fp8
 from ..models.loading import load_model
 from ..packing import pack_longest_first
-from ..engine.runner import DTYPES, BatchRunner, resolve_dtype, to_host_async
+from ..engine.runner import BatchRunner, to_host_async
 from ..writers import Column, Part, ShardSchema, write_embeddings_h5
 from ..engine.task import Block, RunPlan
 from .identity import model_identity, molecule_of_spec
@@ -38,31 +39,15 @@ __all__ = ["EmbedConfig", "EmbedTask", "embed", "build_parser", "main"]
 log = logging.getLogger("virnucdist")
 
 
-@dataclass(frozen=True)
-class EmbedConfig:
-    """One embedding run; CLI flags map 1:1 to these fields."""
+@dataclass(frozen=True, kw_only=True)
+class EmbedConfig(RunConfig):
+    """One embedding run: the shared :class:`~virnucdist.engine.RunConfig` fields and these; CLI flags map 1:1."""
 
-    inputs: tuple[str, ...]
     model: str
-    output_dir: str
-    random_init: bool = False
-    seed: int = 0
-    toks_per_batch: int | None = None  # None: a per-device default
-    dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU
     repr_layer: int = -1
     repr_layers: tuple[int, ...] | None = None  # several layers in one pass (overrides repr_layer)
     include: tuple[str, ...] = ("mean",)  # "mean" always; "per_tok" adds the ragged per-token states
     truncation_seq_length: int = 1022
-    device: str | None = None  # None: CUDA when available
-    num_workers: int | None = None  # None: from the CPUs per local rank (launch.dist.workers_per_rank)
-    window_records: int | None = None  # records per window (the unit of commit); None: by tokens
-    flush_every: int = 4096  # records per shard commit (at most; also every 10 s)
-    dedup: bool = True
-    keep_shards: bool = False
-    allow_any_molecule: bool = False
-    overwrite: bool = False
-    quiet: bool = False
-    interleaved: bool = False  # single files hold mates one after the other (R1/R2 files are told from their ids)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -121,7 +106,7 @@ class EmbedTask:
     def identity(self) -> dict:
         c = self.config
         return {"model": model_identity(c.model, c.random_init, c.seed), "repr_layers": list(c.layers),
-                "dtype": c.dtype or "default", "truncation_seq_length": c.truncation_seq_length,
+                "truncation_seq_length": c.truncation_seq_length,
                 "per_token": self.per_token}
 
     def check(self, index) -> None:
@@ -131,16 +116,16 @@ class EmbedTask:
 
         check_molecule(index, molecule_of_spec(self.config.model), self.config.model, "--allow-any-molecule")
 
-    # -- on every rank
+    # -- on every rank (self.config is resolved: dtype, toks_per_batch, ... are what runs)
     def prepare(self, ctx: DistContext, index) -> None:
         c = self.config
-        dtype = resolve_dtype(c.dtype, ctx.device)
+        dtype = torch_dtype(c.dtype)
         self.dtype_name = "fp8" if c.dtype == "fp8" else str(dtype).removeprefix("torch.")
         if self.model is None:
             self.model = load_model(c.model, device=ctx.device, dtype=dtype, random_init=c.random_init, seed=c.seed,
                                     truncation_seq_length=c.truncation_seq_length)
             if c.dtype == "fp8":  # ESM-2's layer GEMMs in e4m3 with per-channel / per-token scales
-                self.model.module = to_fp8(self.model.module)
+                self.model.module = to_fp8(self.model.module, c.fp8_policy)  # resolved: fast accumulation too
         try:
             self.layers = self.model.check_layers(c.layers)
         except ValueError as e:
@@ -153,7 +138,7 @@ class EmbedTask:
             log.warning("%d record(s) longer than %d residues are embedded from their first %d only (as fair-esm's "
                         "extract.py does), e.g. %r (%d residues) at %s; --truncation-seq-length changes the cap",
                         len(long), cap, cap, index.ids[i], int(index.length[i]), index.where(i))
-        self.budget = c.toks_per_batch or DEFAULT_TOKS.get(ctx.device.type, 4096)
+        self.budget = c.toks_per_batch
         self.runners = [BatchRunner(lambda b: self.model.embed(b, self.layers, self.per_token), ctx.device)]
         self.models = [self.model]
 
@@ -202,7 +187,8 @@ class EmbedTask:
         c, m = self.config, self.model
         n, d = len(plan.rows), m.dim
         attrs = {
-            "model": m.name, "model_source": m.source, "random_init": c.random_init, "dtype": self.dtype_name,
+            "model": m.name, "model_source": m.source, "random_init": c.random_init,
+            **numerics(c, hdf5=True), "dtype": self.dtype_name,
             "pooling": m.attrs.get("pooling", ""), "repr_layer": c.layers[0], "repr_layers": json.dumps(self.layers),
             "truncation_seq_length": c.truncation_seq_length, "include": json.dumps(list(c.include)),
             "virnucdist_version": __version__, "input_fingerprint": plan.fingerprint,
@@ -238,16 +224,8 @@ def embed(cfg: EmbedConfig, ctx: DistContext | None = None, model=None) -> RunRe
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m virnucdist.embed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="+", help="FASTA or FASTQ file(s), plain or .gz; R1 R2 of a pair (mates: {id}/1, {id}/2)")
-    p.add_argument("--interleaved", action="store_true", help="single files hold mates one after the other")
+    add_run_arguments(p, dtype_help="fp8 (ESM-2 on H100/H200-class GPUs) is opt-in")
     p.add_argument("--model", required=True, help="ESM-2 name or .pt path, or a DNABERT-S directory")
-    p.add_argument("-o", "--output-dir", required=True)
-    p.add_argument("--random-init", action="store_true", help="seeded random weights (tests, demos, benchmarks)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--toks-per-batch", type=int, default=None,
-                   help=f"token budget per packed batch (default {DEFAULT_TOKS})")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                   help="default: bf16 on CUDA, fp32 on CPU; fp8 (ESM-2 on H100/H200-class GPUs) is opt-in")
     p.add_argument("--repr-layer", type=int, default=-1, help="layer to pool (default: last; 0 = embeddings)")
     p.add_argument("--repr-layers", type=int, nargs="+", default=None,
                    help="several layers in one pass (like fair-esm's --repr_layers), one dataset each")
@@ -255,19 +233,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mean: pooled embeddings (always written); per_tok: also every token's state "
                         "(ESM-2: residues only), ragged in embeddings.h5 /per_token")
     p.add_argument("--truncation-seq-length", type=int, default=1022)
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    p.add_argument("--num-workers", type=int, default=None,
-                   help="DataLoader worker processes per rank (default: from the CPUs this rank may use)")
-    p.add_argument("--window-records", type=int, default=None,
-                   help="records per window, the unit of commit and resume (default: about 32 token budgets)")
-    p.add_argument("--flush-every", type=int, default=4096, help="records per shard commit (at most)")
-    p.add_argument("--no-dedup", dest="dedup", action="store_false",
-                   help="compute every record, also identical sequences (default: each distinct sequence once)")
-    p.add_argument("--keep-shards", action="store_true", help="keep shards/ (and decompressed inputs) after the run")
-    p.add_argument("--allow-any-molecule", action="store_true",
-                   help="embed even if the input looks like the wrong molecule for the model (DNA vs protein)")
-    p.add_argument("--overwrite", action="store_true", help="discard an earlier run of other inputs/model")
-    p.add_argument("--quiet", action="store_true")
     return p
 
 

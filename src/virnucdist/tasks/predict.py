@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engine import DEFAULT_TOKS, RunResult, run, run_main
+from ..engine import RunConfig, RunResult, add_run_arguments, run, run_main
+from ..engine.config import numerics, torch_dtype
 from ..data.inputs import as_inputs
 from ..errors import UserError
 from ..launch.dist import DistContext
@@ -30,7 +31,7 @@ from ..models.classifier import classifier_chunk_size_hint, load_classifier
 from ..models.fp8 import to_fp8
 from ..models.loading import load_model
 from ..packing import pack_pairs
-from ..engine.runner import DTYPES, BatchRunner, resolve_dtype, to_host_async
+from ..engine.runner import BatchRunner, to_host_async
 from ..vnp.chunk import chunk_id, chunk_spans, window_spans
 from ..vnp.genbank import annotated_frame
 from ..vnp.outputs import ScoredRead, write_frame_embeddings, write_result_files, write_stage_files
@@ -47,31 +48,21 @@ FINALIZE_WINDOW = 1 << 16  # reads per window when rank 0 reads the results back
 _CODE = {name: i for i, name in enumerate(FRAME_NAMES)}
 
 
-@dataclass(frozen=True)
-class PredictConfig:
-    """One prediction run; CLI flags map 1:1 to these fields."""
+@dataclass(frozen=True, kw_only=True)
+class PredictConfig(RunConfig):
+    """One prediction run: the shared :class:`~virnucdist.engine.RunConfig` fields and these; CLI flags map 1:1.
 
-    inputs: tuple[str, ...]
+    ``toks_per_batch`` is ESM-2's tokens per batch (DNABERT-S gets the same); ``random_init`` gives both
+    models (and, without ``classifier``, the classifier) seeded random weights; the classifier always runs
+    in fp32 whatever the ``dtype``.
+    """
+
     chunk_size: int
     esm_model: str
     dnabert_model: str
-    output_dir: str
     classifier: str | None = None  # None only with --random-init: a seeded random MLP sized to the models
-    random_init: bool = False  # seeded random weights for both models (tests, demos)
-    seed: int = 0
-    toks_per_batch: int | None = None  # ESM-2 tokens per batch (DNABERT-S gets the same); None: per device
-    dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU (the classifier always runs in fp32)
-    device: str | None = None
-    num_workers: int | None = None  # None: from the CPUs per local rank (launch.dist.workers_per_rank)
-    window_records: int | None = None  # reads per window (the unit of commit); None: by tokens
     keep_intermediate: bool = False
-    dedup: bool = True
-    keep_shards: bool = False
-    allow_any_molecule: bool = False
-    overwrite: bool = False
-    quiet: bool = False
     samples: str | None = None  # a sample sheet (tasks/samples.py): its files replace ``inputs``
-    interleaved: bool = False  # single files hold mates one after the other
 
 
 @dataclass
@@ -157,7 +148,7 @@ class PredictTask:
         clf = hashlib.sha256(Path(c.classifier).read_bytes()).hexdigest() if c.classifier else f"random({c.seed})"
         return {"chunk_size": c.chunk_size, "esm_model": model_identity(c.esm_model, c.random_init, c.seed),
                 "dnabert_model": model_identity(c.dnabert_model, c.random_init, c.seed), "classifier_sha256": clf,
-                "dtype": c.dtype or "default", "keep_intermediate": c.keep_intermediate}
+                "keep_intermediate": c.keep_intermediate}
 
     def check(self, index) -> None:
         if not self.config.allow_any_molecule:
@@ -167,11 +158,11 @@ class PredictTask:
 
     def prepare(self, ctx: DistContext, index) -> None:
         c = self.config
-        dtype = resolve_dtype(c.dtype, ctx.device)
+        dtype = torch_dtype(c.dtype)  # self.config is resolved: dtype, toks_per_batch, ... are what runs
         load = dict(device=ctx.device, dtype=dtype, random_init=c.random_init, seed=c.seed)
         self.esm, self.dna = load_model(c.esm_model, **load), load_model(c.dnabert_model, **load)
         if c.dtype == "fp8":  # ESM-2's layer GEMMs in e4m3; DNABERT-S stays bf16
-            self.esm.module = to_fp8(self.esm.module)
+            self.esm.module = to_fp8(self.esm.module, c.fp8_policy)  # resolved: fast accumulation too
         if self.esm.molecule != "protein" or self.dna.molecule != "dna":
             raise UserError(f"--esm-model must be ESM-2 and --dnabert-model DNABERT-S (got {self.esm.name}, "
                             f"{self.dna.name})")
@@ -191,7 +182,7 @@ class PredictTask:
                     "classifier %s looks trained for %d-bp chunks but --chunk-size is %d; VirNucPro pairs "
                     "300_model.pth with 300 and 500_model.pth with 500 (a trained one: the length in its metrics.json)", c.classifier, hint, c.chunk_size)
         self.clf = clf.to(device=ctx.device, dtype=torch.float32).eval()
-        self.budget = c.toks_per_batch or DEFAULT_TOKS.get(ctx.device.type, 4096)
+        self.budget = c.toks_per_batch
         self.models = [self.esm, self.dna]
         self.runners = [BatchRunner(lambda b, m=m: m.embed(b, (-1,), False).pooled[0], ctx.device) for m in self.models]
 
@@ -262,7 +253,7 @@ class PredictTask:
                 write_frame_embeddings(out / f"{key}s.h5", reads, counts["frames"], model.dim,
                                        lambda r, key=key: r.extra[0].ragged[key][r.extra[1]],
                                        {"model": model.name, "input_fingerprint": plan.fingerprint,
-                                        "chunk_size": self.config.chunk_size})
+                                        "chunk_size": self.config.chunk_size, **numerics(self.config, hdf5=True)})
         return counts
 
 
@@ -285,11 +276,13 @@ def predict(cfg: PredictConfig, ctx: DistContext | None = None) -> RunResult:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m virnucdist.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="*", help="reads: FASTA or FASTQ file(s), plain or .gz; R1 R2 of a pair")
+    add_run_arguments(p, inputs_help="reads: FASTA or FASTQ file(s), plain or .gz; R1 R2 of a pair", inputs_nargs="*", records="reads",
+                      dtype_help="the classifier always runs in fp32; fp8: ESM-2 in FP8",
+                      random_init_help="seeded RANDOM weights for both models and, without --classifier, "
+                                       "the classifier (demos)")
     p.add_argument("--samples", default=None, metavar="SHEET.tsv",
                    help="every sample of a sequencing run in one launch: name<TAB>R1[<TAB>R2] per line; "
                         "outputs in OUTDIR/<sample>/ and OUTDIR/samples.tsv")
-    p.add_argument("--interleaved", action="store_true", help="single files hold mates one after the other")
     p.add_argument("--chunk-size", type=int, required=True,
                    help="chunk length; must match the classifier (300_model.pth -> 300, 500_model.pth -> 500, "
                         "a classifier from `virnucdist train`: its --chunk-size / --window)")
@@ -298,26 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ESM-2: a name (esm2_t36_3B_UR50D), fair-esm .pt, Hugging Face directory or cached hub id; "
                         "its width must match the classifier's (VirNucPro's: 3B)")
     p.add_argument("--dnabert-model", required=True, help="DNABERT-S directory (or 'dnabert-s' with --random-init)")
-    p.add_argument("-o", "--output-dir", required=True)
-    p.add_argument("--random-init", action="store_true",
-                   help="seeded RANDOM weights for both models and, without --classifier, the classifier (demos)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--toks-per-batch", type=int, default=None,
-                   help=f"ESM-2 tokens per packed batch, DNABERT-S the same (default {DEFAULT_TOKS})")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                   help="default: bf16 on CUDA, fp32 on CPU (the classifier always runs in fp32); fp8: ESM-2 in FP8")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    p.add_argument("--num-workers", type=int, default=None,
-                   help="DataLoader worker processes per rank (default: from the CPUs this rank may use)")
-    p.add_argument("--window-records", type=int, default=None,
-                   help="reads per window, the unit of commit and resume (default: about 32 token budgets)")
     p.add_argument("--keep-intermediate", action="store_true",
                    help="also write chunked.fa, identified_*.fa(a) and both models' frame embeddings (.h5)")
-    p.add_argument("--no-dedup", dest="dedup", action="store_false", help="compute identical reads again")
-    p.add_argument("--keep-shards", action="store_true", help="keep shards/ (and decompressed inputs) after the run")
-    p.add_argument("--allow-any-molecule", action="store_true", help="predict even if the reads look like protein")
-    p.add_argument("--overwrite", action="store_true", help="discard an earlier run of other inputs/settings")
-    p.add_argument("--quiet", action="store_true")
     return p
 
 

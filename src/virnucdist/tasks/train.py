@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engine import RunResult, run, run_main
-from ..engine.runner import DTYPES, BatchRunner, resolve_dtype, to_host_async
+from ..engine import RunConfig, RunResult, add_run_arguments, run, run_main
+from ..engine.config import torch_dtype
+from ..engine.runner import BatchRunner, to_host_async
 from ..engine.task import RunPlan
 from ..errors import UserError
 from ..launch.dist import DistContext
@@ -43,32 +44,21 @@ log = logging.getLogger("virnucdist")
 FEATURE_WINDOW = 1 << 14  # records per window when rank 0 reads the features back
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run; CLI flags map 1:1 to these fields (the recipe's are :class:`Recipe`'s)."""
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(RunConfig):
+    """One training run: the shared :class:`~virnucdist.engine.RunConfig` fields and these; CLI flags map 1:1
+    (the recipe's are :class:`Recipe`'s). ``inputs`` is set from the files: ``viral``, then ``other``."""
 
     viral: tuple[str, ...]
     other: tuple[str, ...]
+    inputs: tuple[str, ...] = ()
     esm_model: str
     dnabert_model: str
-    output_dir: str
     chunk_size: int | None = None  # VirNucPro's chunking at this length ...
     window: int | None = None  # ... or sliding windows of this length
     step: int | None = None  # every this many bases (default: window // 2)
     split_by: str = "chunk"  # what stays together across the train/held-out split: chunk | record
     frames: str = "all"  # all stop-free frames (as predict scores) | annotated (inputs are CDS: their own frame)
-    random_init: bool = False
-    seed: int = 0  # random model weights (--random-init)
-    toks_per_batch: int | None = None
-    dtype: str | None = None
-    device: str | None = None
-    num_workers: int = 2
-    window_records: int | None = None
-    dedup: bool = True
-    keep_shards: bool = False
-    allow_any_molecule: bool = False
-    overwrite: bool = False
-    quiet: bool = False
     # VirNucPro's train.py recipe
     hidden_dim: int = Recipe.hidden_dim
     dropout: float = Recipe.dropout
@@ -83,9 +73,8 @@ class TrainConfig:
     split_seed: int = Recipe.split_seed
     train_seed: int = Recipe.seed
 
-    @property
-    def inputs(self) -> tuple[str, ...]:
-        return (*self.viral, *self.other)
+    def __post_init__(self):
+        object.__setattr__(self, "inputs", (*self.viral, *self.other))
 
     @property
     def piece(self) -> int:
@@ -137,20 +126,18 @@ class TrainTask(PredictTask):
         return {"chunk_size": c.chunk_size, "window": c.window, "step": self.step, "viral_files": len(c.viral),
                 "esm_model": model_identity(c.esm_model, c.random_init, c.seed),
                 "dnabert_model": model_identity(c.dnabert_model, c.random_init, c.seed),
-                "dtype": c.dtype or "default", "split_by": c.split_by, "frames": c.frames, "recipe": vars(c.recipe())}
+                "split_by": c.split_by, "frames": c.frames, "recipe": vars(c.recipe())}
 
     def prepare(self, ctx: DistContext, index) -> None:
         c = self.config
-        dtype = resolve_dtype(c.dtype, ctx.device)
+        dtype = torch_dtype(c.dtype)  # self.config is resolved: dtype, toks_per_batch, ... are what runs
         load = dict(device=ctx.device, dtype=dtype, random_init=c.random_init, seed=c.seed)
         self.esm, self.dna = load_model(c.esm_model, **load), load_model(c.dnabert_model, **load)
         if self.esm.molecule != "protein" or self.dna.molecule != "dna":
             raise UserError(f"--esm-model must be ESM-2 and --dnabert-model DNABERT-S (got {self.esm.name}, "
                             f"{self.dna.name})")
-        from ..engine import DEFAULT_TOKS
-
         self.device = ctx.device
-        self.budget = c.toks_per_batch or DEFAULT_TOKS.get(ctx.device.type, 4096)
+        self.budget = c.toks_per_batch
         self.models = [self.esm, self.dna]
         self.runners = [BatchRunner(lambda b, m=m: m.embed(b, (-1,), False).pooled[0], ctx.device) for m in self.models]
 
@@ -255,25 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--esm-model", required=True,
                    help="ESM-2: name, fair-esm .pt, Hugging Face directory or cached hub id")
     p.add_argument("--dnabert-model", required=True, help="DNABERT-S directory (or 'dnabert-s' with --random-init)")
-    p.add_argument("-o", "--output-dir", required=True)
     p.add_argument("--split-by", choices=("chunk", "record"), default="chunk",
                    help="held-out unit: a chunk/window's frames stay together (default), or a whole input record's")
     p.add_argument("--frames", choices=("all", "annotated"), default="all",
                    help="all: every stop-free frame (the frames predict scores; default); annotated: the inputs are "
                         "coding sequences (virnucdist cds FILE.gbff) and each chunk keeps the frame of its codons, "
                         "VirNucPro's choice")
-    p.add_argument("--random-init", action="store_true", help="seeded RANDOM model weights (tests, demos, benchmarks)")
-    p.add_argument("--seed", type=int, default=0, help="seed of --random-init's model weights")
-    p.add_argument("--toks-per-batch", type=int, default=None)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="models' dtype (default bf16 on CUDA)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--window-records", type=int, default=None, help="records per commit (the unit of resume)")
-    p.add_argument("--no-dedup", dest="dedup", action="store_false")
-    p.add_argument("--keep-shards", action="store_true", help="keep the embedded frames (shards/) after training")
-    p.add_argument("--allow-any-molecule", action="store_true")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    add_run_arguments(p, inputs_help=None, random_init_help="seeded RANDOM model weights (tests, demos, benchmarks)")
     r = p.add_argument_group("training recipe (defaults: VirNucPro's train.py)")
     d = Recipe()
     for name, typ, what in (("hidden_dim", int, "hidden units"), ("dropout", float, "dropout"),
