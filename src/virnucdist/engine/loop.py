@@ -40,7 +40,7 @@ from ..progress import Progress, index_progress
 from ..data.index import SequenceIndex
 from ..data.runindex import check_input_files, load_run_index, open_run_index
 from ..sharding.partition import partition, plan_windows
-from .config import DEFAULT_TOKS, NUMERICS, config_from_args, numerics, resolve
+from .config import NUMERICS, config_from_args, numerics, resolve
 from .task import Block, Counters, RunPlan, Task
 from ..telemetry import Telemetry, format_summary, write_run_report
 from ..writers import Results, ShardWriter, replace_durably, scan_shards
