@@ -1,76 +1,158 @@
-"""Time SequenceIndex build / save / load (and partition) on N synthetic reads.
+"""The sequence index at scale: build time, peak RSS, size on disk, per-rank RSS after loading.
 
-    python benchmarks/index_build.py [--n 1000000] [--length 150] [--world-size 8]
+    python benchmarks/index_build.py --reads 1000000 [--length 150] [--ranks 8] [--formats plain gzip]
+    python benchmarks/index_build.py --smoke          # seconds, for CI-like checks
 
-Writes a FASTA of N reads (ids ``read_{i}``, one line each) to a temp dir and
-prints seconds and records/s for each step.
+Writes N synthetic reads with Illumina-style ids (``@A00123:8:H7GKLDSXY:1:1101:x:y``) as FASTA,
+and its gzip (``gzip -1``), into a temp dir; for each format:
+
+* ``build``: ``SequenceIndex.build`` + ``save`` in a fresh process: wall seconds and the peak RSS
+  of that process (ru_maxrss);
+* ``disk``: the index directory's size (and bytes per read);
+* ``load``: ``--ranks`` processes each load the saved index (memory-mapped) and work on their
+  contiguous 1/ranks of the rows: RSS above the interpreter's own (numpy imported) after the
+  load, after touching their share (every column row of it, ids decoded, the first
+  ``--read-records`` sequences read), and after touching what the engine still reads whole on
+  every rank today (``length`` and ``representatives``: the partition and dedup inputs).
+
+Prints one line per figure plus the command, date and machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import multiprocessing as mp
 import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 
 import numpy as np
 
-from virnucdist.data import SequenceIndex
-from virnucdist.sharding import partition, rank_costs
-
 
 def write_reads(path: str, n: int, length: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     letters = np.frombuffer(b"ACGT", dtype=np.uint8)
-    step = 100_000
+    step = 200_000
     with open(path, "wb") as fh:
         for start in range(0, n, step):
             m = min(step, n - start)
-            seqs = letters[rng.integers(0, 4, size=(m, length))]
             block = np.full((m, length + 1), ord("\n"), dtype=np.uint8)
-            block[:, :length] = seqs
+            block[:, :length] = letters[rng.integers(0, 4, size=(m, length), dtype=np.uint8)]
             rows = block.tobytes()
             w = length + 1
-            fh.write(b"".join(b">read_%d\n" % (start + i) + rows[i * w:(i + 1) * w] for i in range(m)))
+            fh.write(b"".join(b">A00123:8:H7GKLDSXY:1:%d:%d:%d 1:N:0:ATCACG\n" % (1101 + (start + i) // 1_000_000,
+                                                                                (start + i) % 1_000_000, 1000 + i % 977)
+                              + rows[i * w:(i + 1) * w] for i in range(m)))
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _build(inp: str, out: str, q) -> None:
+    from virnucdist.data import SequenceIndex
+    base = _rss_kb()
+    t = time.perf_counter()
+    idx = SequenceIndex.build([inp])
+    idx.save(out)
+    q.put((time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, base, len(idx)))
+
+
+def _rank(index_dir: str, rank: int, ranks: int, read_records: int, q) -> None:
+    from virnucdist.data import SequenceIndex
+    base = _rss_kb()
+    idx = SequenceIndex.load(index_dir)
+    after_load = _rss_kb()
+    n = len(idx)
+    lo, hi = n * rank // ranks, n * (rank + 1) // ranks
+    for col in ("file_idx", "offset", "nbytes", "length", "header_line", "mate", "sample"):
+        np.asarray(getattr(idx, col)[lo:hi]).sum()
+    np.asarray(idx.content_hash[lo:hi]).sum()
+    ids = idx.ids
+    k = sum(len(ids[i]) for i in range(lo, min(hi, lo + 1)))
+    k += sum(1 for _ in ids[lo:hi]) if hi - lo <= 2_000_000 else 0
+    for i in range(lo, min(hi, lo + read_records)):
+        idx.read(i)
+    share = _rss_kb()
+    (np.asarray(idx.length) == 0).sum()
+    (np.asarray(idx.representatives()) == np.arange(n)).sum()
+    whole = _rss_kb()
+    q.put((rank, (after_load - base) / 1024, (share - base) / 1024, (whole - base) / 1024, k))
+
+
+def _dir_size(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--n", type=int, default=1_000_000)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reads", type=int, default=1_000_000)
     ap.add_argument("--length", type=int, default=150)
-    ap.add_argument("--world-size", type=int, default=8)
+    ap.add_argument("--ranks", type=int, default=8)
+    ap.add_argument("--read-records", type=int, default=20_000, help="sequences each rank reads from its share")
+    ap.add_argument("--formats", nargs="+", default=["plain", "gzip"], choices=["plain", "gzip"])
+    ap.add_argument("--smoke", action="store_true", help="20,000 reads, 2 ranks")
+    ap.add_argument("--tmp", default=None, help="where to write the reads (default: a temp dir)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    if args.smoke:
+        args.reads, args.ranks, args.read_records = 20_000, 2, 1000
+    ctx = mp.get_context("spawn")
+    print(f"# {' '.join(sys.argv)}")
+    print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; {platform.node()}; "
+          f"{os.cpu_count()} CPUs; {platform.processor() or platform.machine()}; python {platform.python_version()}")
+    tmp = tempfile.mkdtemp(prefix="index-bench-", dir=args.tmp)
+    try:
         fa = os.path.join(tmp, "reads.fa")
         t = time.perf_counter()
-        write_reads(fa, args.n, args.length)
-        print(f"write      {time.perf_counter() - t:7.3f} s   ({os.path.getsize(fa) / 1e6:.0f} MB)")
-
-        def step(name, fn):
-            t0 = time.perf_counter()
-            out = fn()
-            dt = time.perf_counter() - t0
-            print(f"{name:<10} {dt:7.3f} s   {args.n / dt:12,.0f} records/s")
-            return out
-
-        index = step("build", lambda: SequenceIndex.build([fa]))
-        assert len(index) == args.n
-        cache = os.path.join(tmp, "index.npz")
-        step("save", lambda: index.save(cache))
-        loaded = step("load", lambda: SequenceIndex.load(cache, expected_fingerprint=index.fingerprint))
-        step("ids", lambda: loaded.ids)
-        assert loaded.ids[-1] == f"read_{args.n - 1}"
-        parts = step("partition", lambda: partition(loaded.length + 2, args.world_size))
-        loads = rank_costs(loaded.length + 2, parts)
-        print(f"partition imbalance (max-min)/max over {args.world_size} ranks: "
-              f"{(loads.max() - loads.min()) / loads.max():.2e}")
-        rng = np.random.default_rng(1)
-        picks = rng.integers(0, args.n, 10_000)
-        t = time.perf_counter()
-        for i in picks.tolist():
-            loaded.read(i)
-        dt = time.perf_counter() - t
-        print(f"read       {dt / len(picks) * 1e6:7.1f} us per random record")
+        write_reads(fa, args.reads, args.length)
+        print(f"reads      {args.reads:,} x {args.length} bp: {os.path.getsize(fa) / 1e6:,.0f} MB FASTA "
+              f"(written in {time.perf_counter() - t:.1f} s)")
+        inputs = {"plain": fa}
+        if "gzip" in args.formats:
+            t = time.perf_counter()
+            with open(fa + ".gz", "wb") as out:
+                subprocess.run(["gzip", "-1", "-c", fa], stdout=out, check=True)
+            inputs["gzip"] = fa + ".gz"
+            print(f"gzip -1    {os.path.getsize(fa + '.gz') / 1e6:,.0f} MB ({time.perf_counter() - t:.1f} s)")
+        for fmt in args.formats:
+            out = os.path.join(tmp, f"index-{fmt}")
+            q = ctx.Queue()
+            p = ctx.Process(target=_build, args=(inputs[fmt], out, q))
+            p.start()
+            wall, maxrss_kb, base_kb, n = q.get()
+            p.join()
+            size = _dir_size(out)
+            print(f"[{fmt}] build+save {wall:7.2f} s   {n / wall:11,.0f} reads/s   peak RSS {maxrss_kb / 1024:8,.0f} MB "
+                  f"({(maxrss_kb - base_kb) / 1024:,.0f} MB above the interpreter with its imports)")
+            print(f"[{fmt}] index on disk {size / 1e6:9,.1f} MB   {size / n:6.1f} B/read "
+                  f"(beside the input; no decompressed copy)")
+            q = ctx.Queue()
+            procs = [ctx.Process(target=_rank, args=(out, r, args.ranks, args.read_records, q))
+                     for r in range(args.ranks)]
+            for pr in procs:
+                pr.start()
+            rows = sorted(q.get() for _ in procs)
+            for pr in procs:
+                pr.join()
+            load = [r[1] for r in rows]
+            share = [r[2] for r in rows]
+            whole = [r[3] for r in rows]
+            print(f"[{fmt}] per-rank RSS over {args.ranks} ranks (MB above the interpreter): after load "
+                  f"max {max(load):.1f}; own share touched max {max(share):.1f} (mean {np.mean(share):.1f}); "
+                  f"+ length & representatives whole max {max(whole):.1f}")
+            shutil.rmtree(out, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import pytest
 from virnucdist.data import SequenceIndex
 from virnucdist.data import gzseek
 from virnucdist.data.runindex import check_input_files
+from virnucdist.data.fasta import FastaError
 from virnucdist.errors import UserError
 
 
@@ -109,3 +110,39 @@ def test_pipe_input_refused_in_one_line(tmp_path):
         check_input_files([tmp_path / "missing.fa"])
     with pytest.raises(UserError, match="is a directory"):
         check_input_files([tmp_path])
+
+
+def _same(a, b):
+    assert a.ids == b.ids and a.fingerprint == b.fingerprint and a.file_format == b.file_format
+    for c in ("file_idx", "offset", "nbytes", "length", "header_line", "content_hash", "file_letter_counts", "mate"):
+        np.testing.assert_array_equal(getattr(a, c), getattr(b, c))
+
+
+def test_parallel_build_equals_serial_byte_for_byte(tmp_path):
+    from virnucdist.data.parallel import cut_points
+
+    rng = np.random.default_rng(2)
+    fa = tmp_path / "a.fa"
+    fa.write_bytes(b"".join(b">r%d x\n" % i + b"\n".join(rng.choice(np.frombuffer(b"ACGTn", np.uint8),
+                   size=int(rng.integers(0, 250))).tobytes()[j:j + 60] for j in range(0, 250, 60)) + b"\n"
+                   for i in range(6000)))
+    fq = tmp_path / "a.fq"
+    seqs = [rng.choice(np.frombuffer(b"ACGT", np.uint8), size=int(rng.integers(0, 150))).tobytes() for _ in range(6000)]
+    fq.write_bytes(b"".join(b"@q%d\n%s\n+\n%s\n" % (i, s, b"@" * len(s)) for i, s in enumerate(seqs)))  # '@' qualities
+    gz = tmp_path / "b.fa.gz"
+    gz.write_bytes(gzip.compress(b">g1\nACGT\n>g2\nTT\n"))
+    assert len(cut_points(str(fa), "fasta", 4)) == 3 and len(cut_points(str(fq), "fastq", 4)) == 3
+    serial = SequenceIndex.build([fa, fq, gz], workers=1)
+    parallel = SequenceIndex.build([fa, fq, gz], workers=4, min_range=50_000)
+    _same(serial, parallel)
+    serial.save(tmp_path / "s")
+    parallel.save(tmp_path / "p")
+    for name in sorted(os.listdir(tmp_path / "s")):
+        assert (tmp_path / "s" / name).read_bytes() == (tmp_path / "p" / name).read_bytes(), name
+    bad = tmp_path / "bad.fq"                                      # an error in one range: the serial message
+    bad.write_bytes(fq.read_bytes()[:-40] + b"\n@broken\nACGT\n+\nII\n")
+    with pytest.raises(FastaError) as one:
+        SequenceIndex.build([bad], workers=1)
+    with pytest.raises(FastaError) as many:
+        SequenceIndex.build([bad], workers=4, min_range=50_000)
+    assert str(one.value) == str(many.value)

@@ -197,9 +197,13 @@ class GzipScan:
         p["win"].append(zlib.compress(window, 1) if window else b"")
 
     def read(self, n: int) -> bytes:
-        while len(self.pending) < n and not self.done:
-            self.pending += self._step()
-        out, self.pending = self.pending[:n], self.pending[n:]
+        parts, have = [self.pending], len(self.pending)
+        while have < n and not self.done:
+            data = self._step()
+            parts.append(data)
+            have += len(data)
+        buf = b"".join(parts) if len(parts) > 1 else parts[0]
+        out, self.pending = buf[:n], buf[n:]
         return out
 
     def _step(self) -> bytes:

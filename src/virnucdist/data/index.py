@@ -43,6 +43,7 @@ gzip), in input order; never over paths or modification times.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -58,6 +59,7 @@ from .fasta import WHITESPACE, FastaError, FastaRecord, is_gzip
 from .bam import is_bam
 from .bamindex import scan_bam_file
 from .gzseek import GzipCorrupt, GzipPoints, GzipReader, GzipScan
+from .parallel import default_workers, scan_files
 from .fastq import _scan_fastq_file
 from .inputs import as_inputs, pair_layout
 from .store import COLUMNS, FORMAT_VERSION, IdColumn, load_dir, save_dir  # noqa: F401
@@ -105,6 +107,15 @@ def _scan_file(path: str, shown: str, block_size: int = BLOCK_SIZE,
                                               "re-download or recompress it") from None
     finally:
         gz.close()
+
+
+def _scan_any(path: str, progress: Callable[[int], None] | None = None, *, block_size: int = BLOCK_SIZE):
+    """``(scan, gzip seek points or None, preset mates or None)`` of one input file."""
+    if is_bam(path):            # mates from the flags; read back by virtual offset
+        scan, mates = scan_bam_file(path, progress)
+        return scan, None, mates
+    scan, points = _scan_file(path, path, block_size, progress)
+    return scan, points, None
 
 
 # ----------------------------------------------------------------------------- index
@@ -174,7 +185,8 @@ class SequenceIndex:
 
     @classmethod
     def build(cls, paths, *, gzip_dir: PathLike | None = None, block_size: int = BLOCK_SIZE,
-              progress: Callable[[int], None] | None = None, interleaved: bool = False) -> "SequenceIndex":
+              progress: Callable[[int], None] | None = None, interleaved: bool = False,
+              workers: int | None = None, min_range: int | None = None) -> "SequenceIndex":
         """Scan ``paths`` (FASTA or FASTQ, plain or gzip; told apart by content) and return the index.
 
         ``paths``: paths or :class:`~virnucdist.data.inputs.InputFile` (sample, mate,
@@ -186,6 +198,8 @@ class SequenceIndex:
         :class:`FastaError` for malformed input and for duplicate ids (naming both
         occurrences). Records with an empty sequence are kept with ``length == 0``.
         ``progress(nbytes)`` is called as the (decompressed) inputs are scanned.
+        ``workers`` (default: the CPUs, at most 8): processes scanning files, and byte ranges of
+        a large plain file (:mod:`virnucdist.data.parallel`); the index is the same byte for byte.
         """
         specs = as_inputs(paths, interleaved)
         paths = [f.path for f in specs]
@@ -197,16 +211,12 @@ class SequenceIndex:
             if not os.path.exists(p):
                 raise FastaError(p, None, "file not found; check the path")
         identity = quick_identity(paths)
-        scans, gz, preset = [], {}, {}
-        for f, p in enumerate(paths):
-            if is_bam(p):           # mates from the flags; read back by virtual offset
-                scan, preset[f] = scan_bam_file(p, progress)
-                scans.append(scan)
-                continue
-            scan, points = _scan_file(p, p, block_size, progress)
-            scans.append(scan)
-            if points is not None:
-                gz[f] = points
+        results = scan_files(paths, functools.partial(_scan_any, block_size=block_size),
+                             workers=default_workers() if workers is None else workers, block_size=block_size,
+                             progress=progress, **({"min_range": min_range} if min_range else {}))
+        scans = [r[0] for r in results]
+        gz = {f: r[1] for f, r in enumerate(results) if r[1] is not None}
+        preset = {f: r[2] for f, r in enumerate(results) if r[2] is not None}
         files = list(paths)
         layout = pair_layout(specs, [s.ids for s in scans], [s.header_line for s in scans],
                              [(s.fmt, s.digest) for s in scans], preset)

@@ -20,7 +20,7 @@ from .fasta import WHITESPACE, FastaError
 
 log = logging.getLogger("virnucdist")
 
-BLOCK_SIZE = 64 << 20
+BLOCK_SIZE = 16 << 20      # per-chunk temporaries are a few times this
 HASH_BYTES = 16
 _OTHER_WS = (b" ", b"\t", b"\r", b"\v", b"\f")
 _BOM = b"\xef\xbb\xbf"
