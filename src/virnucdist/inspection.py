@@ -39,6 +39,10 @@ def describe(path: str | Path) -> dict:
         if p.exists():
             with open(p) as fh:
                 d.setdefault("predict_outputs", {})[name] = sum(1 for _ in fh) - 1
+    if (path / "metrics.json").exists() and (path / "classifier.pth").exists():  # virnucdist train
+        m = json.loads((path / "metrics.json").read_text())
+        d["train_outputs"] = {k: m.get(k) for k in ("frames", "held_out_rows", "accuracy", "f1", "auroc",
+                                                     "best_epoch", "epochs_run", "predict_with")}
     report = path / "run_report.json"
     if report.exists():
         rep = json.loads(report.read_text())
@@ -56,7 +60,7 @@ def describe(path: str | Path) -> dict:
             unreadable.append(str(s))
     d["shards"] = {"files": len(shards), "committed_records": committed, "unreadable": unreadable}
     total = d.get("manifest", {}).get("records")
-    d["state"] = ("finished" if final.exists() or "predict_outputs" in d
+    d["state"] = ("finished" if final.exists() or "predict_outputs" in d or "train_outputs" in d
                   else f"resumable: {committed} of {total} records committed" if total is not None
                   else "no run here")
     return d
@@ -81,6 +85,11 @@ def format_description(d: dict) -> str:
                      f"random_init={a.get('random_init')})")
     for name, n in (d.get("predict_outputs") or {}).items():
         lines.append(f"  {name}: {n} rows")
+    t = d.get("train_outputs")
+    if t:
+        lines.append(f"  classifier.pth: trained on {t['frames']} frames; held out {t['held_out_rows']}: accuracy "
+                     f"{t['accuracy']:.4f}, f1 {t['f1']:.4f}, auroc {t['auroc']} (best epoch {t['best_epoch']} of "
+                     f"{t['epochs_run']}); predict with {t['predict_with']}")
     r = d.get("report")
     if r and r.get("summary"):
         s = r["summary"]

@@ -72,6 +72,11 @@ def test_demo_beats_chance_clearly(demo):
     assert log[0].split("\t") == ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
     assert len(log) - 1 == m["epochs_run"] >= m["best_epoch"] >= 1
     assert not (out / "shards").exists()  # removed once training is done
+    from virnucdist.inspection import describe, format_description
+
+    desc = describe(out)
+    assert desc["state"] == "finished" and desc["train_outputs"]["auroc"] == m["auroc"]
+    assert "predict with --chunk-size 90" in format_description(desc)
 
 
 def test_classifier_is_virnucpro_pickled_module(demo):

@@ -109,8 +109,9 @@ def _evaluate(model, x, y, batch: int = 4096) -> tuple[float, float, torch.Tenso
     loss, correct, probs = 0.0, 0, []
     with torch.no_grad():
         for a in range(0, len(x), batch):
-            logits = model(x[a:a + batch])
-            t = y[a:a + batch]
+            dev = next(model.parameters()).device
+            logits = model(x[a:a + batch].to(dev))
+            t = y[a:a + batch].to(dev)
             loss += nn.functional.cross_entropy(logits, t, reduction="sum").item()
             correct += int((logits.argmax(1) == t).sum())
             probs.append(torch.softmax(logits, 1)[:, 1].float().cpu())
@@ -126,8 +127,12 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, held_out: np.ndarray, rec
     device = torch.device(device)
     r = recipe
     held = torch.from_numpy(np.asarray(held_out, dtype=bool))
-    xt, yt = x[~held].to(device), y[~held].to(device)
-    xv, yv = x[held].to(device), y[held].to(device)
+    xt, yt, xv, yv = x[~held], y[~held], x[held], y[held]
+    try:  # all rows on the device when they fit (no copy per batch); else batches are copied over
+        xt, yt, xv, yv = (t.to(device) for t in (xt, yt, xv, yv))
+    except torch.OutOfMemoryError:
+        xt, yt, xv, yv = (t.cpu() for t in (xt, yt, xv, yv))
+        torch.cuda.empty_cache()
     torch.manual_seed(r.seed)
     model = _build(x.shape[1], r).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum)
@@ -137,7 +142,7 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, held_out: np.ndarray, rec
     best, best_state, best_epoch, waited = math.inf, None, 0, 0
     for epoch in range(1, r.max_epochs + 1):
         model.train()
-        order = torch.randperm(len(xt), generator=gen).to(device)
+        order = torch.randperm(len(xt), generator=gen).to(xt.device)
         total = torch.zeros((), device=device)  # summed on the device: no host sync per step
         correct = torch.zeros((), device=device, dtype=torch.int64)
         seen = 0
@@ -145,13 +150,14 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, held_out: np.ndarray, rec
             idx = order[a:a + r.batch_size]
             if len(idx) < 2:  # BatchNorm cannot train on one row; the lone last row waits for the next epoch
                 continue
-            logits = model(xt[idx])
-            loss = nn.functional.cross_entropy(logits, yt[idx])
+            xb, yb = xt[idx].to(device, non_blocking=True), yt[idx].to(device, non_blocking=True)
+            logits = model(xb)
+            loss = nn.functional.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.detach() * len(idx)
-            correct += (logits.argmax(1) == yt[idx]).sum()
+            correct += (logits.argmax(1) == yb).sum()
             seen += len(idx)
         total, correct = total.item(), int(correct)
         lr = opt.param_groups[0]["lr"]
@@ -172,7 +178,7 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, held_out: np.ndarray, rec
     if best_state is not None:
         model.load_state_dict(best_state)
     _, _, p = _evaluate(model, xv, yv)
-    metrics = binary_metrics(yv.cpu().numpy(), p.numpy())
+    metrics = binary_metrics(yv.cpu().numpy(), p.numpy())  # held-out rows stay in input order
     metrics.update({"train_rows": int(len(xt)), "held_out_rows": int(len(xv)), "epochs_run": len(log),
                     "best_epoch": best_epoch, "best_val_loss": best if best < math.inf else None})
     return model.cpu().eval(), log, metrics
