@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import pytest
 
 from virnucdist.vnp.consensus import chunk_is_virus
 from virnucdist.vnp.pairs import PAIR_HEADER, PairWriter, pair_call, pair_id
@@ -41,7 +40,10 @@ def test_pair_writer_lines_and_counts():
     lines = [ln.split("\t") for ln in buf.getvalue().splitlines()]
     assert lines == [list(PAIR_HEADER), ["a", "1", "0.8", "virus", "virus", "no_frame"],
                      ["b", "0", "NA", "empty", "empty", "empty"], ["c", "3", "0.7", "others", "virus", "others"]]
-    assert w.counts == {"pairs": 3, "virus": 1, "others": 1, "no_frame": 0, "empty": 1}
-    with pytest.raises(ValueError, match="does not follow"):
-        w.add("d/2", 2, 1, [], [], "no_frame")
+    # mates apart (a coordinate-sorted BAM): the line comes with the later mate, mate 1's call first
+    w.add("e/2", 2, 1, [0.9], [0.1], "others")
+    w.add("f/1", 1, 1, [], [], "no_frame")
+    w.add("e/1", 1, 1, [0.1], [0.9], "virus")
+    assert buf.getvalue().splitlines()[-1].split("\t") == ["e", "2", "0.9", "virus", "virus", "others"]
+    assert w.close() == {"pairs": 4, "virus": 2, "others": 1, "no_frame": 0, "empty": 1, "unpaired_mates": 1}
     assert pair_id("x/1") == pair_id("x/2") == pair_id("x") == "x"

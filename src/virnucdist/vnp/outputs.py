@@ -83,7 +83,7 @@ def write_result_files(out: Path, reads: Callable[[], Iterator[ScoredRead]], pai
                 if pairs is not None:
                     pairs.add(r.read_id, r.mate, r.n_chunks, s1, s2, line.call)
         if pairs is not None:
-            counts["pairs"] = pairs.counts
+            counts["pairs"] = pairs.close()
         counts["chunks_scored"] = write_consensus(tmp[names[2]], acc.decisions())
     except BaseException:
         for t in tmp.values():

@@ -42,29 +42,40 @@ def pair_call(chunks: int, score1: Sequence[float], score2: Sequence[float]) -> 
 
 
 class PairWriter:
-    """Lines of ``pair_summary.tsv`` from the reads in input order (mate 1 then mate 2 of each pair).
+    """Lines of ``pair_summary.tsv`` from the reads in input order.
 
     ``add`` is fed every read with its mate number (0: single-end, not part of a pair) and its own
-    call; ``counts`` holds the pairs per call."""
+    call. A pair's line is written when its second mate (in input order) arrives: right after the
+    first for R1/R2 files, interleaved files and unaligned BAM; later for mates apart (a
+    coordinate-sorted BAM), which wait in memory until then. ``counts`` holds the pairs per call
+    and ``unpaired_mates``: mates whose other mate never came (left out of the file)."""
 
     def __init__(self, fh: TextIO):
-        self.fh, self.pending = fh, None
-        self.counts = {"pairs": 0, "virus": 0, "others": 0, "no_frame": 0, "empty": 0}
+        self.fh, self.pending = fh, {}
+        self.counts = {"pairs": 0, "virus": 0, "others": 0, "no_frame": 0, "empty": 0, "unpaired_mates": 0}
         fh.write("\t".join(PAIR_HEADER) + "\n")
 
     def add(self, read_id: str, mate: int, chunks: int, score1, score2, call: str) -> None:
-        if mate == 1:
-            self.pending = (read_id, chunks, list(score1), list(score2), call)
+        if mate not in (1, 2):
             return
-        if mate != 2:
+        key = pair_id(read_id)
+        other = self.pending.pop(key, None)
+        this = (mate, chunks, list(score1), list(score2), call)
+        if other is None or other[0] == mate:  # the first mate of its pair (or a mate seen twice: kept apart)
+            if other is not None:
+                self.counts["unpaired_mates"] += 1
+            self.pending[key] = this
             return
-        if self.pending is None or pair_id(self.pending[0]) != pair_id(read_id):
-            raise ValueError(f"mate 2 {read_id!r} does not follow its mate 1 (got {self.pending and self.pending[0]!r})")
-        rid1, c1, s1, s2, call1 = self.pending
-        self.pending = None
-        s1, s2 = s1 + list(score1), s2 + list(score2)
-        call_pair = pair_call(c1 + chunks, s1, s2)
+        (_, c1, a1, b1, call1), (_, c2, a2, b2, call2) = sorted((other, this), key=lambda m: m[0])
+        s1, s2 = a1 + a2, b1 + b2
+        call_pair = pair_call(c1 + c2, s1, s2)
         best = format_score(max(map(np.float32, s2))) if s2 else "NA"
-        self.fh.write(f"{pair_id(read_id)}\t{len(s1)}\t{best}\t{call_pair}\t{call1}\t{call}\n")
+        self.fh.write(f"{key}\t{len(s1)}\t{best}\t{call_pair}\t{call1}\t{call2}\n")
         self.counts["pairs"] += 1
         self.counts[call_pair] += 1
+
+    def close(self) -> dict:
+        """Count the mates still waiting (no other mate came); returns ``counts``."""
+        self.counts["unpaired_mates"] += len(self.pending)
+        self.pending = {}
+        return self.counts
