@@ -68,6 +68,7 @@ def test_demo_beats_chance_clearly(demo):
     assert tn + fp + fn + tp == m["held_out_rows"] > 20
     assert m["accuracy"] == pytest.approx((tp + tn) / m["held_out_rows"])
     assert m["input_dim"] == 128 + 64 and m["viral_frames"] > 0 and m["other_frames"] > 0
+    assert 0 < m["per_chunk"]["chunks"] <= m["held_out_rows"] and m["per_chunk"]["auroc"] >= 0.9, m["per_chunk"]
     log = (out / "training_log.tsv").read_text().splitlines()
     assert log[0].split("\t") == ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
     assert len(log) - 1 == m["epochs_run"] >= m["best_epoch"] >= 1
@@ -226,3 +227,12 @@ def test_console_script_train_is_the_task(demo, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("virnucdist: error:") and "given as both --viral and --other" in err[-1]
+
+
+def test_chunk_metrics_use_virnucpro_consensus():
+    from virnucdist.vnp.training import chunk_metrics
+
+    # chunk 7 (virus): frames 0.3 / 0.6 -> max P(virus) 0.6 < max P(others) 0.7 -> others (VirNucPro's rule)
+    # chunk 9 (others): one frame 0.2 -> others; chunk 8 (virus): 0.9 -> virus
+    m = chunk_metrics(np.array([1, 1, 0, 1]), np.array([0.3, 0.6, 0.2, 0.9]), np.array([7, 7, 9, 8]))
+    assert m["chunks"] == 3 and m["confusion_matrix"] == [[1, 0], [1, 1]]

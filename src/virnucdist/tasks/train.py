@@ -33,7 +33,8 @@ from ..engine.task import RunPlan
 from ..errors import UserError
 from ..launch.dist import DistContext
 from ..models.loading import load_model
-from ..vnp.training import EpochLog, Recipe, split_groups, save_virnucpro_classifier, train_classifier
+from ..vnp.training import (EpochLog, Recipe, chunk_metrics, save_virnucpro_classifier, split_groups,
+                            train_classifier)
 from ..writers import Column, Part, ShardSchema
 from .identity import model_identity
 from .predict import MIN_CHUNK, PredictTask, _MakePredictBlock
@@ -166,21 +167,22 @@ class TrainTask(PredictTask):
         """All frames' features, labels (1 = viral file) and split groups, input order."""
         n_viral = len(self.config.viral)
         is_viral = np.asarray(index.file_idx) < n_viral
-        feats, labels, groups = [], [], []
+        feats, labels, chunks = [], [], []
         for w in results.windows(plan.rows, plan.source, ragged=True, window=FEATURE_WINDOW):
             nf = np.asarray(w.lengths, dtype=np.int64)
             frame_row = np.repeat(w.rows, nf)
             keep = np.isfinite(w.ragged["features"]).all(axis=1)  # a lone frame out of memory is NaN: dropped
             feats.append(np.asarray(w.ragged["features"])[keep])
             labels.append(is_viral[frame_row][keep])
-            g = frame_row if self.config.split_by == "record" else frame_row * (1 << 32) + w.ragged["chunk"]
-            groups.append(np.asarray(g, dtype=np.int64)[keep])
+            chunks.append((frame_row.astype(np.int64) * (1 << 32) + w.ragged["chunk"])[keep])
         dim = self.dna.dim + self.esm.dim
         cat = (lambda xs, dt, shape=(0,): np.concatenate(xs) if xs else np.zeros(shape, dt))
-        return (cat(feats, np.float32, (0, dim)), cat(labels, bool), cat(groups, np.int64))
+        chunk = cat(chunks, np.int64)
+        groups = chunk >> 32 if self.config.split_by == "record" else chunk
+        return cat(feats, np.float32, (0, dim)), cat(labels, bool), groups, chunk
 
     def finalize(self, out: Path, index, results, plan: RunPlan) -> dict:
-        x, y, groups = self._features(index, results, plan)
+        x, y, groups, chunk = self._features(index, results, plan)
         n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
         if n_pos == 0 or n_neg == 0:
             raise UserError(f"no stop-free frames of {'viral' if n_pos == 0 else 'other'} sequences to train on "
@@ -205,6 +207,9 @@ class TrainTask(PredictTask):
         model, epochs, metrics = train_classifier(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), held,
                                                   recipe, self.device, on_epoch)
         save_virnucpro_classifier(model, out / "classifier.pth")
+        with torch.no_grad():  # VirNucPro's per-chunk decision (max over frames) on the held-out chunks
+            p = torch.softmax(model(torch.from_numpy(x[held])), 1)[:, 1].numpy()
+        metrics["per_chunk"] = chunk_metrics(y[held], p, chunk[held])
         c = self.config
         metrics.update({
             "frames": int(len(y)), "viral_frames": n_pos, "other_frames": n_neg, "input_dim": int(x.shape[1]),

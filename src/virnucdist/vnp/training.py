@@ -30,7 +30,7 @@ from torch import nn
 from ..models.classifier import HIDDEN_DIM, NUM_CLASSES, MLPClassifier
 from .._testhooks import test_hook
 
-__all__ = ["Recipe", "EpochLog", "split_groups", "train_classifier", "binary_metrics",
+__all__ = ["Recipe", "EpochLog", "split_groups", "train_classifier", "binary_metrics", "chunk_metrics",
            "save_virnucpro_classifier"]
 
 
@@ -220,6 +220,22 @@ def binary_metrics(y: np.ndarray, p_virus: np.ndarray) -> dict:
             "auroc": _auroc(y, p), "confusion_matrix": [[tn, fp], [fn, tp]],
             "confusion_matrix_labels": {"rows": ["true others", "true virus"],
                                         "columns": ["called others", "called virus"]}}
+
+
+def chunk_metrics(y: np.ndarray, p_virus: np.ndarray, chunk: np.ndarray) -> dict:
+    """:func:`binary_metrics` per chunk/window with VirNucPro's consensus (``prediction_results_highestscore``):
+    virus when the chunk's highest P(virus) >= its highest P(others) over its frames. The AUROC ranks
+    chunks by ``(max P(virus) - max P(others) + 1) / 2``, which is >= 0.5 exactly for a virus call."""
+    if len(chunk) == 0:
+        return binary_metrics(np.zeros(0), np.zeros(0))
+    order = np.argsort(chunk, kind="stable")
+    c, yy, pv = chunk[order], np.asarray(y)[order], np.asarray(p_virus, dtype=np.float64)[order]
+    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+    top_v = np.maximum.reduceat(pv, starts)
+    top_o = np.maximum.reduceat(1.0 - pv, starts)
+    out = binary_metrics(yy[starts], (top_v - top_o + 1.0) / 2.0)
+    out["chunks"] = int(len(starts))
+    return out
 
 
 class _Original(MLPClassifier):
