@@ -178,3 +178,21 @@ def test_embed_run_with_an_hf_directory(tmp_path):
     ref, _ = _transformers_means(model, AutoTokenizer.from_pretrained(d), seqs, (LAYERS,))
     cos = F.cosine_similarity(torch.from_numpy(emb).double(), ref[LAYERS].double(), dim=-1)
     assert cos.min().item() >= 0.99999
+
+
+def test_fast_esm_repackaging_reads_as_esm2(tmp_path):
+    """FastESM2 directories: model_type 'fast_esm', two config keys spelled differently, the same tensors."""
+    d, model = _hf_esm_dir(tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["model_type"] = "fast_esm"
+    cfg["num_hiddenum_layers"] = cfg.pop("num_hidden_layers")
+    cfg["num_attentionum_heads"] = cfg.pop("num_attention_heads")
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert model_family(str(d)) == "esm2"
+    loaded = load_model(str(d))
+    assert loaded.num_layers == LAYERS
+    ids = torch.tensor([[0, 5, 6, 7, 8, 9, 2]])
+    with torch.no_grad():
+        ref = model.esm(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0, 1:-1].mean(0)
+        got = loaded.embed(pack_token_arrays([ids[0].numpy()], [0])).pooled[0][0]
+    assert F.cosine_similarity(got.double(), ref.double(), dim=0).item() >= 0.99999

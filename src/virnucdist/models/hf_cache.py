@@ -22,7 +22,7 @@ from .errors import ModelLoadError
 __all__ = ["hub_cache_dir", "looks_like_hub_id", "cached_snapshot", "local_model_dir", "hf_family",
            "read_config", "UnknownModelTypeError"]
 
-ESM_TYPES = ("esm",)
+ESM_TYPES = ("esm", "fast_esm")  # fast_esm: FastESM2 re-packagings (the same tensor names)
 DNABERT_TYPES = ("bert",)
 
 

@@ -1,6 +1,7 @@
 """ESM-2 from a Hugging Face directory (``EsmModel`` / ``EsmForMaskedLM.save_pretrained``) into :class:`PackedESM2`.
 
-The directory holds ``config.json`` (``model_type: "esm"``) and the weights as
+The directory holds ``config.json`` (``model_type: "esm"``, or ``"fast_esm"`` for FastESM2
+re-packagings of the same weights, read as the ESM-2 they hold, token dropout's rescaling included) and the weights as
 ``model.safetensors``, sharded ``model-0000i-of-0000n.safetensors`` with
 ``model.safetensors.index.json``, or ``pytorch_model.bin`` (sharded likewise). One
 adapter, :class:`HfEsm2Names`, maps Hugging Face's tensor names onto the fair-esm names
@@ -50,7 +51,10 @@ class HfEsm2Names:
     def config(cfg: dict, where: Path) -> ESM2Config:
         """The packed model's config; one line for an HF config this model cannot run as is."""
         try:
-            layers, dim, heads = int(cfg["num_hidden_layers"]), int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+            # FastESM2's configs spell two of them num_hiddenum_layers / num_attentionum_heads
+            layers = int(cfg.get("num_hidden_layers", cfg.get("num_hiddenum_layers")))
+            heads = int(cfg.get("num_attention_heads", cfg.get("num_attentionum_heads")))
+            dim = int(cfg["hidden_size"])
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{where}: an ESM config.json needs num_hidden_layers, hidden_size and "
                                   f"num_attention_heads") from None
