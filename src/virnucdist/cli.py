@@ -225,9 +225,22 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+#: the run commands: ``virnucdist embed ...`` is ``python -m virnucdist.embed ...`` (the same flags; one process,
+#: or under torchrun with ``-m virnucdist.embed``)
+RUNS = {
+    "embed": "embed FASTA/FASTQ records with ESM-2 or DNABERT-S into embeddings.h5 (torchrun: -m virnucdist.embed)",
+    "predict": "VirNucPro virus calls for reads, one pass (torchrun: -m virnucdist.predict)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from virnucdist._version import __version__
+
     parser = argparse.ArgumentParser(prog=PROG, description="Distributed embedding and VirNucPro read identification.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, text in RUNS.items():  # listed here; their flags are the entrypoint's (``virnucdist NAME --help``)
+        sub.add_parser(name, help=text, add_help=False)
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
         cmd.add_arguments(p)
@@ -247,6 +260,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:  # the train task's own parser and one-line error handling
         return _train(argv[1:])
+    if argv and argv[0] in RUNS:
+        import importlib
+
+        from virnucdist.launch.entry import run_entrypoint
+
+        task = importlib.import_module(f"virnucdist.tasks.{argv[0]}")
+        run_entrypoint(task.main, argv[1:])  # exits with the run's status
     args = build_parser().parse_args(argv)
     try:
         code = int(args._run(args) or 0)

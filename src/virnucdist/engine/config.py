@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["RunConfig", "add_run_arguments", "config_from_args", "resolve", "torch_dtype", "numerics",
-           "DTYPES", "DEFAULT_TOKS", "NUMERICS"]
+           "DTYPES", "DEFAULT_TOKS", "NUMERICS", "positive_int", "non_negative_int", "int_at_least"]
 
 log = logging.getLogger("virnucdist")
 
@@ -72,6 +72,27 @@ class RunConfig:
     interleaved: bool = False  # single files hold mates one after the other (R1/R2 files are told from their ids)
 
 
+def int_at_least(low: int, what: str):
+    """A flag's ``type=`` function: a value out of range is an argparse error (exit 2, one line naming the flag),
+    never a silent zero-vector run. Returns an int >= ``low``; ``what`` says why (in the error message)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {what} (>= {low}), got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in "invalid int value" messages
+    return parse
+
+
+positive_int = int_at_least(1, "a positive integer")
+non_negative_int = int_at_least(0, "0 or more")
+
+
 def add_run_arguments(p: argparse.ArgumentParser, *,
                       inputs_help: str | None = "FASTA or FASTQ file(s), plain or .gz; R1 R2 of a pair (mates: {id}/1, "
                                                 "{id}/2)", inputs_nargs: str = "+",
@@ -85,7 +106,7 @@ def add_run_arguments(p: argparse.ArgumentParser, *,
     p.add_argument("-o", "--output-dir", required=True)
     p.add_argument("--random-init", action="store_true", help=random_init_help)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--toks-per-batch", type=int, default=None,
+    p.add_argument("--toks-per-batch", type=positive_int, default=None,
                    help=f"token budget per packed batch (default {DEFAULT_TOKS})")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="default: bf16 on CUDA, fp32 on CPU" + (f"; {dtype_help}" if dtype_help else ""))
@@ -96,11 +117,11 @@ def add_run_arguments(p: argparse.ArgumentParser, *,
                    help="with --dtype fp8: which GEMMs run in FP8, e.g. all, edges2, 'gemms=qkv+fc1+fc2;first=2;last=2' "
                         "(default: VIRNUCDIST_FP8_POLICY, else all)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    p.add_argument("--num-workers", type=int, default=None,
+    p.add_argument("--num-workers", type=non_negative_int, default=None,
                    help="DataLoader worker processes per rank (default: from the CPUs this rank may use)")
-    p.add_argument("--window-records", type=int, default=None,
+    p.add_argument("--window-records", type=positive_int, default=None,
                    help=f"{records} per window, the unit of commit and resume (default: about 32 token budgets)")
-    p.add_argument("--flush-every", type=int, default=None,
+    p.add_argument("--flush-every", type=positive_int, default=None,
                    help=f"{records} per shard commit, at most (default: every window)")
     p.add_argument("--no-dedup", dest="dedup", action="store_false",
                    help=f"compute every {records[:-1]}, also identical sequences (default: each distinct sequence once)")

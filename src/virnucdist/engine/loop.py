@@ -105,6 +105,11 @@ def _open_run(task: Task, out: Path, progress: bool) -> dict:
     manifest = {"virnucdist": __version__, "task": task.name, "input_fingerprint": ref.fingerprint,
                 "records": len(ref), **task.identity(), **numerics(cfg)}
     outputs = [out / n for n in (*task.outputs, "shards", "run_report.json", "report.html")]
+    if old is None and not cfg.overwrite:  # files no run of ours made (no run.json): never overwritten
+        foreign = [n for n in task.outputs if (out / n).exists()]
+        if foreign:
+            raise UserError(f"{out / foreign[0]} exists but {out} holds no run.json (no virnucdist run made it); "
+                            f"use another output directory, or --overwrite to replace it")
     if old is not None:
         changed = [k for k in manifest if k != "virnucdist" and old.get(k) != manifest[k]]
         if changed and not cfg.overwrite:
@@ -115,6 +120,9 @@ def _open_run(task: Task, out: Path, progress: bool) -> dict:
         if changed:
             _remove(outputs + [path])
             run_index.discard()  # saved again below
+    if not (np.asarray(ref.length) > 0).any():
+        raise UserError(f"{', '.join(map(str, cfg.inputs))}: no sequences to {task.name}: {len(ref)} record(s), all "
+                        f"empty (header lines only); check the input file")
     task.check(ref)
     run_index.commit()
     _write_manifest(out, {**manifest, "resolved": json.loads(json.dumps(_plain(cfg), default=str)), "complete": False})

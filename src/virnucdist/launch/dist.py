@@ -105,7 +105,11 @@ def init_distributed(device: str | None = None, timeout_s: float = 3600.0) -> Di
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     if use_cuda:
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible")
+            from ..errors import UserError
+
+            raise UserError("--device cuda was asked for but no CUDA GPU is visible on this node "
+                            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!s}); "
+                            "use --device cpu, or run on a node with a GPU")
         dev = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(dev)
     else:

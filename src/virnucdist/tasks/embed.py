@@ -22,7 +22,7 @@ import torch
 
 from .._version import __version__
 from ..engine import RunConfig, RunResult, add_run_arguments, run, run_main
-from ..engine.config import numerics, torch_dtype
+from ..engine.config import numerics, positive_int, torch_dtype
 from ..data.inputs import as_inputs
 from ..errors import UserError
 from ..launch.dist import DistContext
@@ -32,7 +32,7 @@ from ..packing import pack_longest_first
 from ..engine.runner import BatchRunner, to_host_async
 from ..writers import Column, Part, ShardSchema, write_embeddings_h5
 from ..engine.task import Block, RunPlan
-from .identity import model_identity, molecule_of_spec
+from .identity import check_model_spec, model_identity, molecule_of_spec
 
 __all__ = ["EmbedConfig", "EmbedTask", "embed", "build_parser", "main"]
 
@@ -110,6 +110,7 @@ class EmbedTask:
                 "per_token": self.per_token}
 
     def check(self, index) -> None:
+        check_model_spec(self.config.model)
         if self.config.allow_any_molecule:
             return
         from ..data.alphabet import check_molecule
@@ -232,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include", nargs="+", choices=["mean", "per_tok"], default=["mean"],
                    help="mean: pooled embeddings (always written); per_tok: also every token's state "
                         "(ESM-2: residues only), ragged in embeddings.h5 /per_token")
-    p.add_argument("--truncation-seq-length", type=int, default=1022)
+    p.add_argument("--truncation-seq-length", type=positive_int, default=1022)
     return p
 
 

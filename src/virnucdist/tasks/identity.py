@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..models.errors import ModelLoadError
 from ..models.esm2 import ESM2_ARCHS
 from ..models.hf_cache import local_model_dir, read_config
 from ..models.loading import is_dnabert_spec
 
-__all__ = ["model_identity", "molecule_of_spec", "width_of_spec"]
+__all__ = ["model_identity", "molecule_of_spec", "width_of_spec", "check_model_spec"]
 
 
 def model_identity(spec: str, random_init: bool, seed: int) -> dict:
@@ -16,6 +17,23 @@ def model_identity(spec: str, random_init: bool, seed: int) -> dict:
     p = Path(spec).expanduser()
     return {"spec": str(p.resolve()) if p.exists() else spec, "random_init": random_init,
             "seed": seed if random_init else None}
+
+
+def check_model_spec(spec: str, flag: str = "--model") -> None:
+    """Refuse, in one line about the model, a path that cannot be a model: a directory without
+    ``config.json`` or a file that is not a PyTorch checkpoint. Runs before the input's molecule is
+    checked against the model, so that a wrong path is never reported as a wrong input."""
+    p = Path(spec).expanduser()
+    if p.is_dir() and not (p / "config.json").is_file():
+        what = "an empty directory" if not any(p.iterdir()) else "a directory without config.json"
+        raise ModelLoadError(f"{flag} {spec} is {what}, not a model: give an ESM-2 name or fair-esm .pt file, or a "
+                             f"Hugging Face ESM-2 / DNABERT-S directory (config.json and weights)")
+    if p.is_file():
+        with open(p, "rb") as fh:
+            head = fh.read(4)
+        if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save: a zip, or a legacy pickle
+            raise ModelLoadError(f"{flag} {spec} is not a model checkpoint (not a file written by torch.save): give a "
+                                 f"fair-esm ESM-2 .pt file, an ESM-2 name, or a model directory")
 
 
 def molecule_of_spec(spec: str) -> str:

@@ -38,7 +38,7 @@ from ..vnp.outputs import ScoredRead, write_frame_embeddings, write_result_files
 from ..vnp.translate import FRAME_NAMES, six_frame
 from ..writers import Column, Part, ShardSchema
 from ..engine.task import Block, RunPlan
-from .identity import model_identity, width_of_spec
+from .identity import check_model_spec, model_identity, width_of_spec
 
 __all__ = ["PredictConfig", "PredictTask", "make_task", "predict", "build_parser", "main"]
 
@@ -151,10 +151,13 @@ class PredictTask:
                 "keep_intermediate": c.keep_intermediate}
 
     def check(self, index) -> None:
+        check_model_spec(self.config.esm_model, "--esm-model")
+        check_model_spec(self.config.dnabert_model, "--dnabert-model")
         if not self.config.allow_any_molecule:
             from ..data.alphabet import check_molecule
 
-            check_molecule(index, "dna", "VirNucPro predict (reads)", "--allow-any-molecule")
+            # RNA reads (U) are read as DNA (U as T), as the README says: both are accepted
+            check_molecule(index, "nucleotide", "VirNucPro predict (reads)", "--allow-any-molecule")
 
     def prepare(self, ctx: DistContext, index) -> None:
         c = self.config
