@@ -172,6 +172,9 @@ def test_shards_of_another_input_refused(fasta, tmp_path):
     out = tmp_path / "run"
     embed(_cfg([fasta[0]], out, keep_shards=True))
     (out / "run.json").unlink()
+    with pytest.raises(UserError, match="holds no run.json"):  # a final file no run of ours made: refused
+        embed(_cfg([fasta[0]], out))
+    (out / "embeddings.h5").unlink()
     other = tmp_path / "renamed.fa"
     write_fasta(other, [(f"other_{i}", s) for i, s in fasta[1]])
     with pytest.raises(UserError, match="holds records of another input"):
