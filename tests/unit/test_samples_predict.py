@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+import h5py
+import numpy as np
 import pytest
 from _pairs_data import make_pairs, tiny, tiny_flags, write_interleaved, write_r1_r2, write_sheet
 from _predict_data import write_fasta_wrapped
@@ -41,7 +43,7 @@ def sheet_data(tmp_path_factory):
     f3 = write_interleaved(d / "s3.fq", s3)
     sheet = write_sheet(d / "sheet.tsv", [("S1", *f1), ("S2", *f2), ("S3", f3)])
     out = d / "sheet_run"
-    result = run(out, samples=str(sheet), interleaved=True, toks_per_batch=1)
+    result = run(out, samples=str(sheet), interleaved=True, toks_per_batch=1, keep_intermediate=True)
     return {"dir": d, "pairs": (s1, s2, s3), "files": (f1, f2, f3), "sheet": sheet, "out": out, "result": result}
 
 
@@ -75,11 +77,17 @@ def test_mismatched_mates_refused_in_one_line(sheet_data, tmp_path, capsys):
 
 def test_sheet_outputs_equal_separate_runs(sheet_data, tmp_path):
     out, (f1, f2, f3) = sheet_data["out"], sheet_data["files"]
+    stages = ("chunked.fa", "identified_nucleotide.fa", "identified_protein.faa")
     for name, files, kw in (("S1", f1, {}), ("S2", f2, {}), ("S3", (f3,), {"interleaved": True})):
-        run(tmp_path / name, files, toks_per_batch=1, **kw)
+        run(tmp_path / name, files, toks_per_batch=1, keep_intermediate=True, **kw)
         assert sorted(p.name for p in (out / name).iterdir()) == \
-            sorted(p.name for p in (tmp_path / name).iterdir() if p.name in PER_READ + ("pair_summary.tsv",))
-        assert digest(out / name) == digest(tmp_path / name) and len(digest(out / name)) == 4
+            sorted(p.name for p in (tmp_path / name).iterdir() if p.name in predict_mod.PredictTask.outputs)
+        names = PER_READ + ("pair_summary.tsv",) + stages
+        assert digest(out / name, names) == digest(tmp_path / name, names) and len(digest(out / name, names)) == 7
+        for h5 in ("nucleotide_embeddings.h5", "protein_embeddings.h5"):  # attributes name the run's input
+            with h5py.File(out / name / h5, "r") as a, h5py.File(tmp_path / name / h5, "r") as b:
+                assert a["ids"].asstr()[:].tolist() == b["ids"].asstr()[:].tolist() and len(a["ids"])
+                np.testing.assert_array_equal(a["embeddings"][:], b["embeddings"][:])
 
 
 def test_samples_tsv_sums_up_each_sample(sheet_data):
@@ -109,10 +117,11 @@ def test_identical_reads_across_samples_computed_once(sheet_data):
 def test_rerun_is_a_noop_and_a_changed_sheet_is_another_run(sheet_data, tmp_path):
     out, (f1, f2, f3) = sheet_data["out"], sheet_data["files"]
     before = digest(out / "S2")
-    assert run(out, samples=str(sheet_data["sheet"]), interleaved=True, toks_per_batch=1).already_complete
+    assert run(out, samples=str(sheet_data["sheet"]), interleaved=True, toks_per_batch=1,
+               keep_intermediate=True).already_complete
     renamed = write_sheet(tmp_path / "renamed.tsv", [("S1", *f1), ("other", *f2), ("S3", f3)])
-    with pytest.raises(UserError, match="different .*--overwrite"):
-        run(out, samples=str(renamed), interleaved=True, toks_per_batch=1)
+    with pytest.raises(UserError, match="different .*samples.*--overwrite"):
+        run(out, samples=str(renamed), interleaved=True, toks_per_batch=1, keep_intermediate=True)
     assert digest(out / "S2") == before and not (out / "other").exists()
 
 
