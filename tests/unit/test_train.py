@@ -236,3 +236,19 @@ def test_chunk_metrics_use_virnucpro_consensus():
     # chunk 9 (others): one frame 0.2 -> others; chunk 8 (virus): 0.9 -> virus
     m = chunk_metrics(np.array([1, 1, 0, 1]), np.array([0.3, 0.6, 0.2, 0.9]), np.array([7, 7, 9, 8]))
     assert m["chunks"] == 3 and m["confusion_matrix"] == [[1, 0], [1, 1]]
+
+
+def test_balance_classes(demo, tmp_path):
+    from virnucdist.vnp.training import balance_mask
+
+    y = np.r_[np.ones(30, bool), np.zeros(9, bool)]
+    groups = np.r_[np.repeat(np.arange(10), 3), np.repeat(np.arange(10, 13), 3)]
+    keep = balance_mask(y, groups, 42)
+    assert keep[~y].all() and 9 <= keep[y].sum() <= 12 and keep[y].sum() % 3 == 0  # whole groups of the larger
+    d, ref, _ = demo
+    before = json.loads((ref / "metrics.json").read_text())
+    assert before["viral_frames"] != before["other_frames"]
+    train(_cfg(d, tmp_path / "b", balance_classes=True, max_epochs=1))
+    m = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    small = min(before["viral_frames"], before["other_frames"])
+    assert min(m["viral_frames"], m["other_frames"]) == small and small <= max(m["viral_frames"], m["other_frames"]) <= small + 6

@@ -33,8 +33,8 @@ from ..engine.task import RunPlan
 from ..errors import UserError
 from ..launch.dist import DistContext
 from ..models.loading import load_model
-from ..vnp.training import (EpochLog, Recipe, chunk_metrics, save_virnucpro_classifier, split_groups,
-                            train_classifier)
+from ..vnp.training import (EpochLog, Recipe, balance_mask, chunk_metrics, save_virnucpro_classifier,
+                            split_groups, train_classifier)
 from ..writers import Column, Part, ShardSchema
 from .identity import model_identity
 from .predict import MIN_CHUNK, PredictTask, _MakePredictBlock
@@ -60,6 +60,7 @@ class TrainConfig(RunConfig):
     step: int | None = None  # every this many bases (default: window // 2)
     split_by: str = "chunk"  # what stays together across the train/held-out split: chunk | record
     frames: str = "all"  # all stop-free frames (as predict scores) | annotated (inputs are CDS: their own frame)
+    balance_classes: bool = False  # draw whole chunks of the larger class down to the smaller class's frames
     # VirNucPro's train.py recipe
     hidden_dim: int = Recipe.hidden_dim
     dropout: float = Recipe.dropout
@@ -127,7 +128,8 @@ class TrainTask(PredictTask):
         return {"chunk_size": c.chunk_size, "window": c.window, "step": self.step, "viral_files": len(c.viral),
                 "esm_model": model_identity(c.esm_model, c.random_init, c.seed),
                 "dnabert_model": model_identity(c.dnabert_model, c.random_init, c.seed),
-                "split_by": c.split_by, "frames": c.frames, "recipe": vars(c.recipe())}
+                "split_by": c.split_by, "frames": c.frames, "balance_classes": c.balance_classes,
+                "recipe": vars(c.recipe())}
 
     def prepare(self, ctx: DistContext, index) -> None:
         c = self.config
@@ -188,6 +190,12 @@ class TrainTask(PredictTask):
             raise UserError(f"no stop-free frames of {'viral' if n_pos == 0 else 'other'} sequences to train on "
                             f"({n_pos} viral, {n_neg} other frames): check --viral / --other and the piece length")
         recipe = self.config.recipe()
+        if self.config.balance_classes:
+            keep = balance_mask(y, groups, recipe.split_seed)
+            log.info("--balance-classes: %d of %d frames kept (%d viral, %d other before)", int(keep.sum()), len(y),
+                     n_pos, n_neg)
+            x, y, groups, chunk = x[keep], y[keep], groups[keep], chunk[keep]
+            n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
         held = split_groups(groups, recipe.val_fraction, recipe.split_seed)
         quiet = self.config.quiet
         log.info("training VirNucPro's MLP on %d frames (%d viral, %d other; %d held out), %d features per frame",
@@ -216,7 +224,8 @@ class TrainTask(PredictTask):
             "dnabert_dim": self.dna.dim, "esm_dim": self.esm.dim, "esm_model": self.esm.name,
             "dnabert_model": self.dna.name, "random_weights": bool(c.random_init),
             "pieces": {"chunk_size": c.chunk_size, "window": c.window, "step": self.step},
-            "split_by": c.split_by, "frame_rule": c.frames, "recipe": vars(recipe),
+            "split_by": c.split_by, "frame_rule": c.frames, "balance_classes": c.balance_classes,
+            "recipe": vars(recipe),
             "predict_with": f"--chunk-size {c.piece} --esm-model {c.esm_model} --dnabert-model {c.dnabert_model}",
         })
         tmp = out / "metrics.json.tmp"
@@ -249,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dnabert-model", required=True, help="DNABERT-S directory (or 'dnabert-s' with --random-init)")
     p.add_argument("--split-by", choices=("chunk", "record"), default="chunk",
                    help="held-out unit: a chunk/window's frames stay together (default), or a whole input record's")
+    p.add_argument("--balance-classes", action="store_true",
+                   help="train on as many frames of each class: whole chunks of the larger class drawn at random")
     p.add_argument("--frames", choices=("all", "annotated"), default="all",
                    help="all: every stop-free frame (the frames predict scores; default); annotated: the inputs are "
                         "coding sequences (virnucdist cds FILE.gbff) and each chunk keeps the frame of its codons, "

@@ -30,7 +30,7 @@ from torch import nn
 from ..models.classifier import HIDDEN_DIM, NUM_CLASSES, MLPClassifier
 from .._testhooks import test_hook
 
-__all__ = ["Recipe", "EpochLog", "split_groups", "train_classifier", "binary_metrics", "chunk_metrics",
+__all__ = ["Recipe", "EpochLog", "split_groups", "balance_mask", "train_classifier", "binary_metrics", "chunk_metrics",
            "save_virnucpro_classifier"]
 
 
@@ -92,6 +92,25 @@ def split_groups(groups: np.ndarray, val_fraction: float, seed: int) -> np.ndarr
     rng = np.random.default_rng(seed)
     held = rng.permutation(uniq)[:n_val]
     return np.isin(groups, held)
+
+
+def balance_mask(y: np.ndarray, groups: np.ndarray, seed: int) -> np.ndarray:
+    """Rows to keep so that both classes have about as many frames: whole groups of the larger class are
+    drawn (seeded) until its frames reach the smaller class's count; the smaller class is kept whole."""
+    y = np.asarray(y, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    keep = np.ones(len(y), dtype=bool)
+    if n_pos == n_neg or min(n_pos, n_neg) == 0:
+        return keep
+    big = n_pos > n_neg
+    rows = np.flatnonzero(y == big)
+    uniq, inverse, counts = np.unique(groups[rows], return_inverse=True, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(uniq))
+    take = order[: int(np.searchsorted(np.cumsum(counts[order]), min(n_pos, n_neg))) + 1]
+    chosen = np.zeros(len(uniq), dtype=bool)
+    chosen[take] = True
+    keep[rows] = chosen[inverse]
+    return keep
 
 
 def _build(d: int, r: Recipe) -> MLPClassifier:
