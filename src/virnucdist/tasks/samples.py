@@ -59,10 +59,11 @@ class SamplesPredictTask(PredictTask):
     def explain(self, err: UserError) -> UserError:
         """An input error names the sample whose file it is about."""
         msg = str(err)
-        for s in self.sheet:
-            if any(f in msg for f in s.files):
-                return SampleInputError(f"sample {s.name!r} (sheet {self.config.samples}, line {s.line}): {msg}")
-        return err
+        named = [(len(f), s) for s in self.sheet for f in s.files if f in msg]
+        if not named:
+            return err
+        s = max(named, key=lambda x: x[0])[1]  # the longest path named: /a/s1.fq.gz, not /a/s1.fq
+        return SampleInputError(f"sample {s.name!r} (sheet {self.config.samples}, line {s.line}): {msg}")
 
     def finalize(self, out: Path, index, results, plan: RunPlan) -> dict:
         names = [s.name for s in self.sheet]
