@@ -34,7 +34,7 @@ from _kernels import cos_stats, device_name, pack, run, sync  # noqa: E402
 from virnucdist.models import fused  # noqa: E402
 from virnucdist.models.fp8 import POLICIES, FP8Policy, fp8_supported, quantize_model  # noqa: E402
 from virnucdist.models.loading import load_model  # noqa: E402
-from virnucdist.testing import random_classifier  # noqa: E402
+from virnucdist.models.random_init import random_classifier  # noqa: E402
 from virnucdist.vnp.chunk import chunk_records  # noqa: E402
 from virnucdist.vnp.translate import translate_records  # noqa: E402
 

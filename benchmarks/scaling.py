@@ -28,13 +28,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # _formats: the tests' format writers
 from _common import random_dna, table, write_fasta  # noqa: E402
 from plots import plot_scaling  # noqa: E402
 
 from virnucdist import EmbedConfig, PredictConfig, embed, predict  # noqa: E402
 from virnucdist.launch import init_distributed  # noqa: E402
 from virnucdist.models.esm2 import ESM2_ARCHS  # noqa: E402
-from virnucdist.testing import save_random_classifier  # noqa: E402
+from _formats import save_random_classifier  # noqa: E402  (tests/_formats.py)
 from virnucdist.vnp.chunk import chunk_records  # noqa: E402
 from virnucdist.vnp.translate import translate_records  # noqa: E402
 

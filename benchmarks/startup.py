@@ -126,7 +126,10 @@ def main() -> None:
     import torch
 
     from virnucdist.models.esm2 import ESM2Config
-    from virnucdist.testing import random_esm2, save_fair_esm_checkpoint
+    from virnucdist.models.random_init import random_esm2
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from _formats import save_fair_esm_checkpoint  # tests/_formats.py: fair-esm's .pt writer
 
     if args.smoke:
         args.model = "esm2_t12_35M_UR50D"

@@ -18,7 +18,8 @@ from virnucdist.models.dnabert_s import DnaBertSConfig
 from virnucdist.models.esm2 import ESM2Config
 from virnucdist.models.loading import load_model
 from virnucdist.packing import pack_token_arrays
-from virnucdist.testing import random_dnabert_s, random_esm2, save_fair_esm_checkpoint, save_hf_dir, save_random_classifier
+from virnucdist.models.random_init import random_dnabert_s, random_esm2
+from _formats import save_fair_esm_checkpoint, save_hf_dir, save_random_classifier
 from virnucdist.vnp.chunk import chunk_records
 from virnucdist.vnp.translate import CODON_TABLE, translate_records
 

@@ -14,7 +14,8 @@ import torch
 
 from virnucdist.data.fasta import write_fasta
 from virnucdist.models.esm2 import ESM2Config
-from virnucdist.testing import DNABERT_S_TINY, random_dnabert_s, random_esm2, save_fair_esm_checkpoint, save_hf_dir
+from virnucdist.models.random_init import DNABERT_S_TINY, random_dnabert_s, random_esm2
+from _formats import save_fair_esm_checkpoint, save_hf_dir
 from virnucdist.vnp.translate import CODON_TABLE
 
 SENSE = sorted(c for c, aa in CODON_TABLE.items() if aa != "*")

@@ -7,7 +7,7 @@ entrypoints (``launch.entry``, ``cli``) catch this one class.
 
 from __future__ import annotations
 
-__all__ = ["UserError", "PeerFailed"]
+__all__ = ["UserError", "PeerFailed", "Interrupted"]
 
 
 class UserError(RuntimeError):
@@ -16,3 +16,15 @@ class UserError(RuntimeError):
 
 class PeerFailed(UserError):
     """Another rank (usually rank 0) failed first; that rank reports the reason."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM while a run was computing; ``safe``: records committed on disk (None: not counted).
+
+    The engine raises it (rank 0 counts ``safe`` from the shards once the writers are closed); the
+    entrypoint's interrupt line says how many records a rerun resumes from.
+    """
+
+    def __init__(self, message: str = "", safe: int | None = None):
+        super().__init__(message)
+        self.safe = safe

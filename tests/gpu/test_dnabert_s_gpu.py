@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from virnucdist.models.attention import kernel_name
-from virnucdist.testing import random_dnabert_s
+from virnucdist.models.random_init import random_dnabert_s
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

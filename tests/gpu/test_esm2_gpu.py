@@ -23,7 +23,7 @@ def _proteins(n=64, seed=0):
 def weights(tmp_path_factory):
     import esm
 
-    from virnucdist.testing import save_fair_esm_checkpoint
+    from _formats import save_fair_esm_checkpoint
 
     torch.manual_seed(0)
     ref = esm.model.esm2.ESM2(num_layers=12, embed_dim=480, attention_heads=20,
@@ -92,7 +92,8 @@ def test_fair_esm_pt_loads_straight_to_the_gpu_in_bf16(tmp_path):
     """Every tensor lands on the GPU in bf16 and equals the checkpoint's fp32 tensor cast once."""
     from virnucdist.models.esm2 import ESM2Config
     from virnucdist.models.loading import load_model
-    from virnucdist.testing import random_esm2, save_fair_esm_checkpoint
+    from virnucdist.models.random_init import random_esm2
+    from _formats import save_fair_esm_checkpoint
 
     src = random_esm2(ESM2Config(4, 128, 4), seed=3)
     path = save_fair_esm_checkpoint(src, tmp_path / "esm2_gpu.pt")

@@ -13,7 +13,8 @@ import pytest
 
 from virnucdist.data.fasta import write_fasta
 from virnucdist.models.dnabert_s import DnaBertSConfig
-from virnucdist.testing import random_dnabert_s, save_hf_dir
+from virnucdist.models.random_init import random_dnabert_s
+from _formats import save_hf_dir
 from virnucdist.writers import read_embeddings
 
 pytestmark = pytest.mark.torchrun

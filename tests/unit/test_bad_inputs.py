@@ -39,7 +39,8 @@ from virnucdist.launch.entry import run_entrypoint
 from virnucdist.models.dnabert_s import DnaBertSConfig
 from virnucdist.models.loading import load_model
 from virnucdist.packing import pack_token_arrays
-from virnucdist.testing import random_dnabert_s, save_hf_dir
+from virnucdist.models.random_init import random_dnabert_s
+from _formats import save_hf_dir
 from virnucdist.writers import read_embeddings
 
 MODEL = "esm2_t6_8M_UR50D"

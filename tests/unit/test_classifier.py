@@ -16,7 +16,8 @@ from virnucdist.models.classifier import (
     classifier_chunk_size_hint,
     load_classifier,
 )
-from virnucdist.testing import random_classifier, random_state_dict, save_random_classifier
+from virnucdist.models.random_init import random_classifier, random_state_dict
+from _formats import save_random_classifier
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ from virnucdist.models.errors import LayerError
 from virnucdist.models.loading import ModelLoadError, load_model
 from virnucdist.models.tokenization import PACKAGED_TOKENIZER, DnaBertSTokenizer
 from virnucdist.packing import pack_token_arrays
-from virnucdist.testing import DNABERT_S_TINY, random_dnabert_s, save_hf_dir
+from virnucdist.models.random_init import DNABERT_S_TINY, random_dnabert_s
+from _formats import save_hf_dir
 
 SHARED_TOK = Path("/work/shared/data/dnabert-s-tokenizer")
 needs_shared = pytest.mark.skipif(not SHARED_TOK.is_dir(), reason="shared tokenizer dir absent")

@@ -18,7 +18,7 @@ from virnucdist.models.esm2 import MASK, ESM2Config
 from virnucdist.models.loading import ModelLoadError, esm_hub_path, load_model
 from virnucdist.models.tokenization import UNK, EsmTokenizer
 from virnucdist.packing import pack_token_arrays
-from virnucdist.testing import save_fair_esm_checkpoint
+from _formats import save_fair_esm_checkpoint
 
 AA = list("ACDEFGHIKLMNPQRSTVWY")
 RARE = list("XBUZO")
@@ -203,8 +203,8 @@ def test_repr_layer_out_of_range(t6):
 
 @pytest.fixture(scope="module")
 def tiny3(tmp_path_factory):
-    """A 3-layer, 64-wide ESM-2 with random weights, through testing.py's fair-esm writer and load_model."""
-    from virnucdist.testing import random_esm2
+    """A 3-layer, 64-wide ESM-2 with random weights, through the tests' fair-esm writer (_formats.py) and load_model."""
+    from virnucdist.models.random_init import random_esm2
 
     path = save_fair_esm_checkpoint(_perturb(random_esm2(ESM2Config(3, 64, 4), seed=4), 4),
                                     tmp_path_factory.mktemp("tiny3") / "esm2_tiny3.pt")

@@ -25,7 +25,8 @@ from virnucdist.errors import UserError
 from virnucdist.data.fasta import FastaError, write_fasta
 from virnucdist.inspection import describe
 from virnucdist.launch import entry
-from virnucdist.launch.entry import run_entrypoint, set_safe_counter
+from virnucdist.errors import Interrupted
+from virnucdist.launch.entry import run_entrypoint
 from virnucdist.models.loading import ModelLoadError
 
 MODEL = "esm2_t6_8M_UR50D"
@@ -93,7 +94,7 @@ def test_signal_is_one_line_and_resumable(fasta, tmp_path, sig):
     d = describe(out)
     safe = d["shards"]["committed_records"]
     assert d["state"] == f"resumable: {safe} of 150 records committed" and not d["shards"]["unreadable"]
-    if m.group(2):  # the job registered its safe counter (launch.entry.set_safe_counter)
+    if m.group(2):  # the job counted what is safe (the engine raises errors.Interrupted(safe=N))
         assert int(m.group(2).replace(",", "")) == safe
     if sig == signal.SIGINT:  # the same command finishes the run from the shards
         done = subprocess.run(_embed_cmd(fasta, out), env=_env(), capture_output=True, text=True, timeout=300)
@@ -109,11 +110,13 @@ def _entry(main, **env) -> tuple[int, str]:
     return exit_.value.code, err.getvalue()
 
 
-def test_interrupt_names_the_registered_safe_count_in_process():
+def test_interrupt_names_the_jobs_safe_count_in_process():
     def main(argv):
-        set_safe_counter(lambda: 12345)
-        os.kill(os.getpid(), signal.SIGTERM)  # delivered as an interrupt at the next bytecode
-        time.sleep(5)
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered as an interrupt at the next bytecode
+            time.sleep(5)
+        except KeyboardInterrupt as e:  # as the engine does once its writers are closed
+            raise Interrupted(str(e), safe=12345) from None
         raise AssertionError("SIGTERM did not interrupt")
 
     before = signal.getsignal(signal.SIGTERM)
@@ -121,7 +124,6 @@ def test_interrupt_names_the_registered_safe_count_in_process():
     assert code == 143 and err.strip() == \
         "virnucdist: interrupted (SIGTERM); rerun the same command to resume; 12,345 records are safe"
     assert signal.getsignal(signal.SIGTERM) is before  # the handlers are put back
-    assert entry._safe_counter is None  # and the counter forgotten
 
     def main2(argv):
         raise KeyboardInterrupt

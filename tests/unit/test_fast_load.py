@@ -13,7 +13,8 @@ import torch
 
 from virnucdist.models.esm2 import ESM2Config
 from virnucdist.models.loading import load_model
-from virnucdist.testing import random_esm2, save_fair_esm_checkpoint
+from virnucdist.models.random_init import random_esm2
+from _formats import save_fair_esm_checkpoint
 
 
 @pytest.fixture(scope="module")

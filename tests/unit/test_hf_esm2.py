@@ -138,7 +138,8 @@ def test_hub_id_in_a_fake_hf_cache(tmp_path, monkeypatch):
 
 
 def test_family_from_config_model_type(tmp_path):
-    from virnucdist.testing import random_dnabert_s, save_hf_dir, DNABERT_S_TINY
+    from virnucdist.models.random_init import random_dnabert_s, DNABERT_S_TINY
+    from _formats import save_hf_dir
 
     dna, _ = random_dnabert_s(0, config=DNABERT_S_TINY)
     dd = save_hf_dir(dna, tmp_path / "dnabert")  # DNABERT-S directories are still DNABERT-S

@@ -15,7 +15,8 @@ from virnucdist.data.fasta import write_fasta
 from virnucdist.models.dnabert_s import DnaBertSConfig
 from virnucdist.models.loading import load_model
 from virnucdist.packing import pack_token_arrays
-from virnucdist.testing import random_dnabert_s, save_hf_dir
+from virnucdist.models.random_init import random_dnabert_s
+from _formats import save_hf_dir
 from virnucdist.writers import read_embeddings, read_token_embeddings
 
 AA = list("ACDEFGHIKLMNPQRSTVWY")

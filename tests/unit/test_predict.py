@@ -20,7 +20,8 @@ from virnucdist.launch.entry import run_entrypoint
 from virnucdist.models.esm2 import ESM2Config
 from virnucdist.packing import pack_pairs
 from virnucdist.tasks.predict import PredictConfig, predict
-from virnucdist.testing import random_esm2, save_fair_esm_checkpoint
+from virnucdist.models.random_init import random_esm2
+from _formats import save_fair_esm_checkpoint
 from virnucdist.vnp.chunk import chunk_records
 from virnucdist.vnp.consensus import (
     PREDICTION_HEADER,

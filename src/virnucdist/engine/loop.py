@@ -32,9 +32,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .._version import __version__
 from .._testhooks import active_test_hooks, test_hook
-from ..errors import PeerFailed, UserError
+from ..errors import Interrupted, PeerFailed, UserError
 from ..launch.dist import DistContext, init_distributed
-from ..launch.entry import set_safe_counter
 from ..launch.logs import setup_logging
 from ..progress import Progress, index_progress
 from ..data.index import SequenceIndex
@@ -227,8 +226,26 @@ def run(task: Task, ctx: DistContext | None = None) -> RunResult:
 
     # what is left to do: not done, not empty, the first of its sequence
     scan = _agree(ctx, _scan, out, n, fingerprint) if n else {"done": np.zeros(0, bool), "bad": {}, "corrupt": 0}
-    if ctx.is_main:  # what an interrupt message counts as safe: every rank's committed records, on disk
-        set_safe_counter(lambda: scan_shards(out / "shards", n, fingerprint=fingerprint, quarantine=False).n_done)
+    try:
+        return _compute(task, ctx, out, index, scan, fingerprint, tel, t_start, open_s)
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: the writers are closed by now
+        raise _interrupted(e, ctx, out, n, fingerprint) from None
+
+
+def _interrupted(e: KeyboardInterrupt, ctx: DistContext, out: Path, n: int, fingerprint: str) -> Interrupted:
+    """The interrupt, with what its message counts as safe (rank 0: every rank's committed records, on disk)."""
+    if isinstance(e, Interrupted) or not ctx.is_main:
+        return e if isinstance(e, Interrupted) else Interrupted(str(e))
+    try:
+        return Interrupted(str(e), safe=scan_shards(out / "shards", n, fingerprint=fingerprint, quarantine=False).n_done)
+    except Exception:  # noqa: BLE001 - the message must not turn into a crash
+        return Interrupted(str(e))
+
+
+def _compute(task: Task, ctx: DistContext, out: Path, index, scan: dict, fingerprint: str, tel: Telemetry,
+             t_start: float, open_s: float) -> RunResult:
+    """After the run is opened: partition, the loop over this rank's windows, rank 0's final files."""
+    cfg, n = task.config, len(index)
     done = scan["done"]
     empty = np.asarray(index.length) == 0
     with tel.phase("model_load"):  # every rank: costs come from the task's tokenizer

@@ -5,7 +5,7 @@
   exit code 2.
 * Ctrl-C (SIGINT) or SIGTERM (torchrun stopping the ranks, Slurm's ``scancel``, a dead
   launcher): ``virnucdist: interrupted; rerun the same command to resume; N records are
-  safe`` (``interrupted (SIGTERM); ...``) from rank 0 (N from the counter the job registered with :func:`set_safe_counter`),
+  safe`` (``interrupted (SIGTERM); ...``) from rank 0 (N from the :class:`~virnucdist.errors.Interrupted` the job raised),
   no traceback, exit code 130 (SIGINT) or 143 (SIGTERM).
 * A crash: ``virnucdist: rank N failed: ERROR (traceback in OUTDIR/logs/rankN.log)``
   from the rank that crashed, exit code 1; the traceback goes to its log file
@@ -37,12 +37,11 @@ from typing import Callable
 
 from ..errors import UserError
 
-__all__ = ["run_entrypoint", "set_safe_counter", "callable_module", "USER_ERRORS"]
+__all__ = ["run_entrypoint", "callable_module", "USER_ERRORS"]
 
 #: what the entrypoints report as the user's mistake (one line, exit code 2)
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, PermissionError, IsADirectoryError)
 
-_safe_counter: Callable[[], int] | None = None
 _signalled: int | None = None  # the first SIGINT/SIGTERM this process got, while an entrypoint runs
 _signalled_at = 0.0
 _rank = 0
@@ -62,18 +61,6 @@ def callable_module(name: str, fn: Callable) -> None:
     sys.modules[name].__class__ = _Calls
 
 
-def set_safe_counter(fn: Callable[[], int] | None) -> None:
-    """Register how many records are already safe on disk (resumable), for the interrupt message.
-
-    The job calls this once its shards are known, e.g. ``set_safe_counter(lambda: resumed +
-    writer.committed)``; the callable runs after the job has unwound (writers closed), on the
-    rank that prints (rank 0). ``None`` forgets it: the message then says "records already
-    written are safe".
-    """
-    global _safe_counter
-    _safe_counter = fn
-
-
 def _one_line(text: str) -> str:
     return " ".join(ln.strip() for ln in text.splitlines() if ln.strip())
 
@@ -86,13 +73,10 @@ def _peer_lost(e: BaseException) -> bool:
     return bool(frames) and "torch/distributed/" in frames[-1].filename.replace(os.sep, "/")
 
 
-def _safe_records() -> str:
-    if _safe_counter is not None:
-        try:
-            return f"{int(_safe_counter()):,} records are safe"
-        except Exception:  # noqa: BLE001 - a message must not turn into a crash
-            pass
-    return "records already written are safe"
+def _safe_records(e: BaseException) -> str:
+    """What an interrupt leaves: the job's count (an :class:`~virnucdist.errors.Interrupted` it raised), if any."""
+    safe = getattr(e, "safe", None)
+    return f"{int(safe):,} records are safe" if safe is not None else "records already written are safe"
 
 
 def _on_signal(signum: int, frame) -> None:
@@ -207,7 +191,6 @@ def run_entrypoint(main: Callable[[list[str] | None], int | None], argv: list[st
     global _signalled, _rank
     rank = _rank = int(os.environ.get("RANK", "0"))
     launcher = os.getppid()
-    set_safe_counter(None)
     _signalled = None
     old = _install_handlers()
     line, last_word = None, False
@@ -231,7 +214,7 @@ def run_entrypoint(main: Callable[[list[str] | None], int | None], argv: list[st
             what = "interrupted" if sig == signal.SIGINT else f"interrupted ({signal.Signals(sig).name})"
             if sig == signal.SIGTERM and _under_torchrun() and orphaned(wait_s=1.0):
                 what = f"interrupted ({signal.Signals(sig).name}: the torchrun launcher is gone)"
-            line = f"virnucdist: {what}; rerun the same command to resume; {_safe_records()}"
+            line = f"virnucdist: {what}; rerun the same command to resume; {_safe_records(e)}"
             # torchrun forwards Ctrl-C and never restarts after it; a SIGTERM comes from torchrun
             # itself (another rank failed: that rank has the last word) or from the scheduler
             last_word = rank == 0 and sig == signal.SIGINT
@@ -258,7 +241,6 @@ def run_entrypoint(main: Callable[[list[str] | None], int | None], argv: list[st
             code = 1
     finally:
         _restore_handlers(old)
-        set_safe_counter(None)
     if line is not None:
         print(line, file=sys.stderr)
         _write_error_file(line)

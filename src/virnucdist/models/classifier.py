@@ -12,8 +12,8 @@ The weights are then copied into a fresh :class:`MLPClassifier` with a strict
 from the weights (3328 for VirNucPro's own; any width for a classifier trained on
 other models); ``expected_input_dim`` checks it against the models in use.
 
-Random classifiers and the writer of original-style pickles are test helpers:
-:mod:`virnucdist.testing`.
+Random classifiers (predict's demo without ``--classifier``) are in :mod:`.random_init`; the writer
+of original-style pickles is a test helper (``tests/_formats.py``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Read top to bottom: config -> modules -> packed forward and mean embedding.
 The tokenizer is in :mod:`.tokenization`, loading a Hugging Face directory in
-:mod:`.dnabert_s_loading`, random weights and savers in :mod:`virnucdist.testing`.
+:mod:`.dnabert_s_loading`, random weights in :mod:`.random_init`.
 
 The forward follows DNABERT-2's ``bert_layers.py`` (``BertModel``) exactly,
 without padding:

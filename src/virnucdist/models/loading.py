@@ -14,7 +14,7 @@ are built on the meta device and the checkpoint's tensors assigned to them.
 
 ``random_init`` (seeded random weights; the architectures of the names above, and
 ``dnabert-s-tiny``, a small DNABERT-S for CPU demos) takes the weights from
-:mod:`virnucdist.testing`, imported only then.
+:mod:`.random_init`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch
 
 from .adapters import DnaBertSEmbedder, EmbeddingModel, ESM2Embedder
 from .dnabert_s_loading import HF_REPO_ID, load_dnabert_s
+from .random_init import DNABERT_S_TINY, random_dnabert_s, random_esm2
 from .errors import CheckpointError, ModelLoadError, ModelNotFoundError, torch_error_line
 from .esm2 import ESM2_ARCHS, ESM2Config, PackedESM2, rotary_inv_freq
 from .hf_cache import hf_family, hub_cache_dir, local_model_dir, looks_like_hub_id
@@ -93,10 +94,8 @@ def load_model(
 def _load_dnabert_s(spec, device, dtype, random_init, seed) -> DnaBertSEmbedder:
     tiny = spec.lower() == DNABERT_S_TINY_NAME
     if random_init:
-        from .. import testing
-
-        config = testing.DNABERT_S_TINY if tiny else None
-        module, tok = testing.random_dnabert_s(seed, config=config, device=device, dtype=dtype)
+        config = DNABERT_S_TINY if tiny else None
+        module, tok = random_dnabert_s(seed, config=config, device=device, dtype=dtype)
         name = "DNABERT-S-tiny" if tiny else "DNABERT-S"
         source, attrs = _random_attrs(seed, f"{name}, {module.config.num_hidden_layers} layers, "
                                             f"dim {module.config.hidden_size}")
@@ -114,9 +113,7 @@ def _load_esm2(spec, device, dtype, random_init, seed, tok) -> ESM2Embedder:
         if name not in ESM2_ARCHS:
             raise ModelLoadError(f"--random-init needs an ESM-2 architecture name, one of {', '.join(ESM2_ARCHS)}; "
                                  f"got {spec!r}")
-        from .. import testing
-
-        module = testing.random_esm2(ESM2Config.from_name(name), seed, device, dtype)
+        module = random_esm2(ESM2Config.from_name(name), seed, device, dtype)
         source, attrs = _random_attrs(seed, name)
         return ESM2Embedder(name, module.eval(), tok, source, attrs)
     hf_dir = local_model_dir(spec)

@@ -51,7 +51,7 @@ def width_of_spec(spec: str, random_init: bool) -> int | None:
             return None  # the loader says what is wrong with it
     if is_dnabert_spec(spec):
         if spec.lower() == "dnabert-s-tiny":
-            from ..testing import DNABERT_S_TINY
+            from ..models.random_init import DNABERT_S_TINY
 
             return DNABERT_S_TINY.hidden_size
         return 768

@@ -171,7 +171,7 @@ class PredictTask:
                             f"{self.dna.name})")
         dim = self.dna.dim + self.esm.dim
         if c.classifier is None:  # --random-init demo: a seeded random MLP sized to these models
-            from ..testing import random_classifier
+            from ..models.random_init import random_classifier
 
             clf = random_classifier(dim, c.seed)
             if ctx.is_main:

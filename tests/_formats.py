@@ -1,15 +1,11 @@
-"""Test and demo helpers: seeded random weights and writers of real on-disk formats.
+"""Writers of the real on-disk formats, for tests and benchmarks (random weights: models/random_init.py).
 
-Nothing in the library's data path imports this module; ``load_model(...,
-random_init=True)`` (the ``--random-init`` flag) imports it for the random weights.
+* :func:`save_fair_esm_checkpoint`: fair-esm's ``.pt`` layout;
+* :func:`save_hf_dir`: a DNABERT-S Hugging Face directory like the published one;
+* :func:`save_random_classifier`: VirNucPro's classifier written like the original ``train.py`` does
+  (a whole pickled module), or as a state dict / safetensors.
 
-* ESM-2: :func:`random_esm2`, :func:`save_fair_esm_checkpoint` (fair-esm's ``.pt`` layout).
-* DNABERT-S: :func:`random_dnabert_s`, :data:`DNABERT_S_TINY` (a small architecture for
-  CPU demos, ``--model dnabert-s-tiny --random-init``), :func:`save_hf_dir` (a Hugging
-  Face directory like the published one).
-* VirNucPro's classifier: :func:`random_state_dict`, :func:`random_classifier` (any input
-  width, e.g. DNABERT-S-tiny 128 + ESM-2 t6 320), :func:`save_random_classifier` (written
-  like the original ``train.py`` does: a whole pickled module).
+Tests import it as ``_formats`` (tests/ is on pytest's path); benchmarks add tests/ to ``sys.path``.
 """
 
 from __future__ import annotations
@@ -27,43 +23,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .models.classifier import HIDDEN_DIM, INPUT_DIM, NUM_CLASSES, MLPClassifier
-from .models.dnabert_s import DnaBertSConfig, PackedDnaBertS
-from .models.dnabert_s_loading import finish_dnabert_s
-from .models.esm2 import ESM2Config, PackedESM2, rotary_inv_freq
-from .models.tokenization import PACKAGED_TOKENIZER, DnaBertSTokenizer
+from virnucdist.models.classifier import HIDDEN_DIM, INPUT_DIM, NUM_CLASSES
+from virnucdist.models.dnabert_s import PackedDnaBertS
+from virnucdist.models.esm2 import ESM2Config, PackedESM2
+from virnucdist.models.random_init import random_classifier, random_state_dict
+from virnucdist.models.tokenization import PACKAGED_TOKENIZER, DnaBertSTokenizer
 
-__all__ = [
-    "DNABERT_S_TINY",
-    "random_esm2",
-    "save_fair_esm_checkpoint",
-    "random_dnabert_s",
-    "save_hf_dir",
-    "random_state_dict",
-    "random_classifier",
-    "save_random_classifier",
-]
-
-# --------------------------------------------------------------------------- ESM-2
-
-
-def random_esm2(cfg: ESM2Config, seed: int, device="cpu", dtype=torch.float32) -> PackedESM2:
-    """Seeded random weights, built directly on ``device`` (no 11 GB fp32 CPU copy for the 3B)."""
-    device = torch.device(device)
-    with torch.device("meta"):
-        module = PackedESM2(cfg)
-    module = module.to_empty(device=device)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if "layer_norm" in name and name.endswith("weight"):
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, 0.02, generator=gen)
-        module.inv_freq = rotary_inv_freq(cfg, device)
-    module = module.to(dtype)
-    module.inv_freq = module.inv_freq.float()
-    return module.requires_grad_(False)
+__all__ = ["save_fair_esm_checkpoint", "save_hf_dir", "save_random_classifier"]
 
 
 def save_fair_esm_checkpoint(model: PackedESM2 | nn.Module, path: str | Path, cfg: ESM2Config | None = None) -> Path:
@@ -92,34 +58,6 @@ def save_fair_esm_checkpoint(model: PackedESM2 | nn.Module, path: str | Path, cf
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, path)
     return path
-
-
-# --------------------------------------------------------------------------- DNABERT-S
-
-#: A small DNABERT-S (random weights only) for demos on a laptop CPU: ``--model dnabert-s-tiny
-#: --random-init``. Same tokenizer and layer structure as the real one (768 wide, 12 layers).
-DNABERT_S_TINY = DnaBertSConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512)
-
-
-def random_dnabert_s(seed: int = 0, *, config: DnaBertSConfig | None = None,
-                     device="cpu", dtype=torch.float32) -> tuple[PackedDnaBertS, DnaBertSTokenizer]:
-    """Random BERT-initialised weights (normal(0, initializer_range) for linear and
-    embedding weights, zero biases, LayerNorm 1/0) with the packaged tokenizer."""
-    cfg = config or DnaBertSConfig()
-    with torch.device("meta"):
-        model = PackedDnaBertS(cfg)
-    gen = torch.Generator().manual_seed(seed)
-    sd = {}
-    for name, p in model.state_dict().items():
-        if ".LayerNorm." in name or ".layernorm." in name:
-            t = torch.ones(p.shape) if name.endswith("weight") else torch.zeros(p.shape)
-        elif name.endswith("bias"):
-            t = torch.zeros(p.shape)
-        else:
-            t = torch.empty(p.shape).normal_(0.0, cfg.initializer_range, generator=gen)
-        sd[name] = t
-    model.load_state_dict(sd, strict=True, assign=True)
-    return finish_dnabert_s(model, device, dtype), DnaBertSTokenizer(PACKAGED_TOKENIZER)
 
 
 _TOKENIZER_CONFIG = {
@@ -159,32 +97,6 @@ def save_hf_dir(model: PackedDnaBertS, out_dir: str | os.PathLike, fmt: str = "s
     with open(out / "special_tokens_map.json", "w") as f:
         json.dump(_SPECIAL_TOKENS_MAP, f, indent=2)
     return out
-
-
-# --------------------------------------------------------------------------- classifier
-
-
-def random_state_dict(seed: int, input_dim: int = INPUT_DIM) -> dict[str, torch.Tensor]:
-    """Seeded random weights for :class:`MLPClassifier` (``input_dim`` wide), BN running stats non-trivial."""
-    g = torch.Generator().manual_seed(seed)
-    model = MLPClassifier(input_dim)
-    state = {}
-    for key, value in model.state_dict().items():
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.tensor(1000, dtype=value.dtype)
-        elif key.endswith("running_var") or key == "bn1.weight":
-            state[key] = 0.5 + torch.rand(value.shape, generator=g)
-        else:
-            state[key] = 0.05 * torch.randn(value.shape, generator=g)
-    return state
-
-
-def random_classifier(input_dim: int = INPUT_DIM, seed: int = 0) -> MLPClassifier:
-    """A seeded random classifier in eval mode, e.g. ``input_dim = 128 + 320`` for
-    DNABERT-S-tiny + esm2_t6_8M_UR50D (a CPU demo of predict)."""
-    model = MLPClassifier(input_dim)
-    model.load_state_dict(random_state_dict(seed, input_dim))
-    return model.eval()
 
 
 # Written the way VirNucPro's train.py does it: the class lives in __main__ and the
