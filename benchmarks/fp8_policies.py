@@ -156,7 +156,8 @@ def main() -> None:
     print(f"\n== [{dname}] {args.model}, {len(frames)} frames, labels on {n_label}; FP8 "
           f"{'tensor cores' if real_fp8 else 'EMULATED (speeds mean nothing)'}; cosine and labels vs fp32\n"
           + table(rows, cols))
-    ok = [r for r in rows[1:] if r["cos_min"] >= TARGET_COS and r["label_agreement"] >= TARGET_AGREE]
+    ok = [r for r in rows[1:] if r["cos_min"] >= TARGET_COS and r["label_agreement"] >= TARGET_AGREE
+          and r["fp8_share"] > 0]
     fast = [r for r in ok if r["x_bf16"] >= TARGET_SPEEDUP]
     best = max(fast or ok, key=lambda r: r["tokens_per_s"]) if ok else None
     print(f"policies meeting cos >= {TARGET_COS} and agreement >= {TARGET_AGREE:.2%}: "

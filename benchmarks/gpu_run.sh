@@ -59,6 +59,10 @@ for step in "$@"; do
       rm -rf /tmp/vnd-startup ;;
     predict_1m_bf16|predict_1m_fp8)  # predict of 1M random 150-bp reads, chunk 300, ESM-2 3B + DNABERT-S, one GPU
       dt=${step##*_}; W=/tmp/vnd-p1m-$dt; mkdir -p $W; [ $dt = bf16 ] && lim=340 || lim=250
+      if [ $dt = fp8 ] && [ -z "${VIRNUCDIST_FP8_POLICY:-}" ] && [ -f "$OUT/fp8_policies.json" ]; then  # the best measured
+        pol=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('best') or '')" "$OUT/fp8_policies.json")
+        [ -n "$pol" ] && export VIRNUCDIST_FP8_POLICY="$pol"; echo "fp8 policy: ${VIRNUCDIST_FP8_POLICY:-library default}"
+      fi
       timeout $lim torchrun --standalone --nproc_per_node=1 benchmarks/scaling.py --tasks predict --dtype $dt \
         --reads ${PRED_READS:-1000000} --warmup-reads 0 --workdir $W --json "$OUT/predict_1m_$dt.json" 2>&1 \
         | tee "$OUT/predict_1m_$dt.log" | grep -v "^W1\|\*\*\*" | tail -12

@@ -108,13 +108,14 @@ def test_policy_strings_parse_and_bad_ones_are_one_line_errors():
     p = FP8Policy.parse("gemms=qkv+fc1;first=2;last=1")
     assert p == FP8Policy(gemms=("qkv", "fc1"), bf16_first=2, bf16_last=1)
     assert FP8Policy.parse(str(p)) == p  # round trip through the recorded form
-    assert FP8Policy.parse("edges2") is POLICIES["edges2"]
+    assert FP8Policy.parse("edges2-bc") is POLICIES["edges2-bc"]
+    assert FP8Policy.parse("bc=1;first=3") == FP8Policy(bf16_first=3, bias_correction=True)
     fast = FP8Policy.parse("first=4;fast=1")
     assert fast == FP8Policy(bf16_first=4, fast_accum=True) and FP8Policy.parse(str(fast)) == fast
     assert all(FP8Policy.parse(str(v)) == v for v in POLICIES.values())
     assert p.fp8_paths(0, 6) == () and p.fp8_paths(5, 6) == ()
     assert p.fp8_paths(2, 6) == ("self_attn.qkv", "fc1")
-    for bad in ("gemms=qkv+up", "firsts=2", "first=x", "fast=2", "nonsense"):
+    for bad in ("gemms=qkv+up", "firsts=2", "first=x", "fast=2", "bc=yes", "nonsense"):
         with pytest.raises(UserError) as e:
             FP8Policy.parse(bad)
         assert "\n" not in str(e.value)
@@ -150,3 +151,38 @@ def test_policy_keeps_chosen_gemms_bf16_and_the_producers_follow():
     assert seen[:4] == [lin] * 4 and seen[12:] == [lin] * 4  # first and last layer: bf16 whole
     assert seen[4:8] == [q, lin, q, q]  # out_proj bf16 gets bf16; the others e4m3 from their producers
     assert rel(mixed, ref) < rel(every, ref)
+
+
+def test_bias_correction_folds_the_mean_weight_error_into_the_bias():
+    """The corrected layer is exact on the calibration mean (the systematic error is gone), and a whole
+    model with corrected biases lands closer to fp32 than without."""
+    from virnucdist.models.fp8_calibration import calibration_batch, correct_bias
+
+    torch.manual_seed(4)
+    lin = nn.Linear(96, 64)
+    f = FP8Linear(lin, out_dtype=torch.float32)
+    mean_x = torch.randn(96)
+    correct_bias(f, lin.weight, mean_x)
+    deq = f.weight.float() * f.weight_scale.reshape(-1, 1)
+    # at x = mean_x with an exact activation, the corrected FP8 GEMM equals the original layer
+    torch.testing.assert_close(mean_x @ deq.t() + f.bias, lin(mean_x), rtol=1e-5, atol=1e-5)
+
+    model = PackedESM2(ESM2Config(4, 128, 4)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.add_(0.2 * torch.randn_like(p))
+    batch = calibration_batch("cpu", n=24, seed=7)  # not the calibration set itself (seed 0)
+    import copy
+
+    with torch.inference_mode():
+        ref = model.embed(*batch)
+        half = model.to(torch.bfloat16)
+        half.inv_freq = half.inv_freq.float()
+        plain = quantize_model(copy.deepcopy(half), "all").embed(*batch)
+        corrected_model = quantize_model(copy.deepcopy(half), "all-bc")
+        corrected = corrected_model.embed(*batch)
+    assert corrected_model.fp8_policy.endswith(";bc=1")
+    assert not torch.equal(corrected_model.layers[0].fc1.bias, half.layers[0].fc1.bias)
+    print(f"rel error vs fp32: fp8 {rel(plain, ref):.3e}, fp8 + bias correction {rel(corrected, ref):.3e}")
+    assert rel(corrected, ref) < rel(plain, ref)

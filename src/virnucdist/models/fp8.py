@@ -38,16 +38,18 @@ SHORT = {"qkv": "self_attn.qkv", "out": "self_attn.out_proj", "fc1": "fc1", "fc2
 class FP8Policy:
     """Which GEMMs run in FP8: the ``gemms`` (short names qkv, out, fc1, fc2) of every layer except the
     first ``bf16_first`` and the last ``bf16_last`` layers, which stay bf16 whole; ``fast_accum``: the
-    GEMMs' ``use_fast_accum`` (None: VIRNUCDIST_FP8_FAST_ACCUM).
+    GEMMs' ``use_fast_accum`` (None: VIRNUCDIST_FP8_FAST_ACCUM); ``bias_correction``: fold the mean weight
+    quantisation error into the biases (:mod:`.fp8_calibration`; one bf16 calibration forward at conversion).
 
     Written as a string (``VIRNUCDIST_FP8_POLICY``, benchmarks): a name of :data:`POLICIES`, or
-    ``gemms=qkv+fc1+fc2;first=2;last=2;fast=0`` (any of the keys; missing ones: all four GEMMs, 0, 0, None).
+    ``gemms=qkv+fc1+fc2;first=2;last=2;fast=0;bc=1`` (any of the keys; missing: all four GEMMs, 0, 0, None, 0).
     """
 
     gemms: tuple[str, ...] = ("qkv", "out", "fc1", "fc2")
     bf16_first: int = 0
     bf16_last: int = 0
     fast_accum: bool | None = None
+    bias_correction: bool = False
 
     def __post_init__(self):
         bad = [g for g in self.gemms if g not in SHORT]
@@ -56,7 +58,8 @@ class FP8Policy:
 
     def __str__(self) -> str:
         fast = "" if self.fast_accum is None else f";fast={int(self.fast_accum)}"
-        return f"gemms={'+'.join(self.gemms)};first={self.bf16_first};last={self.bf16_last}{fast}"
+        bc = ";bc=1" if self.bias_correction else ""
+        return f"gemms={'+'.join(self.gemms)};first={self.bf16_first};last={self.bf16_last}{fast}{bc}"
 
     @classmethod
     def parse(cls, text: str) -> "FP8Policy":
@@ -74,12 +77,14 @@ class FP8Policy:
                     kw[f"bf16_{key}"] = int(val)
                 elif key == "fast" and val.strip() in ("0", "1"):
                     kw["fast_accum"] = val.strip() == "1"
+                elif key == "bc" and val.strip() in ("0", "1"):
+                    kw["bias_correction"] = val.strip() == "1"
                 else:
                     raise ValueError(key)
             return cls(**kw)
         except ValueError:
             raise UserError(f"FP8 policy {text!r}: give one of {', '.join(POLICIES)} or "
-                            f"'gemms=qkv+out+fc1+fc2;first=N;last=N;fast=0|1'") from None
+                            f"'gemms=qkv+out+fc1+fc2;first=N;last=N;fast=0|1;bc=0|1'") from None
 
     def fp8_paths(self, layer: int, num_layers: int) -> tuple[str, ...]:
         """The module paths (within a layer) of the GEMMs that run in FP8 in ``layer`` (0-based)."""
@@ -97,22 +102,25 @@ def _p(**kw) -> FP8Policy:
 #: FP8 in the first 2 layers only, cosine 0.9971; in the last 2 only, 0.9995), hence the bf16-first family.
 POLICIES: dict[str, FP8Policy] = {
     "all": _p(),
+    "all-bc": _p(bias_correction=True),
     "first2": _p(bf16_first=2),
+    "first2-bc": _p(bf16_first=2, bias_correction=True),
     "first4": _p(bf16_first=4),
-    "first8": _p(bf16_first=8),
-    "first4-fast": _p(bf16_first=4, fast_accum=True),
-    "edges2": _p(bf16_first=2, bf16_last=2),
-    "no-out": _p(gemms=("qkv", "fc1", "fc2")),
+    "first4-bc": _p(bf16_first=4, bias_correction=True),
+    "first4-bc-fast": _p(bf16_first=4, fast_accum=True, bias_correction=True),
+    "first8-bc": _p(bf16_first=8, bias_correction=True),
+    "edges2-bc": _p(bf16_first=2, bf16_last=2, bias_correction=True),
     "late-half": _p(bf16_first=18),   # where the error comes from: FP8 in the last 18 layers only
     "early-half": _p(bf16_last=18),   # ... in the first 18 only
 }
 
 #: the policy of ``--dtype fp8`` (VIRNUCDIST_FP8_POLICY overrides it)
-DEFAULT_POLICY = "all"
+DEFAULT_POLICY = "all-bc"
 
 
 def policy_from_env() -> FP8Policy:
     return FP8Policy.parse(os.environ.get("VIRNUCDIST_FP8_POLICY", DEFAULT_POLICY))
+
 
 
 class FP8UnsupportedError(UserError, ValueError):
@@ -196,14 +204,25 @@ def quantize_model(model: nn.Module, policy: FP8Policy | str | None = None) -> n
         raise TypeError(f"FP8 conversion needs a PackedESM2 (ESM-2), not {type(model).__name__}")
     policy = policy_from_env() if policy is None else FP8Policy.parse(policy) if isinstance(policy, str) else policy
     model.fp8_policy = str(policy)
-    for i, layer in enumerate(layers):
-        for path in policy.fp8_paths(i, len(layers)):
-            parent_name, _, attr = path.rpartition(".")
-            parent = layer.get_submodule(parent_name) if parent_name else layer
-            lin = getattr(parent, attr)
-            if isinstance(lin, nn.Linear):
-                setattr(parent, attr, FP8Linear(lin, out_dtype=lin.weight.dtype if lin.weight.dtype != torch.float32
-                                                else torch.bfloat16, fast_accum=policy.fast_accum))
+    targets = [(i, path) for i, layer in enumerate(layers) for path in policy.fp8_paths(i, len(layers))
+               if isinstance(layer.get_submodule(path), nn.Linear)]
+    means = {}
+    if policy.bias_correction and targets:
+        from .fp8_calibration import calibration_batch, mean_inputs
+
+        means = mean_inputs(model, targets, calibration_batch(next(model.parameters()).device))
+    for i, path in targets:
+        layer = layers[i]
+        parent_name, _, attr = path.rpartition(".")
+        parent = layer.get_submodule(parent_name) if parent_name else layer
+        lin = getattr(parent, attr)
+        f = FP8Linear(lin, out_dtype=lin.weight.dtype if lin.weight.dtype != torch.float32 else torch.bfloat16,
+                      fast_accum=policy.fast_accum)
+        if (i, path) in means:
+            from .fp8_calibration import correct_bias
+
+            correct_bias(f, lin.weight, means[(i, path)])
+        setattr(parent, attr, f)
     return model
 
 
