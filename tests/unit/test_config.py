@@ -83,10 +83,10 @@ def test_a_numerics_switch_changed_between_runs_is_refused(proteins, tmp_path, m
     assert main(_argv(proteins, out, "--dtype", "fp8", "--toks-per-batch", "256")) == 0
     with h5py.File(out / "embeddings.h5", "r") as f:
         assert f.attrs["dtype"] == "fp8" and not f.attrs["fp8_fast_accum"]
-        assert f.attrs["fp8_policy"] == "gemms=qkv+out+fc1+fc2;first=0;last=0;fast=0"  # the default, written out
-    with pytest.raises(UserError, match=r"different fp8_policy \(gemms=qkv\+out\+fc1\+fc2;first=0;last=0;fast=0 -> "
-                                        r"gemms=qkv\+out\+fc1\+fc2;first=2;last=2;fast=0\)"):
-        main(_argv(proteins, out, "--dtype", "fp8", "--fp8-policy", "edges2"))
+        assert f.attrs["fp8_policy"] == "gemms=qkv+out+fc1+fc2;first=0;last=0;bc=1;fast=0"  # the default, written out
+    with pytest.raises(UserError, match=r"different fp8_policy \(gemms=qkv\+out\+fc1\+fc2;first=0;last=0;bc=1;fast=0 "
+                                        r"-> gemms=qkv\+out\+fc1\+fc2;first=2;last=2;bc=1;fast=0\)"):
+        main(_argv(proteins, out, "--dtype", "fp8", "--fp8-policy", "edges2-bc"))
     with pytest.raises(UserError, match=r"different fp8_fast_accum \(False -> True\), fp8_policy \(.*fast=0 -> "
                                         r".*fast=1\)"):
         main(_argv(proteins, out, "--dtype", "fp8", "--fp8-fast-accum"))

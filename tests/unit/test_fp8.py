@@ -182,7 +182,7 @@ def test_bias_correction_folds_the_mean_weight_error_into_the_bias():
         plain = quantize_model(copy.deepcopy(half), "all").embed(*batch)
         corrected_model = quantize_model(copy.deepcopy(half), "all-bc")
         corrected = corrected_model.embed(*batch)
-    assert corrected_model.fp8_policy.endswith(";bc=1")
+    assert ";bc=1" in corrected_model.fp8_policy
     assert not torch.equal(corrected_model.layers[0].fc1.bias, half.layers[0].fc1.bias)
     print(f"rel error vs fp32: fp8 {rel(plain, ref):.3e}, fp8 + bias correction {rel(corrected, ref):.3e}")
     assert rel(corrected, ref) < rel(plain, ref)

@@ -114,8 +114,8 @@ def add_run_arguments(p: argparse.ArgumentParser, *,
                    help="with --dtype fp8: fast (less exact) accumulation in the FP8 GEMMs "
                         "(default: VIRNUCDIST_FP8_FAST_ACCUM=1, else off)")
     p.add_argument("--fp8-policy", default=None, metavar="POLICY",
-                   help="with --dtype fp8: which GEMMs run in FP8, e.g. all, edges2, 'gemms=qkv+fc1+fc2;first=2;last=2' "
-                        "(default: VIRNUCDIST_FP8_POLICY, else all)")
+                   help="with --dtype fp8: which GEMMs run in FP8, e.g. all, all-bc, first2-bc, 'gemms=qkv+fc1+fc2;first=2;bc=1' "
+                        "(default: VIRNUCDIST_FP8_POLICY, else the library default, models.fp8.DEFAULT_POLICY)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--num-workers", type=non_negative_int, default=None,
                    help="DataLoader worker processes per rank (default: from the CPUs this rank may use)")

@@ -59,7 +59,7 @@ class FP8Policy:
     def __str__(self) -> str:
         fast = "" if self.fast_accum is None else f";fast={int(self.fast_accum)}"
         bc = ";bc=1" if self.bias_correction else ""
-        return f"gemms={'+'.join(self.gemms)};first={self.bf16_first};last={self.bf16_last}{fast}{bc}"
+        return f"gemms={'+'.join(self.gemms)};first={self.bf16_first};last={self.bf16_last}{bc}{fast}"
 
     @classmethod
     def parse(cls, text: str) -> "FP8Policy":
