@@ -17,7 +17,7 @@ fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || python3 -m pip install -q --no-deps -e . 2>&1 | tail -2
 [ $# -eq 0 ] && set -- env kernels_esm kernels_dnabert gputests
 case "$1" in  # issue 24 groups (budgets: perf1 ~8 min, perf2 ~9 min worst case)
-  perf1) set -- env tokenize_dna roofline startup predict_1m_bf16 ;;       # timeouts sum to 540 s (+ env)
+  perf1) set -- env tokenize_dna roofline startup predict_1m_bf16 ;;       # timeouts sum to 555 s (+ env)
   perf2) set -- gputests_short dnabert_1m fp8_policies predict_1m_fp8 ;;  # timeouts sum to 560 s
 esac
 python3 -c "import torch; print('torch', torch.__version__)" 2>&1 | tail -1
@@ -51,10 +51,11 @@ for step in "$@"; do
       timeout 150 python3 benchmarks/fp8_policies.py --frames 10000 --label-reads 5000 --json "$OUT/fp8_policies.json" \
         2>&1 | tee "$OUT/fp8_policies.log" | tail -16 ;;
     roofline)  # the four layer GEMMs at ESM-2 3B shapes, sustained, with clocks and power
-      timeout 75 python3 benchmarks/roofline.py --seconds 40 --fp8-seconds 15 --json "$OUT/roofline.json" 2>&1 \
+      timeout 70 python3 benchmarks/roofline.py --seconds 36 --fp8-seconds 14 --json "$OUT/roofline.json" 2>&1 \
         | tee "$OUT/roofline.log" | grep -v "^ " | tail -12 ;;
     startup)  # launch -> first batch, ESM-2 3B from a fair-esm .pt (11 GB, written first), library vs naive load
-      timeout 100 python3 benchmarks/startup.py --workdir /tmp/vnd-startup --json "$OUT/startup.json" 2>&1 \
+      timeout 120 python3 benchmarks/startup.py --workdir /tmp/vnd-startup --runs library:cold,previous:cold,library:warm \
+        --json "$OUT/startup.json" 2>&1 \
         | tee "$OUT/startup.log" | tail -6
       rm -rf /tmp/vnd-startup ;;
     predict_1m_bf16|predict_1m_fp8)  # predict of 1M random 150-bp reads, chunk 300, ESM-2 3B + DNABERT-S, one GPU
@@ -81,7 +82,7 @@ for step in "$@"; do
       python3 benchmarks/tokenize_dna.py --smoke | tail -3
       python3 benchmarks/fp8_policies.py --smoke --policies all,edges2 | tail -5
       python3 benchmarks/roofline.py --smoke | tail -2
-      python3 benchmarks/startup.py --smoke --modes library --workdir /tmp/vnd-startup-smoke | tail -2
+      python3 benchmarks/startup.py --smoke --runs library:cold --workdir /tmp/vnd-startup-smoke | tail -2
       torchrun --standalone --nproc_per_node=1 benchmarks/scaling.py --tasks dnabert,predict --reads 100 --dtype fp32 \
         --warmup-reads 0 --esm-model esm2_t6_8M_UR50D --dna-toks 4096 --toks-per-batch 2048 2>&1 | grep -E "^==|wall" ;;
     smoke)  # CPU-sized run of the kernels task (what CI-less machines can check)

@@ -14,7 +14,7 @@ in host memory shows here; the mapped checkpoint's pages are file-backed and do 
   q/k/v fused there in fp32, then one ``.to(device, bf16)`` that casts on the CPU);
 - ``naive``: ``torch.load`` into host memory, an fp32 model built on the CPU,
   ``load_state_dict``, then ``.to(device, bf16)`` (what fair-esm's loader does).
-Each mode runs twice: cold (after the fadvise) and warm (page cache).
+Each run: cold (after the fadvise) or warm (page cache), ``--runs``.
 """
 
 from __future__ import annotations
@@ -118,8 +118,9 @@ def main() -> None:
     ap.add_argument("--model", default="esm2_t36_3B_UR50D")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--workdir", default="/tmp/vnd-startup")
-    ap.add_argument("--modes", default="library,previous", help="library, previous, naive (slow: random init "
-                                                                    "of the model on the CPU first)")
+    ap.add_argument("--runs", default="library:cold,previous:cold,library:warm,previous:warm",
+                    help="MODE:CACHE list; modes library, previous, naive (slow: random init of the model on the "
+                         "CPU first); cache cold (dropped from the page cache first) or warm")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -149,24 +150,24 @@ def main() -> None:
            "runs": []}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1] / "src"),
                                                                      os.environ.get("PYTHONPATH")]))}
-    for mode in args.modes.split(","):
-        for cache in ("cold", "warm"):
-            if cache == "cold":
-                drop_cache(ckpt)
-            t0 = time.perf_counter()
-            out = subprocess.run([sys.executable, "-c", PROBE, mode, str(ckpt), args.dtype], env=env,
-                                 capture_output=True, text=True)
-            wall = time.perf_counter() - t0
-            if out.returncode:
-                print(f"[{name}] {mode} {cache}: failed\n{out.stderr[-2000:]}", flush=True)
-                continue
-            r = {"mode": mode, "cache": cache, "launch_to_first_batch_s": wall,
-                 **json.loads(out.stdout.strip().splitlines()[-1])}
-            res["runs"].append(r)
-            print(f"[{name}] {mode:8s} {cache}: launch -> first batch {wall:.2f} s (imports {r['imports_s']:.2f}, "
-                  f"CUDA {r['cuda_init_s']:.2f}, load {r['load_s']:.2f}, warm-up {r['warmup_s']:.2f}); peak anonymous "
-                  f"host memory during load +{r['peak_anon_gb_during_load']:.2f} GB (checkpoint "
-                  f"{res['checkpoint_gb']:.2f} GB fp32); params {r['param_dtypes']} on {r['param_devices']}", flush=True)
+    for run in args.runs.split(","):
+        mode, _, cache = run.partition(":")
+        if cache == "cold":
+            drop_cache(ckpt)
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", PROBE, mode, str(ckpt), args.dtype], env=env,
+                             capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if out.returncode:
+            print(f"[{name}] {mode} {cache}: failed\n{out.stderr[-2000:]}", flush=True)
+            continue
+        r = {"mode": mode, "cache": cache, "launch_to_first_batch_s": wall,
+             **json.loads(out.stdout.strip().splitlines()[-1])}
+        res["runs"].append(r)
+        print(f"[{name}] {mode:8s} {cache}: launch -> first batch {wall:.2f} s (imports {r['imports_s']:.2f}, "
+              f"CUDA {r['cuda_init_s']:.2f}, load {r['load_s']:.2f}, warm-up {r['warmup_s']:.2f}); peak anonymous "
+              f"host memory during load +{r['peak_anon_gb_during_load']:.2f} GB (checkpoint "
+              f"{res['checkpoint_gb']:.2f} GB fp32); params {r['param_dtypes']} on {r['param_devices']}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
 
