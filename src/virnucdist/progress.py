@@ -34,7 +34,6 @@ class Progress:
         self.log_every_s = log_every_s
         self.unit = unit  # what ``tokens`` counts (e.g. "bp" for reads)
         self.heartbeat_s = heartbeat_s
-        self.batch_tokens: int | None = None  # the batch in work, when the job says (:meth:`working_on`)
         self.bar = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -56,7 +55,6 @@ class Progress:
             self.records += records
             self.tokens += tokens
             self._last_update = now
-            self.batch_tokens = None
             if not self.enabled:
                 return
             if self.bar is not None:
@@ -68,10 +66,6 @@ class Progress:
                 self._last = now
                 log.info("%s", self.line())
 
-    def working_on(self, tokens: int) -> None:
-        """Optional: the size of the batch that starts now, named by the heartbeat if it runs long."""
-        self.batch_tokens = tokens
-
     def _beat_once(self) -> None:
         """When nothing was printed for ``heartbeat_s``: print the state, and the stall if no batch finished."""
         now = time.perf_counter()
@@ -81,8 +75,6 @@ class Progress:
             self._last = now
             stalled = now - self._last_update
             what = "the first batch" if not self.tokens else "a batch"
-            if self.batch_tokens:
-                what += f" of {self.batch_tokens:,} {self.unit}"
             note = f"still working on {what}, {stalled:,.0f} s" if stalled >= self.heartbeat_s else ""
             if self.bar is not None:  # a terminal: the bar's clock moves, the note says why
                 if note:

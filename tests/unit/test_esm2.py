@@ -132,7 +132,7 @@ def test_packed_esm2_matches_fair_esm_t6(t6):
     path, ref, alphabet = t6
     records = _proteins(40)
     model = load_model(str(path), device="cpu", dtype=torch.float32, truncation_seq_length=TRUNC)
-    assert model.kind == "esm2" and model.embed_dim == 320 and model.module.cfg == ESM2Config(6, 320, 20, True)
+    assert model.kind == "esm2" and model.dim == 320 and model.module.cfg == ESM2Config(6, 320, 20, True)
     layers = (0, 3, 6)
     want, want_tokens = _fair_esm_embed(ref, alphabet, records, layers)
     assert model.module.resolve_layer(-1) == model.module.resolve_layer(6) == 6

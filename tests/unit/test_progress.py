@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import time
 
 from virnucdist.progress import Progress, index_progress
 
@@ -48,42 +50,56 @@ def _lines(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records]
 
 
-def test_heartbeat_moves_while_one_batch_takes_long(caplog):
-    """No batch finished for longer than the heartbeat: a line still comes, naming the stall."""
-    import time
+def _quiet_for(p: Progress, seconds: float) -> None:
+    """As if nothing was printed and no batch finished for ``seconds`` (no sleeping, no timing)."""
+    p._last = p._last_update = time.perf_counter() - seconds
 
+
+def test_heartbeat_names_the_stall_while_one_batch_takes_long(caplog):
+    """No batch finished for longer than the heartbeat: a line still comes, naming the stall."""
     caplog.set_level(logging.INFO, logger="virnucdist")
-    p = Progress(total_records=10, total_tokens=1000, log_every_s=1e9, heartbeat_s=0.2)
-    time.sleep(0.5)  # the first batch is slow (model warm-up, a huge record)
+    p = Progress(total_records=10, total_tokens=1000, log_every_s=1e9, heartbeat_s=0)  # no thread: beats by hand
+    p.heartbeat_s = 5.0
+    _quiet_for(p, 6)  # the first batch is slow (model warm-up, a huge record)
+    p._beat_once()
     assert any("still working on the first batch" in ln for ln in _lines(caplog)), _lines(caplog)
     p.update(2, 200)  # log_every_s is huge: update() itself prints nothing
     n = len(caplog.records)
-    p.working_on(500)
-    time.sleep(0.6)
+    p._beat_once()  # a batch just finished: no heartbeat due
+    assert len(caplog.records) == n
+    _quiet_for(p, 6)
+    p._beat_once()
     beats = _lines(caplog)[n:]
     assert beats and all("20.0%" in ln and "2/10 seqs on rank 0" in ln for ln in beats), beats
-    assert any("still working on a batch of 500 tok" in ln for ln in beats), beats
+    assert any("still working on a batch" in ln for ln in beats), beats
     p.close()
-    assert not p._beat.is_alive()
     n = len(caplog.records)
-    time.sleep(0.5)
+    _quiet_for(p, 60)
+    p._beat_once()
     assert len(caplog.records) == n  # closed: no heartbeat after close()
 
 
-def test_heartbeat_silent_while_lines_flow_and_gone_with_the_object(caplog):
-    import gc
-    import time
-
+def test_heartbeat_silent_while_lines_flow(caplog):
     caplog.set_level(logging.INFO, logger="virnucdist")
-    p = Progress(total_records=100, total_tokens=10_000, log_every_s=0.05, heartbeat_s=0.3)
+    p = Progress(total_records=100, total_tokens=10_000, log_every_s=0.0, heartbeat_s=0)
+    p.heartbeat_s = 5.0
     for _ in range(10):  # batches finish often and print: the heartbeat adds nothing
         p.update(1, 100)
-        time.sleep(0.06)
-    assert _lines(caplog) and not any("still working" in ln for ln in _lines(caplog))
+        p._beat_once()
+    assert len(_lines(caplog)) == 10 and not any("still working" in ln for ln in _lines(caplog))
+
+
+def test_heartbeat_thread_ends_with_close_or_with_the_object():
+    p = Progress(total_records=1, total_tokens=1, heartbeat_s=0.05)
+    beat = p._beat
+    assert beat.is_alive()
+    p.close()
+    assert not beat.is_alive()  # close() joins it
+    p = Progress(total_records=1, total_tokens=1, heartbeat_s=0.05)
     beat = p._beat
     del p  # dropped without close(): its thread ends too
     gc.collect()
-    beat.join(timeout=2)
+    beat.join(timeout=10)
     assert not beat.is_alive()
 
 

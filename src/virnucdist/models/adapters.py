@@ -87,10 +87,6 @@ class _Adapter:
         self.attrs = {"pooling": self.pooling, **self.attrs}
 
     @property
-    def embed_dim(self) -> int:  # the old LoadedModel name
-        return self.dim
-
-    @property
     def random_init(self) -> bool:
         return bool(self.attrs.get("random_weights"))
 

@@ -123,10 +123,6 @@ class PackedESM2(nn.Module):
         self.emb_layer_norm_after = nn.LayerNorm(cfg.embed_dim)
         self.register_buffer("inv_freq", rotary_inv_freq(cfg), persistent=False)
 
-    @property
-    def embed_dim(self) -> int:
-        return self.cfg.embed_dim
-
     def resolve_layer(self, repr_layer: int) -> int:
         n = self.cfg.num_layers
         layer = repr_layer if repr_layer >= 0 else n + 1 + repr_layer

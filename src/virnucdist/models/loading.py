@@ -34,16 +34,13 @@ from .hf_cache import hf_family, hub_cache_dir, local_model_dir, looks_like_hub_
 from .hf_esm2 import read_hf_esm2
 from .tokenization import EsmTokenizer
 
-__all__ = ["EmbeddingModel", "LoadedModel", "load_model", "ModelLoadError", "esm_hub_path",
+__all__ = ["EmbeddingModel", "load_model", "ModelLoadError", "esm_hub_path",
            "read_fair_esm_checkpoint", "DNABERT_S_NAMES", "DNABERT_S_TINY_NAME", "model_family"]
 
 FAIR_ESM_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
 DNABERT_S_HUB_ID = HF_REPO_ID
 DNABERT_S_TINY_NAME = "dnabert-s-tiny"  # random weights only (a CPU demo)
 DNABERT_S_NAMES = {"dnabert-s", "dnabert_s", DNABERT_S_TINY_NAME}
-
-#: the old name of the model object (now the protocol every adapter implements)
-LoadedModel = EmbeddingModel
 
 
 def esm_hub_path(name: str) -> Path:
