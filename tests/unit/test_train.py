@@ -252,3 +252,15 @@ def test_balance_classes(demo, tmp_path):
     m = json.loads((tmp_path / "b" / "metrics.json").read_text())
     small = min(before["viral_frames"], before["other_frames"])
     assert min(m["viral_frames"], m["other_frames"]) == small and small <= max(m["viral_frames"], m["other_frames"]) <= small + 6
+
+
+def test_time_limit_stops_training_keeping_the_best_epoch():
+    from virnucdist.vnp.training import Recipe, train_classifier
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(200, 8, generator=g), torch.randint(0, 2, (200,), generator=g)
+    held = np.arange(200) % 10 == 0
+    _, log, m = train_classifier(x, y, held, Recipe(max_epochs=50, patience=50), time_limit_s=0.0)
+    assert len(log) == 1 and m["stopped_by"] == "time_limit" and m["best_epoch"] == 1
+    _, log, m = train_classifier(x, y, held, Recipe(max_epochs=3, patience=50))
+    assert len(log) == 3 and m["stopped_by"] == "max_epochs"

@@ -43,6 +43,7 @@ __all__ = ["TrainConfig", "TrainTask", "train", "build_parser", "main"]
 
 log = logging.getLogger("virnucdist")
 FEATURE_WINDOW = 1 << 14  # records per window when rank 0 reads the features back
+WAITING_RANKS_MINUTES = 50.0  # training limit when other ranks wait (the process group times out after 60)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +62,7 @@ class TrainConfig(RunConfig):
     split_by: str = "chunk"  # what stays together across the train/held-out split: chunk | record
     frames: str = "all"  # all stop-free frames (as predict scores) | annotated (inputs are CDS: their own frame)
     balance_classes: bool = False  # draw whole chunks of the larger class down to the smaller class's frames
+    max_train_minutes: float | None = None  # no new epoch after this; None: no limit on 1 rank, 50 on several
     # VirNucPro's train.py recipe
     hidden_dim: int = Recipe.hidden_dim
     dropout: float = Recipe.dropout
@@ -140,6 +142,7 @@ class TrainTask(PredictTask):
             raise UserError(f"--esm-model must be ESM-2 and --dnabert-model DNABERT-S (got {self.esm.name}, "
                             f"{self.dna.name})")
         self.device = ctx.device
+        self.world_size = ctx.world_size
         self.budget = c.toks_per_batch
         self.models = [self.esm, self.dna]
         self.runners = [BatchRunner(lambda b, m=m: m.embed(b, (-1,), False).pooled[0], ctx.device) for m in self.models]
@@ -212,8 +215,15 @@ class TrainTask(PredictTask):
                 log.info("epoch %d: train loss %.4f acc %.4f | held-out loss %.4f acc %.4f | lr %.3g",
                          e.epoch, e.train_loss, e.train_accuracy, e.val_loss, e.val_accuracy, e.lr)
 
+        minutes = self.config.max_train_minutes
+        if minutes is None and self.world_size > 1:  # the other ranks wait in a collective (1-hour timeout)
+            minutes = WAITING_RANKS_MINUTES
         model, epochs, metrics = train_classifier(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), held,
-                                                  recipe, self.device, on_epoch)
+                                                  recipe, self.device, on_epoch,
+                                                  None if minutes is None else 60.0 * minutes)
+        if metrics["stopped_by"] == "time_limit":
+            log.warning("training stopped after %d epochs: the %.0f-minute limit (--max-train-minutes; with several "
+                        "ranks the others wait for rank 0); the best epoch's weights are kept", len(epochs), minutes)
         save_virnucpro_classifier(model, out / "classifier.pth")
         with torch.no_grad():  # VirNucPro's per-chunk decision (max over frames) on the held-out chunks
             p = torch.softmax(model(torch.from_numpy(x[held])), 1)[:, 1].numpy()
@@ -260,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="held-out unit: a chunk/window's frames stay together (default), or a whole input record's")
     p.add_argument("--balance-classes", action="store_true",
                    help="train on as many frames of each class: whole chunks of the larger class drawn at random")
+    p.add_argument("--max-train-minutes", type=float, default=None,
+                   help=f"start no epoch after this (default: none on one rank, {WAITING_RANKS_MINUTES:.0f} with "
+                        f"several: the others wait within the process group's one-hour timeout)")
     p.add_argument("--frames", choices=("all", "annotated"), default="all",
                    help="all: every stop-free frame (the frames predict scores; default); annotated: the inputs are "
                         "coding sequences (virnucdist cds FILE.gbff) and each chunk keeps the frame of its codons, "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -139,10 +140,11 @@ def _evaluate(model, x, y, batch: int = 4096) -> tuple[float, float, torch.Tenso
 
 
 def train_classifier(x: torch.Tensor, y: torch.Tensor, held_out: np.ndarray, recipe: Recipe,
-                     device: torch.device | str = "cpu", on_epoch: Callable[[EpochLog], None] | None = None
-                     ) -> tuple[MLPClassifier, list[EpochLog], dict]:
+                     device: torch.device | str = "cpu", on_epoch: Callable[[EpochLog], None] | None = None,
+                     time_limit_s: float | None = None) -> tuple[MLPClassifier, list[EpochLog], dict]:
     """Train on the rows not ``held_out``; returns the best-epoch model (eval mode, CPU), the
-    per-epoch log and the held-out metrics (:func:`binary_metrics`, plus sizes and epochs)."""
+    per-epoch log and the held-out metrics (:func:`binary_metrics`, plus sizes, epochs and why it
+    stopped). ``time_limit_s``: no new epoch starts after this many seconds."""
     device = torch.device(device)
     r = recipe
     held = torch.from_numpy(np.asarray(held_out, dtype=bool))
@@ -159,7 +161,11 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, held_out: np.ndarray, rec
     gen = torch.Generator().manual_seed(r.seed)
     log: list[EpochLog] = []
     best, best_state, best_epoch, waited = math.inf, None, 0, 0
+    stopped, t0 = "max_epochs", time.monotonic()
     for epoch in range(1, r.max_epochs + 1):
+        if time_limit_s is not None and epoch > 1 and time.monotonic() - t0 > time_limit_s:
+            stopped = "time_limit"
+            break
         model.train()
         order = torch.randperm(len(xt), generator=gen).to(xt.device)
         total = torch.zeros((), device=device)  # summed on the device: no host sync per step
@@ -193,13 +199,15 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, held_out: np.ndarray, rec
         else:
             waited += 1
             if waited >= r.patience:
+                stopped = "early_stopping"
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
     _, _, p = _evaluate(model, xv, yv)
     metrics = binary_metrics(yv.cpu().numpy(), p.numpy())  # held-out rows stay in input order
     metrics.update({"train_rows": int(len(xt)), "held_out_rows": int(len(xv)), "epochs_run": len(log),
-                    "best_epoch": best_epoch, "best_val_loss": best if best < math.inf else None})
+                    "best_epoch": best_epoch, "best_val_loss": best if best < math.inf else None,
+                    "stopped_by": stopped})
     return model.cpu().eval(), log, metrics
 
 
