@@ -15,6 +15,11 @@ and its gzip (``gzip -1``), into a temp dir; for each format:
   ``--read-records`` sequences read), and after touching what the engine still reads whole on
   every rank today (``length`` and ``representatives``: the partition and dedup inputs).
 
+``--baseline-src DIR`` (a checkout's ``src`` of the format-2 index, e.g. ``git worktree add
+/tmp/old fb92f15``) measures the same steps with that code on the same files in the same run:
+its build (gzip decompressed into a copy), its ``index.npz``, and its load in ``--ranks``
+processes (read whole).
+
 Prints one line per figure plus the command, date and machine.
 """
 
@@ -90,6 +95,48 @@ def _rank(index_dir: str, rank: int, ranks: int, read_records: int, q) -> None:
     q.put((rank, (after_load - base) / 1024, (share - base) / 1024, (whole - base) / 1024, k))
 
 
+_BASELINE = r"""
+import os, resource, sys, time, tempfile
+import numpy as np
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+from virnucdist.data import SequenceIndex
+mode, inp, out, tmp = sys.argv[1:5]
+base = rss()
+t = time.perf_counter()
+if mode == "build":
+    idx = SequenceIndex.build([inp], gzip_dir=tmp)
+    idx.save(out)
+    extra = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp))
+    print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, base, len(idx), extra)
+else:
+    idx = SequenceIndex.load(out)
+    n = len(idx); ids = idx.ids
+    print((rss() - base) / 1024)
+"""
+
+
+def _baseline(src: str, fmt: str, inp: str, tmp: str, ranks: int) -> None:
+    env = {**os.environ, "PYTHONPATH": src}
+    out = os.path.join(tmp, f"old-{fmt}.npz")
+    copy = os.path.join(tmp, f"old-copy-{fmt}")
+    os.makedirs(copy, exist_ok=True)
+    r = subprocess.run([sys.executable, "-c", _BASELINE, "build", inp, out, copy], env=env, check=True,
+                       capture_output=True, text=True).stdout.split()
+    wall, maxrss, base, n, extra = float(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4])
+    print(f"[{fmt}] baseline (format 2) build+save {wall:7.2f} s   peak RSS {maxrss / 1024:8,.0f} MB "
+          f"({(maxrss - base) / 1024:,.0f} MB above the interpreter); index.npz {os.path.getsize(out) / 1e6:,.1f} MB"
+          f" + decompressed copy {extra / 1e6:,.1f} MB")
+    procs = [subprocess.Popen([sys.executable, "-c", _BASELINE, "load", inp, out, copy], env=env,
+                              stdout=subprocess.PIPE, text=True) for _ in range(ranks)]
+    loads = [float(p.communicate()[0].split()[0]) for p in procs]
+    print(f"[{fmt}] baseline (format 2) per-rank RSS after load over {ranks} ranks: max {max(loads):,.1f} MB")
+    shutil.rmtree(copy, ignore_errors=True)
+    os.remove(out)
+
+
 def _dir_size(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
@@ -103,6 +150,7 @@ def main() -> None:
     ap.add_argument("--formats", nargs="+", default=["plain", "gzip"], choices=["plain", "gzip"])
     ap.add_argument("--smoke", action="store_true", help="20,000 reads, 2 ranks")
     ap.add_argument("--tmp", default=None, help="where to write the reads (default: a temp dir)")
+    ap.add_argument("--baseline-src", default=None, help="src/ of a format-2 checkout: the same steps with it")
     args = ap.parse_args()
     if args.smoke:
         args.reads, args.ranks, args.read_records = 20_000, 2, 1000
@@ -151,6 +199,8 @@ def main() -> None:
                   f"max {max(load):.1f}; own share touched max {max(share):.1f} (mean {np.mean(share):.1f}); "
                   f"+ length & representatives whole max {max(whole):.1f}")
             shutil.rmtree(out, ignore_errors=True)
+            if args.baseline_src:
+                _baseline(args.baseline_src, fmt, inputs[fmt], tmp, args.ranks)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

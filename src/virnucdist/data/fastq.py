@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .fasta import WHITESPACE, FastaError
+from .store import IdColumn
 from .scan import (_BOM, Blocks, _Content, _FileScan, _check_nul, _header_ids, _line_of, _line_text,
                    _non_ascii_error, _other_ws, check_description)
 
@@ -53,7 +54,7 @@ def _scan_fastq_file(fh: Blocks, shown: str, block_size: int) -> _FileScan:
         raise FastaError(shown, max(lines_before, 1),
                          "no FASTQ records; expected 4-line records (header '@id', sequence, '+', quality)")
     off, nbytes, length, hline = (np.concatenate([p[i] for p in parts]) for i in range(4))
-    ids: list[str] = [x for p in parts for x in p[4]] if len(parts) > 1 else parts[0][4]
+    ids = IdColumn.from_chunks(p[4] for p in parts)
     hashes, counts = content.finish()
     return _FileScan("fastq", off, nbytes, length, hline, ids, hashes, counts, fh.hexdigest(), size)
 

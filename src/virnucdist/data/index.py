@@ -247,13 +247,20 @@ class SequenceIndex:
         return index
 
     def _check_unique(self) -> None:
+        """Duplicate ids: 64-bit hashes sorted (8 bytes per id, no dict of all ids); equal
+        hashes are compared as strings, and the first duplicate in row order is named."""
         ids = self.ids
-        pos = dict(zip(ids, range(len(ids))))
-        if len(pos) == len(ids):
-            self._pos = pos
+        h = np.fromiter(map(hash, ids), dtype=np.int64, count=len(ids))
+        order = np.argsort(h, kind="stable")
+        hs = h[order]
+        same = np.flatnonzero(hs[1:] == hs[:-1])
+        del h, hs
+        if not len(same):
             return
+        rows = np.unique(np.concatenate([order[same], order[same + 1]]))
         seen: dict[str, int] = {}
-        for i, rid in enumerate(ids):
+        for i in rows.tolist():            # candidates in row order: the first repeat is reported
+            rid = ids[i]
             j = seen.setdefault(rid, i)
             if j != i:
                 raise FastaError(

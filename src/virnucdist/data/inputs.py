@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from .fasta import FastaError
+from .store import IdColumn
 
 __all__ = ["InputFile", "as_inputs", "pair_layout", "PairLayout"]
 
@@ -152,7 +153,7 @@ def pair_layout(specs: Sequence[InputFile], ids_per_file: Sequence[list[str]],
         nxt = specs[f + 1] if f + 1 < len(specs) else None
         if f in preset:
             pieces.append(rows)
-            ids.extend(fid)
+            ids.append(fid)
             mates.append(np.asarray(preset[f], np.int8))
             changed = changed or bool(len(preset[f]) and preset[f].any())
             f += 1
@@ -166,7 +167,7 @@ def pair_layout(specs: Sequence[InputFile], ids_per_file: Sequence[list[str]],
             if bad >= 0:
                 raise _interleaved_error(s.path, fid, lines, bad)
             pieces.append(rows)
-            ids.extend(f"{_split(x)[0]}/{1 + (j & 1)}" for j, x in enumerate(fid))
+            ids.append([f"{_split(x)[0]}/{1 + (j & 1)}" for j, x in enumerate(fid)])
             mates.append(np.tile(np.array([1, 2], np.int8), len(fid) // 2))
             changed = True
             f += 1
@@ -178,10 +179,7 @@ def pair_layout(specs: Sequence[InputFile], ids_per_file: Sequence[list[str]],
                 raise _pair_error(s.path, nxt.path, k, fid, gid, lines, glines)
             other = np.arange(starts[f + 1], starts[f + 2], dtype=np.int64)
             pieces.append(np.stack([rows, other], axis=1).ravel())
-            for x in fid:
-                base = _split(x)[0]
-                ids.append(f"{base}/1")
-                ids.append(f"{base}/2")
+            ids.append([f"{b}/{m}" for b in (_split(x)[0] for x in fid) for m in (1, 2)])
             mates.append(np.tile(np.array([1, 2], np.int8), len(fid)))
             samples.append(np.full(2 * len(fid), sample_no, np.int32))
             changed = True
@@ -193,15 +191,24 @@ def pair_layout(specs: Sequence[InputFile], ids_per_file: Sequence[list[str]],
                                  f"{'next' if s.mate == 1 else 'previous'} input is not its mate file; give "
                                  "the two files of a pair one after the other (mate 1, then mate 2)")
             pieces.append(rows)
-            ids.extend(fid)
+            ids.append(fid)                 # kept as it is (an IdColumn: no str per id)
             mates.append(np.zeros(len(fid), np.int8))
             f += 1
         samples.append(np.full(len(rows), sample_no, np.int32))
     order = np.concatenate(pieces) if changed and pieces else None
     if order is not None and np.array_equal(order, np.arange(len(order))):
         order = None
-    return PairLayout(order, ids, np.concatenate(mates) if mates else np.zeros(0, np.int8),
+    return PairLayout(order, _join_ids(ids), np.concatenate(mates) if mates else np.zeros(0, np.int8),
                       np.concatenate(samples) if samples else np.zeros(0, np.int32), list(names))
+
+
+def _join_ids(pieces: list):
+    """One id sequence: an IdColumn when every piece is one (no str per id), else a list."""
+    if len(pieces) == 1 and not isinstance(pieces[0], list):
+        return pieces[0]
+    if pieces and all(isinstance(p, IdColumn) for p in pieces):
+        return IdColumn.concat(pieces)
+    return [x for p in pieces for x in p]
 
 
 def _is_pair(a: InputFile, b: InputFile, ids_a: list[str], ids_b: list[str], kind_a, kind_b) -> bool:

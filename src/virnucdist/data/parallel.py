@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from .fasta import FastaError
+from .store import IdColumn
 from .scan import BLOCK_SIZE, Blocks, _FileScan, _scan_fasta_file, cr_only, detect_format
 
 __all__ = ["MIN_RANGE", "default_workers", "cut_points"]
@@ -116,7 +117,7 @@ def _stitch(fmt: str, results: list, starts: list[int], digest: str, size: int) 
     lines = np.cumsum([0] + [nl for _, nl in results[:-1]])
     scans = [s for s, _ in results]
     cat = np.concatenate
-    ids = [x for s in scans for x in s.ids]
+    ids = IdColumn.concat(s.ids for s in scans)
     return _FileScan(fmt, cat([s.offset + a for s, a in zip(scans, starts)]), cat([s.nbytes for s in scans]),
                      cat([s.length for s in scans]), cat([s.header_line + k for s, k in zip(scans, lines)]), ids,
                      cat([s.content_hash for s in scans]), np.sum([s.counts for s in scans], axis=0), digest, size)

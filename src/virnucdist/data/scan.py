@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from .fasta import WHITESPACE, FastaError
+from .store import IdColumn
 
 log = logging.getLogger("virnucdist")
 
@@ -89,7 +90,7 @@ class _Content:
     """
 
     def __init__(self):
-        self.digests: list[bytes] = []
+        self.digests: list[bytes] = []       # 16-byte digests, joined per chunk
         self.counts = np.zeros(256, dtype=np.int64)
         self.pending = None          # hasher of a FASTA record that goes on in the next chunk
 
@@ -120,7 +121,7 @@ class _Content:
             for i in np.flatnonzero(~clean).tolist():
                 slices[i] = slices[i].translate(_UPPER, WHITESPACE)
         b2 = hashlib.blake2b
-        self.digests.extend([b2(s, digest_size=HASH_BYTES).digest() for s in slices])
+        self.digests.append(b"".join([b2(s, digest_size=HASH_BYTES).digest() for s in slices]))  # one object a chunk
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
         if self.pending is not None:
@@ -169,22 +170,28 @@ def _other_ws(buf: bytes, arr: np.ndarray, n: int) -> np.ndarray:
 
 
 def _header_ids(buf: bytes, id_start: np.ndarray, line_end: np.ndarray, ows: np.ndarray,
-                hline: np.ndarray, n: int, shown: str, marker: str) -> list[str]:
-    """First word of each header line ``buf[id_start:line_end]`` (after the marker)."""
+                hline: np.ndarray, n: int, shown: str, marker: str) -> tuple[bytes, np.ndarray]:
+    """First word of each header line ``buf[id_start:line_end]`` (after the marker), as
+    ``(ids back to back, their byte lengths)``: no Python object per id."""
     id_end = line_end.copy()
     if len(ows):
         j = np.searchsorted(ows, id_start)
         nxt = np.where(j < len(ows), ows[np.minimum(j, len(ows) - 1)], n)
         id_end = np.minimum(id_end, nxt)
     slices = [buf[a:b] for a, b in zip(id_start.tolist(), id_end.tolist())]
-    for i in np.flatnonzero(id_end <= id_start).tolist():   # rare: '>' alone or '>  id'
+    rare = np.flatnonzero(id_end <= id_start)
+    for i in rare.tolist():   # rare: '>' alone or '>  id'
         words = buf[int(id_start[i]):int(line_end[i])].split(None, 1)
         if not words:
             raise FastaError(shown, int(hline[i]), f"empty header: '{marker}' must be followed by "
                                                    f"a sequence id (e.g. '{marker}read_1')")
         slices[i] = words[0]
     try:
-        return b"\n".join(slices).decode("utf-8").split("\n") if slices else []
+        b"\n".join(slices).decode("utf-8")      # every id valid UTF-8 (a separator: no id borrows a byte)
+        lens = id_end - id_start
+        if len(rare):
+            lens[rare] = [len(slices[i]) for i in rare.tolist()]
+        return b"".join(slices), lens
     except UnicodeDecodeError:
         for i, s in enumerate(slices):
             try:
@@ -310,7 +317,7 @@ def _scan_fasta_file(fh: "Blocks", shown: str, block_size: int) -> _FileScan:
     C_H = np.concatenate([p[2] for p in parts])
     C_off = np.concatenate([p[3] for p in parts])
     hline = np.concatenate([p[4] for p in parts])
-    ids: list[str] = [x for p in parts for x in p[5]] if len(parts) > 1 else parts[0][5]
+    ids = IdColumn.from_chunks(p[5] for p in parts)
     end = np.empty_like(H)
     end[:-1] = H[1:]
     end[-1] = size

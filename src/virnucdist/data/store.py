@@ -74,6 +74,22 @@ class IdColumn(Sequence):
     def __repr__(self) -> str:
         return f"IdColumn({len(self)} ids)"
 
+    def __reduce__(self):
+        return (IdColumn, (bytes(self._blob), np.asarray(self._off)))
+
+    @classmethod
+    def from_chunks(cls, chunks) -> "IdColumn":
+        """``chunks``: ``(blob, lengths)`` pairs (ids back to back, their byte lengths)."""
+        chunks = list(chunks)
+        lens = np.concatenate([np.asarray(c[1], dtype=np.int64) for c in chunks]) if chunks else np.zeros(0, np.int64)
+        off = np.zeros(len(lens) + 1, dtype=np.int64)
+        np.cumsum(lens, out=off[1:])
+        return cls(b"".join(c[0] for c in chunks), off)
+
+    @classmethod
+    def concat(cls, cols) -> "IdColumn":
+        return cls.from_chunks((bytes(c._blob), np.diff(np.asarray(c._off))) for c in cols)
+
 
 def encode_ids(ids) -> tuple[bytes, np.ndarray]:
     """``(blob, offsets)`` of a list of ids."""
@@ -99,12 +115,17 @@ def save_dir(path: str, meta: dict, columns: dict[str, np.ndarray], ids, extra: 
     os.makedirs(tmp)
     for name, arr in columns.items():
         np.save(os.path.join(tmp, f"{name}.npy"), np.ascontiguousarray(arr))
-    if isinstance(ids, IdColumn):
-        blob, off = ids._blob, np.asarray(ids._off)
-    else:
-        blob, off = encode_ids(ids)
     with open(os.path.join(tmp, "ids.bin"), "wb") as fh:
-        fh.write(blob)
+        if isinstance(ids, IdColumn):
+            fh.write(ids._blob)
+            off = np.asarray(ids._off)
+        else:                             # in slices: never a second copy of all the ids
+            off = np.zeros(len(ids) + 1, dtype=np.int64)
+            step = 1 << 18
+            for lo in range(0, len(ids), step):
+                blob, o = encode_ids(ids[lo:lo + step])
+                fh.write(blob)
+                off[lo + 1:lo + 1 + len(o) - 1] = o[1:] + off[lo]
     np.save(os.path.join(tmp, "ids_off.npy"), off)
     for name, data in (extra or {}).items():
         with open(os.path.join(tmp, name), "wb") as fh:
