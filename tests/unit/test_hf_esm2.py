@@ -197,3 +197,11 @@ def test_fast_esm_repackaging_reads_as_esm2(tmp_path):
         ref = model.esm(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0, 1:-1].mean(0)
         got = loaded.embed(pack_token_arrays([ids[0].numpy()], [0])).pooled[0][0]
     assert F.cosine_similarity(got.double(), ref.double(), dim=0).item() >= 0.99999
+
+
+def test_incomplete_sharded_download_is_one_line(tmp_path):
+    d, _ = _hf_esm_dir(tmp_path, max_shard_size="60KB")
+    shard = sorted(d.glob("model-*.safetensors"))[-1]
+    shard.unlink()
+    with pytest.raises(UserError, match=f"shard index names 1 missing file.*{shard.name}.*incomplete"):
+        load_model(str(d))
