@@ -142,7 +142,7 @@ def profile(fn, batch, dev, path: Path, title: str) -> str:
 
 
 def esm_kernels(args, dev, out: Path) -> dict:
-    from throughput import fair_esm_from_packed, run_fair_esm
+    from _fair_esm import fair_esm_from_packed, run_fair_esm
 
     from virnucdist.models.fp8 import fp8_supported, to_fp8
 
