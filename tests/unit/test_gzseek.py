@@ -146,3 +146,25 @@ def test_parallel_build_equals_serial_byte_for_byte(tmp_path):
     with pytest.raises(FastaError) as many:
         SequenceIndex.build([bad], workers=4, min_range=50_000)
     assert str(one.value) == str(many.value)
+
+
+def test_run_index_reused_rebuilt_and_old_files_removed(tmp_path):
+    from virnucdist.data.runindex import INDEX_DIR, open_run_index
+
+    fa = tmp_path / "r.fa"
+    fa.write_bytes(_fasta(50))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "index.npz").write_bytes(b"an index of format 2")         # what an older version left
+    (out / "inputs").mkdir()
+    (out / "inputs" / "copy.fa").write_bytes(b"decompressed copy")
+    (out / "index.tmp123").mkdir()                                   # a save killed before its rename
+    first = open_run_index(out, [fa])
+    assert first.built and not (out / INDEX_DIR).exists()            # nothing written before commit
+    first.commit()
+    assert (out / INDEX_DIR / "meta.json").exists()
+    assert not any((out / n).exists() for n in ("index.npz", "inputs", "index.tmp123"))
+    again = open_run_index(out, [fa])
+    assert not again.built and again.index.ids == first.index.ids and again.index._store is not None
+    fa.write_bytes(_fasta(51))                                       # changed input: rebuilt
+    assert open_run_index(out, [fa]).built
