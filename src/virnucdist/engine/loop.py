@@ -40,6 +40,7 @@ from ..data.index import SequenceIndex
 from ..data.runindex import check_input_files, load_run_index, open_run_index
 from ..sharding.partition import partition, plan_windows
 from .config import NUMERICS, config_from_args, numerics, resolve
+from .lock import RunLock
 from .task import Block, Counters, RunPlan, Task
 from ..telemetry import Telemetry, format_summary, write_run_report
 from ..writers import Results, ShardWriter, replace_durably, scan_shards
@@ -204,6 +205,16 @@ def run(task: Task, ctx: DistContext | None = None) -> RunResult:
     cfg = task.config = resolve(task.config, ctx.device)
     if ctx.is_main:
         _writable(out)
+    held: list[RunLock] = []  # rank 0 holds the directory for the whole job; a second launch is refused here
+    _agree(ctx, lambda: held.append(RunLock(out).acquire()))
+    try:
+        return _run_locked(task, ctx, cfg, out, t_start)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _run_locked(task: Task, ctx: DistContext, cfg, out: Path, t_start: float) -> RunResult:
     try:
         opened = _agree(ctx, _open_run, task, out, ctx.is_main and not cfg.quiet)
     except UserError as e:  # a task may say more (e.g. which sample of a sheet holds the bad file)
