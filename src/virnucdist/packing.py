@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .models.tokenization import SequenceTokenizer
 
 __all__ = ["PackedBatch", "TokenBudgetSampler", "PackedBatchLoader", "collate_packed", "pack_token_arrays",
-           "plan_batches", "pack_longest_first", "split_batch", "PairedBatch", "pack_pairs"]
+           "plan_batches", "pack_longest_first", "split_batch", "pad_to_tile", "PairedBatch", "pack_pairs"]
 
 
 @dataclass
@@ -256,6 +256,27 @@ class PackedBatchLoader:
         if self.batches_seen == 0:
             return 0.0
         return self.tokens_seen / self.capacity_seen
+
+
+def pad_to_tile(batch: PackedBatch, tile: int, pad_id: int = 0, piece: int = 64) -> PackedBatch:
+    """``batch`` with dummy segments of ``pad_id`` tokens (at most ``piece`` each, after the real ones) up to
+    exactly ``tile`` tokens, or the next multiple of ``tile`` for a batch longer than it: every forward of a
+    reproducible run has one row count, whatever records share the batch. ``rows`` stays the real records'."""
+    t = batch.num_tokens
+    total = max(tile, -(-t // tile) * tile)
+    extra = total - t
+    if extra == 0:
+        return batch
+    lengths = [piece] * (extra // piece) + ([extra % piece] if extra % piece else [])
+    b = batch.num_seqs
+    dev = batch.tokens.device
+    pos = torch.cat([torch.arange(n, dtype=batch.positions.dtype) for n in lengths]).to(dev)
+    seg = torch.repeat_interleave(torch.arange(b, b + len(lengths)), torch.tensor(lengths)).to(dev, batch.seg.dtype)
+    ends = t + torch.cumsum(torch.tensor(lengths), 0).to(dev, batch.cu_seqlens.dtype)
+    return PackedBatch(torch.cat([batch.tokens, torch.full((extra,), pad_id, dtype=batch.tokens.dtype, device=dev)]),
+                       torch.cat([batch.positions, pos]), torch.cat([batch.seg, seg]),
+                       torch.cat([batch.cu_seqlens, ends]), max(batch.max_seqlen, max(lengths)), batch.rows,
+                       batch.n_truncated, batch.unknown_rows)
 
 
 def split_batch(batch: PackedBatch) -> tuple[PackedBatch, PackedBatch]:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from . import short_attention
+from .determinism import is_reproducible
 
 __all__ = ["varlen_attention", "kernel_name", "alibi_slopes"]
 
@@ -114,6 +115,8 @@ def varlen_attention(
     slopes ``[H]`` for a symmetric bias ``-slope * |i - j|``. Returns ``[T, H, D]``.
     """
     name = kernel_name(q.device, alibi is not None, q.dtype, max_seqlen)
+    if is_reproducible() and name not in _PER_SEQUENCE_KERNELS:
+        return _each_sequence(q, k, v, cu_seqlens, scale, alibi)
     if name == "flash_attn":
         return _flash_attn()(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
                              softmax_scale=scale, alibi_slopes=alibi)
@@ -125,6 +128,43 @@ def varlen_attention(
     if name == "torch_varlen":
         return _torch_varlen()(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale)
     return _sdpa_padded(q, k, v, cu_seqlens, max_seqlen, scale, alibi)
+
+
+#: kernels whose result for a sequence depends on that sequence only (each program covers one sequence's
+#: queries and walks its keys from its own start) and whose choice does not depend on the batch; the others
+#: (padded SDPA: the padded length; Flex: block offsets in the packed stream; the Triton short kernel: chosen
+#: and tiled by the batch's longest sequence) are replaced by :func:`_each_sequence` in reproducible mode
+_PER_SEQUENCE_KERNELS = ("flash_attn", "torch_varlen")
+
+
+def _each_sequence(q, k, v, cu_seqlens, scale, alibi):
+    """Each sequence attends on its own ``[1, H, L, D]`` tensors: its result never depends on its neighbours.
+    On CUDA with ALiBi, the sequences of up to ``short_attention.MAX_LEN`` tokens go through the Triton
+    short-sequence kernel (one program per sequence, its tile fixed at ``MAX_LEN``), gathered together."""
+    bounds = cu_seqlens.tolist()
+    out = torch.empty_like(q)
+    slopes = alibi.to(q.device, torch.float32) if alibi is not None else None
+    done = set()
+    if (slopes is not None and q.is_cuda and q.dtype != torch.float32 and ALIBI_KERNEL in ("auto", "triton")
+            and short_attention.available()):
+        short = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if 0 < b - a <= short_attention.MAX_LEN]
+        if short:
+            idx = torch.cat([torch.arange(a, b) for a, b in short]).to(q.device)
+            cu = torch.tensor([0] + [b - a for a, b in short], dtype=torch.int64).cumsum(0).to(q.device, torch.int32)
+            out[idx] = short_attention.short_attention(q[idx], k[idx], v[idx], cu, short_attention.MAX_LEN,
+                                                       q.shape[-1] ** -0.5 if scale is None else scale, slopes)
+            done = {a for a, _ in short}
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b <= a or a in done:
+            continue
+        qs, ks, vs = (x[a:b].transpose(0, 1)[None] for x in (q, k, v))
+        mask = None
+        if slopes is not None:
+            pos = torch.arange(b - a, device=q.device)
+            mask = -slopes[:, None, None] * (pos[None, :] - pos[:, None]).abs().to(torch.float32)[None]
+            qs, ks, vs = qs.float(), ks.float(), vs.float()
+        out[a:b] = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale)[0].transpose(0, 1).to(q.dtype)
+    return out
 
 
 def _sdpa_padded(q, k, v, cu_seqlens, max_seqlen, scale, alibi):

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from .attention import alibi_slopes, varlen_attention
+from .determinism import is_reproducible, segment_sums
 from .fused import add_layer_norm, gated_gelu
 
 __all__ = ["DnaBertSConfig", "PackedDnaBertS", "segment_mean"]
@@ -230,6 +231,9 @@ def segment_mean(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor
     T = hidden.shape[0]
     B = cu_seqlens.numel() - 1
     ends = cu_seqlens[1:].to(torch.int64)
+    if is_reproducible():  # each sequence summed on its own, in order (no atomics)
+        lengths = (ends - cu_seqlens[:-1].to(torch.int64)).to(torch.float32)
+        return segment_sums(hidden, cu_seqlens) / lengths.clamp(min=1)[:, None]
     pos = torch.arange(T, device=hidden.device)
     seg = torch.searchsorted(ends, pos, right=True)  # segment index of each token
     sums = torch.zeros(B, hidden.shape[1], device=hidden.device, dtype=torch.float32)

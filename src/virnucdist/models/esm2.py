@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .attention import varlen_attention
+from .determinism import is_reproducible, segment_sums
 from .fused import add_layer_norm, gelu
 from .rotary import rotary_qk, rotary_tables, uses_triton
 from .tokenization import CLS, EOS, MASK, PAD, VOCAB, EsmTokenizer  # noqa: F401 (CLS, EOS, EsmTokenizer: re-exported)
@@ -176,6 +177,9 @@ def residue_mask(positions, seg, cu_seqlens) -> torch.Tensor:
 def residue_mean(hidden: torch.Tensor, positions, seg, cu_seqlens) -> torch.Tensor:
     """Segment mean over tokens 1..len-2 of each sequence, summed in fp32, no host sync."""
     lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    if is_reproducible():  # each sequence's residues summed on their own, in order (no atomics)
+        sums = segment_sums(hidden, cu_seqlens, skip_ends=True)
+        return sums / (lengths - 2).clamp(min=1)[:, None].to(torch.float32)
     keep = residue_mask(positions, seg, cu_seqlens)
     sums = torch.zeros(lengths.numel(), hidden.shape[1], dtype=torch.float32, device=hidden.device)
     sums.index_add_(0, seg, hidden.float() * keep[:, None])

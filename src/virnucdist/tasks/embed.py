@@ -32,6 +32,7 @@ from ..packing import pack_longest_first
 from ..engine.runner import BatchRunner, to_host_async
 from ..writers import Column, Part, ShardSchema, write_embeddings_h5
 from ..engine.task import Block, RunPlan
+from .tiles import tile_for, tiled_embed
 from .identity import check_model_spec, model_identity, molecule_of_spec
 
 __all__ = ["EmbedConfig", "EmbedTask", "embed", "build_parser", "main"]
@@ -48,6 +49,7 @@ class EmbedConfig(RunConfig):
     repr_layers: tuple[int, ...] | None = None  # several layers in one pass (overrides repr_layer)
     include: tuple[str, ...] = ("mean",)  # "mean" always; "per_tok" adds the ragged per-token states
     truncation_seq_length: int = 1022
+    reproducible: bool = False  # the same bytes whatever the world size, budget, resume point (tasks/tiles.py)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -107,7 +109,7 @@ class EmbedTask:
         c = self.config
         return {"model": model_identity(c.model, c.random_init, c.seed), "repr_layers": list(c.layers),
                 "truncation_seq_length": c.truncation_seq_length,
-                "per_token": self.per_token}
+                "per_token": self.per_token, **({"reproducible": True} if c.reproducible else {})}
 
     def check(self, index) -> None:
         check_model_spec(self.config.model)
@@ -140,7 +142,12 @@ class EmbedTask:
                         "extract.py does), e.g. %r (%d residues) at %s; --truncation-seq-length changes the cap",
                         len(long), cap, cap, index.ids[i], int(index.length[i]), index.where(i))
         self.budget = c.toks_per_batch
-        self.runners = [BatchRunner(lambda b: self.model.embed(b, self.layers, self.per_token), ctx.device)]
+        if c.reproducible:  # batches packed to one fixed tile, padded to it; per-sequence attention and pooling
+            tile = self.budget = tile_for(ctx.device)
+            self.runners = [BatchRunner(lambda b: tiled_embed(self.model, b, self.layers, self.per_token, tile),
+                                        ctx.device)]
+        else:
+            self.runners = [BatchRunner(lambda b: self.model.embed(b, self.layers, self.per_token), ctx.device)]
         self.models = [self.model]
 
     def costs(self, index) -> np.ndarray:
@@ -234,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mean: pooled embeddings (always written); per_tok: also every token's state "
                         "(ESM-2: residues only), ragged in embeddings.h5 /per_token")
     p.add_argument("--truncation-seq-length", type=positive_int, default=1022)
+    p.add_argument("--reproducible", action="store_true",
+                   help="the same bytes whatever the world size, --toks-per-batch, resume point or batch neighbours "
+                        "(same device kind and torch version): fixed-size padded batches, attention and pooling "
+                        "per sequence; slower (README: Reproducibility)")
     return p
 
 

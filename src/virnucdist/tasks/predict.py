@@ -38,6 +38,7 @@ from ..vnp.outputs import ScoredRead, write_frame_embeddings, write_result_files
 from ..vnp.translate import FRAME_NAMES, six_frame
 from ..writers import Column, Part, ShardSchema
 from ..engine.task import Block, RunPlan
+from .tiles import tile_for, tiled_embed
 from .identity import check_model_spec, model_identity, width_of_spec
 
 __all__ = ["PredictConfig", "PredictTask", "make_task", "predict", "build_parser", "main"]
@@ -62,6 +63,7 @@ class PredictConfig(RunConfig):
     dnabert_model: str
     classifier: str | None = None  # None only with --random-init: a seeded random MLP sized to the models
     keep_intermediate: bool = False
+    reproducible: bool = False  # the same bytes whatever the world size, budget, resume point (tasks/tiles.py)
     samples: str | None = None  # a sample sheet (tasks/samples.py): its files replace ``inputs``
 
 
@@ -148,7 +150,7 @@ class PredictTask:
         clf = hashlib.sha256(Path(c.classifier).read_bytes()).hexdigest() if c.classifier else f"random({c.seed})"
         return {"chunk_size": c.chunk_size, "esm_model": model_identity(c.esm_model, c.random_init, c.seed),
                 "dnabert_model": model_identity(c.dnabert_model, c.random_init, c.seed), "classifier_sha256": clf,
-                "keep_intermediate": c.keep_intermediate}
+                "keep_intermediate": c.keep_intermediate, **({"reproducible": True} if c.reproducible else {})}
 
     def check(self, index) -> None:
         check_model_spec(self.config.esm_model, "--esm-model")
@@ -187,7 +189,13 @@ class PredictTask:
         self.clf = clf.to(device=ctx.device, dtype=torch.float32).eval()
         self.budget = c.toks_per_batch
         self.models = [self.esm, self.dna]
-        self.runners = [BatchRunner(lambda b, m=m: m.embed(b, (-1,), False).pooled[0], ctx.device) for m in self.models]
+        if c.reproducible:  # batches packed to one fixed tile, padded to it; per-sequence attention and pooling
+            tile = self.budget = tile_for(ctx.device)
+            self.runners = [BatchRunner(lambda b, m=m: tiled_embed(m, b, (-1,), False, tile).pooled[0], ctx.device)
+                            for m in self.models]
+        else:
+            self.runners = [BatchRunner(lambda b, m=m: m.embed(b, (-1,), False).pooled[0], ctx.device)
+                            for m in self.models]
 
     def costs(self, index) -> np.ndarray:
         return np.asarray(index.length, dtype=np.int64) + 1  # frame tokens grow with the bases
@@ -296,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dnabert-model", required=True, help="DNABERT-S directory (or 'dnabert-s' with --random-init)")
     p.add_argument("--keep-intermediate", action="store_true",
                    help="also write chunked.fa, identified_*.fa(a) and both models' frame embeddings (.h5)")
+    p.add_argument("--reproducible", action="store_true",
+                   help="the same bytes whatever the world size, --toks-per-batch, resume point or batch neighbours "
+                        "(same device kind and torch version); slower (README: Reproducibility)")
     return p
 
 
