@@ -103,3 +103,39 @@ def test_predict_rank_killed_then_rerun_is_byte_identical(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     for name in ("prediction_results.txt", "prediction_results_highestscore.csv"):
         assert _sha(out / name) == _sha(tmp_path / "ref" / name), name
+
+
+def _processes_with(marker: str) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if marker in (d / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
+def test_predict_workers_do_not_outlive_a_killed_rank(tmp_path):
+    """kill -9 of one rank of a 2-rank predict with 2 DataLoader workers per rank: within 10 s of torchrun's
+    exit no process of the run is left (the workers die with their rank: PR_SET_PDEATHSIG)."""
+    import time
+
+    reads = make_reads(seed=3, n=24)
+    fasta = write_fasta_wrapped(tmp_path / "reads.fa", reads)
+    m = tiny_models()
+    out = tmp_path / "orphans-run"
+    args = [str(fasta), "--chunk-size", "300", "--classifier", str(m["classifier"]), "--esm-model", str(m["esm"]),
+            "--dnabert-model", str(m["dnabert"]), "--num-workers", "2", "--toks-per-batch", "300",
+            "--device", "cpu", "--quiet", "-o", str(out)]
+    p = _torchrun("virnucdist.predict", args, VIRNUCDIST_TEST_KILL_AT="batch:2", VIRNUCDIST_TEST_KILL_RANK="1")
+    assert p.returncode != 0
+    left = _processes_with(str(out))
+    for _ in range(100):
+        if not left:
+            break
+        time.sleep(0.1)
+        left = _processes_with(str(out))
+    assert not left, f"processes of the run still alive 10 s after torchrun exited: {left}"

@@ -110,3 +110,64 @@ def test_console_script_lists_and_runs_embed_and_predict(tmp_path, capsys):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert (tmp_path / "out" / "embeddings.h5").is_file()
+
+
+def test_disk_full_says_the_jobs_safe_count_once(capsys):
+    """A full disk on any rank: the line carries the job's safe count (rank 0 counts every rank's shards), never
+    one rank's own count."""
+    import contextlib
+    import io
+
+    from virnucdist.launch.entry import run_entrypoint
+    from virnucdist.writers.durable import DiskFullError
+
+    def main(argv):
+        e = DiskFullError("no space left on /x/shards; free space and rerun the same command")
+        e.safe = 190  # the engine counts every rank's shards on rank 0
+        raise e
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as e:
+        run_entrypoint(main, [])
+    assert e.value.code == 2
+    assert err.getvalue().strip() == ("virnucdist: error: no space left on /x/shards; free space and rerun the same "
+                                      "command; 190 records are safe")
+
+
+def test_disk_full_during_finalize_is_one_user_error(tmp_path, monkeypatch):
+    import errno
+
+    import virnucdist.tasks.embed as embed_task
+    from virnucdist.writers.durable import DiskFullError
+
+    fasta = tmp_path / "p.fa"
+    write_fasta(fasta, [("a", "MKVLAAG"), ("b", "MKKLLW")])
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "Can't close file (file write failed: errno = 28)")
+
+    monkeypatch.setattr(embed_task, "write_embeddings_h5", full)
+    with pytest.raises(DiskFullError, match="while writing the final files; free space and rerun"):
+        embed(_cfg(fasta, tmp_path / "out", keep_shards=True))
+
+
+def test_a_log_file_that_cannot_be_written_is_quiet(tmp_path, capsys):
+    import errno
+    import logging
+
+    from virnucdist.launch.logs import setup_logging
+
+    log = setup_logging(tmp_path, rank=1)
+    fh = next(h for h in log.handlers if isinstance(h, logging.FileHandler))
+
+    class Full:
+        def write(self, s):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+    fh.stream = Full()
+    log.warning("something")
+    assert "Logging error" not in capsys.readouterr().err
+    setup_logging(None, rank=0)

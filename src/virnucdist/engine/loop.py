@@ -17,6 +17,7 @@ else, resume, balance, durability, progress and reporting, is written once here.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from .._version import __version__
 from .._testhooks import active_test_hooks, test_hook
 from ..errors import Interrupted, PeerFailed, UserError
-from ..launch.dist import DistContext, init_distributed
+from ..launch.dist import DistContext, init_distributed, worker_dies_with_rank
 from ..launch.logs import setup_logging
 from ..progress import Progress, index_progress
 from ..data.index import SequenceIndex
@@ -43,6 +44,7 @@ from .config import NUMERICS, config_from_args, numerics, resolve
 from .lock import RunLock
 from .task import Block, Counters, RunPlan, Task
 from ..telemetry import Telemetry, format_summary, write_run_report
+from ..writers.durable import DiskFullError, _is_disk_full
 from ..writers import Results, ShardWriter, replace_durably, scan_shards
 
 __all__ = ["run", "run_main", "RunResult", "WINDOW_BATCHES"]
@@ -241,6 +243,13 @@ def _run_locked(task: Task, ctx: DistContext, cfg, out: Path, t_start: float) ->
         return _compute(task, ctx, out, index, scan, fingerprint, tel, t_start, open_s)
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: the writers are closed by now
         raise _interrupted(e, ctx, out, n, fingerprint) from None
+    except DiskFullError as e:  # rank 0 says the job's count (every rank's committed records), never one rank's
+        if ctx.is_main and getattr(e, "safe", None) is None:
+            try:
+                e.safe = scan_shards(out / "shards", n, fingerprint=fingerprint, quarantine=False).n_done
+            except (OSError, ValueError):
+                pass
+        raise
 
 
 def _interrupted(e: KeyboardInterrupt, ctx: DistContext, out: Path, n: int, fingerprint: str) -> Interrupted:
@@ -303,7 +312,14 @@ def _compute(task: Task, ctx: DistContext, out: Path, index, scan: dict, fingerp
     merged = Counters().merge(all_counters)
     with tel.phase("finalize", sync=False):
         if ctx.is_main:
-            counts = _finalize(task, out, index, source, empty, fingerprint)
+            try:
+                counts = _finalize(task, out, index, source, empty, fingerprint)
+            except (OSError, RuntimeError) as e:
+                if not _is_disk_full(e):
+                    raise
+                raise DiskFullError(f"no space left on {out} while writing the final files; free space and rerun "
+                                    f"the same command: every record is computed and safe in the shards, the rerun "
+                                    f"only writes the final files") from None
     stats = ctx.all_gather_object(tel.finish())
     if ctx.is_main:
         wall = time.perf_counter() - t_start
@@ -358,7 +374,7 @@ def _loop(task, ctx, tel, index, share, done, costs, toks, out, fingerprint, cou
         log.info("%d loader worker(s) per rank", workers)
     loader = DataLoader(_Windows(windows, index, task.block_maker()), batch_size=None, collate_fn=_as_is,
                         num_workers=workers, pin_memory=ctx.device.type == "cuda",
-                        prefetch_factor=2 if workers > 0 else None)
+                        prefetch_factor=2 if workers > 0 else None, worker_init_fn=functools.partial(worker_dies_with_rank, rank_pid=os.getpid()))
     writer = ShardWriter(out / "shards", ctx.rank, task.schema(), fingerprint=fingerprint,
                          flush_every=cfg.flush_every)
     progress = Progress(total_records=len(mine), total_tokens=int(costs[mine].sum()),

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "init_distributed", "watch_launcher"]
+__all__ = ["DistContext", "init_distributed", "watch_launcher", "worker_dies_with_rank"]
 
 
 @dataclass
@@ -161,6 +161,18 @@ def _set_parent_death_signal(sig: int) -> bool:
         return libc.prctl(1, int(sig), 0, 0, 0) == 0  # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):
         return False
+
+
+def worker_dies_with_rank(worker_id: int = 0, rank_pid: int | None = None) -> None:
+    """DataLoader ``worker_init_fn``: the worker gets SIGKILL the moment its rank dies (even by kill -9).
+
+    torch's own watchdog ends a worker's loop within 5 s of its parent's death, but the worker then
+    waits forever in its result queue's finalizer for a feeder thread blocked on a full pipe (a
+    predict window is megabytes): it stayed alive, reparented to init. A worker holds nothing to save
+    (it only reads and packs), so it may die at once.
+    """
+    if _set_parent_death_signal(signal.SIGKILL) and rank_pid is not None and os.getppid() != rank_pid:
+        os._exit(1)  # the rank died before the signal was set
 
 
 def watch_launcher(rank: int, poll_s: float = 1.0, grace_s: float = 10.0) -> None:

@@ -224,6 +224,8 @@ def run_entrypoint(main: Callable[[list[str] | None], int | None], argv: list[st
                 line = None
         elif isinstance(e, USER_ERRORS):
             msg = _one_line(str(e)) or type(e).__name__
+            if getattr(e, "say_safe_records", False):  # a full disk: the job's count over all ranks (rank 0 scans)
+                msg = f"{msg}; {_safe_records(e)}"
             line = f"virnucdist: error: {msg}"
             code, last_word = 2, rank == 0 and not _restarts_left()
             if rank != 0:

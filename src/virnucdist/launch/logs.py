@@ -9,6 +9,14 @@ from pathlib import Path
 LOGGER = "virnucdist"
 
 
+class _LogFile(logging.FileHandler):
+    """A rank's log file that stays quiet when it cannot be written (a full disk): the run's own error
+    says so in one line; logging's ``--- Logging error ---`` traceback would bury it."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 def setup_logging(out_dir: Path | None, rank: int, quiet: bool = False) -> logging.Logger:
     log = logging.getLogger(LOGGER)
     log.handlers.clear()
@@ -22,7 +30,7 @@ def setup_logging(out_dir: Path | None, rank: int, quiet: bool = False) -> loggi
         log.addHandler(h)
     if out_dir is not None:
         (out_dir / "logs").mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(out_dir / "logs" / f"rank{rank}.log")
+        fh = _LogFile(out_dir / "logs" / f"rank{rank}.log")
         fh.setFormatter(fmt)
         log.addHandler(fh)
     return log

@@ -38,7 +38,7 @@ from ..vnp.outputs import ScoredRead, write_frame_embeddings, write_result_files
 from ..vnp.translate import FRAME_NAMES, six_frame
 from ..writers import Column, Part, ShardSchema
 from ..engine.task import Block, RunPlan
-from .tiles import tile_for, tiled_embed
+from .tiles import tile_for, tiled_embed, tiled_rows
 from .identity import check_model_spec, model_identity, width_of_spec
 
 __all__ = ["PredictConfig", "PredictTask", "make_task", "predict", "build_parser", "main"]
@@ -222,7 +222,8 @@ class PredictTask:
             e = self._embed(self.runners[0], pb.protein, self.esm.dim)
             d = self._embed(self.runners[1], pb.nucleotide, self.dna.dim)
             feats = torch.cat([d, e], dim=1).float()
-            scores = torch.softmax(self.clf(feats), dim=1)
+            logits = tiled_rows(self.clf, feats) if self.config.reproducible else self.clf(feats)
+            scores = torch.softmax(logits, dim=1)
             out.append(torch.cat([scores, d.float(), e.float()], 1) if self.config.keep_intermediate else scores)
         width = 2 + (self.dna.dim + self.esm.dim if self.config.keep_intermediate else 0)
         vals = torch.cat(out) if out else torch.zeros(0, width, device=self.clf.hidden_layer.weight.device)

@@ -15,10 +15,24 @@ from ..models.adapters import EmbedOutput
 from ..models.determinism import reproducible
 from ..packing import PackedBatch, pad_to_tile
 
-__all__ = ["TILE", "tile_for", "tiled_embed"]
+__all__ = ["TILE", "ROW_TILE", "tile_for", "tiled_embed", "tiled_rows"]
 
 #: tokens per forward in reproducible mode (the default --toks-per-batch of each device kind)
 TILE = {"cpu": 4096, "cuda": 65536}
+
+
+#: rows per call of a row-wise head (predict's classifier) in reproducible mode
+ROW_TILE = 1024
+
+
+def tiled_rows(fn, x: torch.Tensor, rows: int = ROW_TILE) -> torch.Tensor:
+    """``fn`` (row-wise, e.g. an MLP) over ``x [N, D]`` in calls of exactly ``rows`` rows (the last one padded
+    with zeros): a row's result does not depend on how many rows came with it."""
+    n = x.shape[0]
+    if n == 0:
+        return fn(x)
+    padded = torch.cat([x, x.new_zeros(-n % rows, *x.shape[1:])]) if n % rows else x
+    return torch.cat([fn(padded[i:i + rows]) for i in range(0, padded.shape[0], rows)])[:n]
 
 
 def tile_for(device: torch.device) -> int:

@@ -60,7 +60,10 @@ def replace_durably(tmp: str | Path, final: str | Path) -> None:
 
 
 class DiskFullError(UserError):
-    """The filesystem of the output directory is full; what was committed is safe."""
+    """The filesystem of the output directory is full; what was committed is safe. The entrypoint adds how
+    many records are safe over all ranks (rank 0 counts every shard's committed records), never one rank's."""
+
+    say_safe_records = True
 
 
 def _is_disk_full(e: BaseException) -> bool:

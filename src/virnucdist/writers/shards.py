@@ -171,8 +171,7 @@ class ShardWriter:
             self._f.close()
         except BaseException as e:  # surfaced to the producer on its next call
             if _is_disk_full(e):
-                e = DiskFullError(f"no space left on {self.dir}; free space and rerun the same command: "
-                                  f"{self.committed} records are safe")
+                e = DiskFullError(f"no space left on {self.dir}; free space and rerun the same command")
             self._error = e
             _abandon(self._f, self._fd)
             while True:  # drain so that the producer never blocks on a full queue
