@@ -230,11 +230,12 @@ class SequenceIndex:
         spec = [f.spec() for f in specs]
         if any(x != [None, None, False] for x in spec):      # samples, mates, interleaving: other ids, other run
             fp.update(json.dumps(spec).encode())
-        cols = {"file_idx": file_idx, "offset": np.concatenate([s.offset for s in scans]),
-                "nbytes": np.concatenate([s.nbytes for s in scans]),
-                "length": np.concatenate([s.length for s in scans]),
-                "header_line": np.concatenate([s.header_line for s in scans]),
-                "content_hash": np.concatenate([s.content_hash for s in scans])}
+        def column(name):                    # one file: its array as it is (no copy)
+            parts = [getattr(s, name) for s in scans]
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+        cols = {"file_idx": file_idx, **{k: column(k) for k in ("offset", "nbytes", "length", "header_line",
+                                                                "content_hash")}}
         if layout.order is not None:
             cols = {k: v[layout.order] for k, v in cols.items()}
         index = cls(files, cols["file_idx"], cols["offset"], cols["nbytes"], cols["length"], layout.ids,
