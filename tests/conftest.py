@@ -1,4 +1,8 @@
-"""Shared fixtures for the test suite."""
+"""Shared fixtures for the test suite.
+
+Shared plain helpers are modules beside this file (tests/ is on pytest's path): ``_helpers``
+(``MODEL``, ``AA``, ``clean_env()`` for subprocesses), ``_formats`` (writers of the real on-disk
+model formats), ``_predict_data`` and ``_train_data`` (small predict/train set-ups)."""
 
 from __future__ import annotations
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _helpers import AA
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-AA = list("ACDEFGHIKLMNPQRSTVWY")
 
 
 def _proteins(n=64, seed=0):

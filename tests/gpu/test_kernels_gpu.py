@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import AA
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-AA = list("ACDEFGHIKLMNPQRSTVWY")
 
 
 def rel(a, b):

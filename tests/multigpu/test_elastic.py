@@ -24,23 +24,13 @@ import pytest
 from virnucdist import EmbedConfig, embed
 from virnucdist.data.fasta import write_fasta
 from virnucdist.writers import read_embeddings
+from _helpers import AA, MODEL, clean_env
 
 pytestmark = pytest.mark.torchrun
 
-MODEL = "esm2_t6_8M_UR50D"
-AA = list("ACDEFGHIKLMNPQRSTVWY")
 TOKS, FLUSH = 128, 8
 CRASH = {"VIRNUCDIST_TEST_CRASH_RANK": "1", "VIRNUCDIST_TEST_CRASH_AFTER_BATCHES": "2"}
 FAIL_BOUND_S = 60  # a crash without restarts ends the whole torchrun within this
-
-
-def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIRNUCDIST_TEST_")}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-              "TORCHELASTIC_RESTART_COUNT"):
-        env.pop(k, None)
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
-    return env
 
 
 def _torchrun(fasta: Path, out: Path, *torchrun_flags: str, **env) -> tuple[subprocess.CompletedProcess, float]:
@@ -49,7 +39,7 @@ def _torchrun(fasta: Path, out: Path, *torchrun_flags: str, **env) -> tuple[subp
            "--num-workers", "0", "--device", "cpu", "--toks-per-batch", str(TOKS), "--flush-every", str(FLUSH),
            "--quiet"]
     t0 = time.monotonic()
-    p = subprocess.Popen(cmd, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    p = subprocess.Popen(cmd, env=clean_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
     try:
         stdout, stderr = p.communicate(timeout=180)

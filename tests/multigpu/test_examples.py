@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,21 +10,15 @@ import numpy as np
 import pytest
 
 from virnucdist.writers import read_embeddings
+from _helpers import clean_env
 
 pytestmark = pytest.mark.torchrun
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
-
-
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    p = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300)
+    p = subprocess.run(args, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-4000:]
     return p
 

@@ -17,19 +17,9 @@ from pathlib import Path
 import pytest
 
 from virnucdist.data.fasta import write_fasta
+from _helpers import AA, MODEL, clean_env
 
 pytestmark = pytest.mark.torchrun
-
-MODEL = "esm2_t6_8M_UR50D"
-AA = "ACDEFGHIKLMNPQRSTVWY"
-
-
-def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRNUCDIST_TEST_", "TORCHELASTIC_"))}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
-    return env
 
 
 def _cmd(*args: str) -> list[str]:
@@ -66,7 +56,7 @@ def test_user_error_is_the_last_line(tmp_path, case):
         inp = tmp_path / "bad.fa"
         inp.write_text("MKV\n>a\nMK\n")  # no header: found while rank 0 builds the index (rank 1: PeerFailed)
         want = f"virnucdist: error: {inp}, line 1: expected a FASTA header"
-    p = subprocess.run(_cmd(str(inp), "-o", str(tmp_path / "out")), env=_env(), capture_output=True, text=True,
+    p = subprocess.run(_cmd(str(inp), "-o", str(tmp_path / "out")), env=clean_env(), capture_output=True, text=True,
                        timeout=180)
     assert p.returncode == 1  # torchrun's own code for any failed rank; the rank's is in its summary
     last = _nonempty(p.stderr)[-1]
@@ -107,7 +97,7 @@ def _start_long_run(fasta: Path, out: Path) -> tuple[subprocess.Popen, set[int]]
     """A 2-rank run slowed to ~0.3 s a window of 2 records, each rank with one DataLoader worker; waits for the batch loop."""
     p = subprocess.Popen(_cmd(str(fasta), "-o", str(out), "--toks-per-batch", "64", "--window-records", "2",
                               "--num-workers", "1"),
-                         env=_env(VIRNUCDIST_TEST_BATCH_DELAY_S="0.3"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=clean_env(VIRNUCDIST_TEST_BATCH_DELAY_S="0.3"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, start_new_session=True)
     end = time.monotonic() + 150
     logs = [out / "logs" / f"rank{r}.log" for r in (0, 1)]

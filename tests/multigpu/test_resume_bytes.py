@@ -21,25 +21,14 @@ import pytest
 from _predict_data import make_reads, tiny_models, write_fasta_wrapped
 
 from virnucdist.data.fasta import write_fasta
+from _helpers import AA, MODEL, clean_env
 
 pytestmark = pytest.mark.torchrun
-
-MODEL = "esm2_t6_8M_UR50D"
-AA = list("ACDEFGHIKLMNPQRSTVWY")
-
-
-def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIRNUCDIST_TEST_")}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-              "TORCHELASTIC_RESTART_COUNT"):
-        env.pop(k, None)
-    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", **extra)
-    return env
 
 
 def _torchrun(module: str, args: list[str], **env) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", module, *args]
-    p = subprocess.Popen(cmd, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    p = subprocess.Popen(cmd, env=clean_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
     try:
         out, err = p.communicate(timeout=240)

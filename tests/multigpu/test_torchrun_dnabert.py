@@ -16,15 +16,9 @@ from virnucdist.models.dnabert_s import DnaBertSConfig
 from virnucdist.models.random_init import random_dnabert_s
 from _formats import save_hf_dir
 from virnucdist.writers import read_embeddings
+from _helpers import clean_env
 
 pytestmark = pytest.mark.torchrun
-
-
-def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
 
 
 def test_dnabert_two_ranks_equal_one(tmp_path):
@@ -40,7 +34,7 @@ def test_dnabert_two_ranks_equal_one(tmp_path):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
                "-m", "virnucdist.embed", str(fasta), "--model", str(model_dir), "-o", str(out), "--device", "cpu",
                "--num-workers", "0", "--toks-per-batch", "1024", "--quiet", "--include", "mean", "per_tok"]
-        p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+        p = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr[-4000:]
         outs[n] = read_embeddings(out / "embeddings.h5")
         with h5py.File(out / "embeddings.h5") as f:

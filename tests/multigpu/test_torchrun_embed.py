@@ -23,23 +23,12 @@ import pytest
 
 from virnucdist.data.fasta import write_fasta
 from virnucdist.writers import read_embeddings
+from _helpers import AA, MODEL, clean_env
 
 pytestmark = pytest.mark.torchrun
 
-MODEL = "esm2_t6_8M_UR50D"
-AA = list("ACDEFGHIKLMNPQRSTVWY")
 N_SEQS = 500
 TIMEOUT = 240
-
-
-def _env(**extra) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("VIRNUCDIST_TEST_BATCH_DELAY_S", None)
-    env.pop("VIRNUCDIST_TEST_OOM_ABOVE", None)
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    env.update(extra)
-    return env
 
 
 def _embed_args(fasta: Path, out: Path, *extra: str) -> list[str]:
@@ -54,7 +43,7 @@ def _torchrun_cmd(nproc: int, fasta: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _run(cmd: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
-    p = subprocess.run(cmd, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=TIMEOUT)
+    p = subprocess.run(cmd, cwd=cwd, env=clean_env(**env), capture_output=True, text=True, timeout=TIMEOUT)
     assert p.returncode == 0, f"rc {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-5000:]}"
     return p
 
@@ -182,7 +171,7 @@ def test_kill_9_mid_inference_then_resume(data, ref1):
     d, fasta, ids = data
     out = d / "killed"
     cmd = _torchrun_cmd(2, fasta, out)
-    p = subprocess.Popen(cmd, cwd=d, env=_env(VIRNUCDIST_TEST_BATCH_DELAY_S="0.3"), start_new_session=True,
+    p = subprocess.Popen(cmd, cwd=d, env=clean_env(VIRNUCDIST_TEST_BATCH_DELAY_S="0.3"), start_new_session=True,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -248,7 +237,7 @@ def test_two_nodes_share_one_output_dir(data, ref1):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
                "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=localhost:{port}",
                "--rdzv_id=virnucdist-test", *_embed_args(fasta, out)]
-        procs.append(subprocess.Popen(cmd, cwd=d, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        procs.append(subprocess.Popen(cmd, cwd=d, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True, start_new_session=True))
     try:
         results = [p.communicate(timeout=TIMEOUT) for p in procs]

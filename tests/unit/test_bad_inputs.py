@@ -42,8 +42,8 @@ from virnucdist.packing import pack_token_arrays
 from virnucdist.models.random_init import random_dnabert_s
 from _formats import save_hf_dir
 from virnucdist.writers import read_embeddings
+from _helpers import MODEL
 
-MODEL = "esm2_t6_8M_UR50D"
 PROTEINS = [("p1", "MKTAYIAKQRQISFVKSHFSRQ"), ("p2", "GSHMLEDPVDAFQ"), ("p3", "MSTNPKPQRKTKRNTNRRPQDVKFPGG")]
 TINY_DNABERT = DnaBertSConfig(hidden_size=64, num_attention_heads=2, intermediate_size=128, num_hidden_layers=1)
 

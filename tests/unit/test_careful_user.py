@@ -19,8 +19,7 @@ from virnucdist.models.errors import ModelLoadError
 from virnucdist.tasks.embed import build_parser as embed_parser
 from virnucdist.tasks.predict import PredictConfig, PredictTask
 from virnucdist.tasks.predict import build_parser as predict_parser
-
-MODEL = "esm2_t6_8M_UR50D"
+from _helpers import MODEL
 
 
 def _cfg(fasta, out, **kw) -> EmbedConfig:

@@ -15,9 +15,7 @@ from virnucdist.data.fasta import write_fasta
 from virnucdist.engine.config import RunConfig, resolve
 from virnucdist.errors import UserError
 from virnucdist.tasks.embed import build_parser, main
-
-MODEL = "esm2_t6_8M_UR50D"
-AA = list("ACDEFGHIKLMNPQRSTVWY")
+from _helpers import AA, MODEL
 
 
 @pytest.fixture

@@ -19,9 +19,8 @@ from virnucdist.data.fasta import write_fasta
 from virnucdist.models.loading import load_model
 from virnucdist.packing import pack_token_arrays
 from virnucdist.writers import read_embeddings
+from _helpers import AA, MODEL
 
-MODEL = "esm2_t6_8M_UR50D"
-AA = list("ACDEFGHIKLMNPQRSTVWY")
 EMPTY = ("empty_a", "empty_b")
 
 

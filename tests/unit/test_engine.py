@@ -16,9 +16,7 @@ from virnucdist import EmbedConfig, embed
 from virnucdist.errors import UserError
 from virnucdist.data.fasta import write_fasta
 from virnucdist.writers import read_embeddings
-
-MODEL = "esm2_t6_8M_UR50D"
-AA = list("ACDEFGHIKLMNPQRSTVWY")
+from _helpers import AA, MODEL
 
 
 def _proteins(n=40, seed=0, max_len=60):

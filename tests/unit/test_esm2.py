@@ -19,8 +19,8 @@ from virnucdist.models.loading import ModelLoadError, esm_hub_path, load_model
 from virnucdist.models.tokenization import UNK, EsmTokenizer
 from virnucdist.packing import pack_token_arrays
 from _formats import save_fair_esm_checkpoint
+from _helpers import AA
 
-AA = list("ACDEFGHIKLMNPQRSTVWY")
 RARE = list("XBUZO")
 TRUNC = 1022
 

@@ -28,19 +28,10 @@ from virnucdist.launch import entry
 from virnucdist.errors import Interrupted
 from virnucdist.launch.entry import run_entrypoint
 from virnucdist.models.loading import ModelLoadError
+from _helpers import AA, MODEL, clean_env
 
-MODEL = "esm2_t6_8M_UR50D"
-AA = "ACDEFGHIKLMNPQRSTVWY"
 INTERRUPTED = re.compile(r"^virnucdist: interrupted( \(SIGTERM\))?; rerun the same command to resume; "
                          r"(?:([\d,]+) records are safe|records already written are safe)$")
-
-
-def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRNUCDIST_TEST_", "TORCHELASTIC_"))}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
-    return env
 
 
 def _last_line(text: str) -> str:
@@ -75,7 +66,7 @@ def _embed_cmd(fasta: Path, out: Path) -> list[str]:
 def test_signal_is_one_line_and_resumable(fasta, tmp_path, sig):
     """A real run gets SIGINT (Ctrl-C) or SIGTERM (scancel) mid-embedding: one line, 130/143, resumable."""
     out = tmp_path / "out"
-    p = subprocess.Popen(_embed_cmd(fasta, out), env=_env(VIRNUCDIST_TEST_BATCH_DELAY_S="0.3"),
+    p = subprocess.Popen(_embed_cmd(fasta, out), env=clean_env(VIRNUCDIST_TEST_BATCH_DELAY_S="0.3"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(out / "logs" / "rank0.log", "to compute on")  # in the batch loop (with its DataLoader worker)
@@ -97,7 +88,7 @@ def test_signal_is_one_line_and_resumable(fasta, tmp_path, sig):
     if m.group(2):  # the job counted what is safe (the engine raises errors.Interrupted(safe=N))
         assert int(m.group(2).replace(",", "")) == safe
     if sig == signal.SIGINT:  # the same command finishes the run from the shards
-        done = subprocess.run(_embed_cmd(fasta, out), env=_env(), capture_output=True, text=True, timeout=300)
+        done = subprocess.run(_embed_cmd(fasta, out), env=clean_env(), capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         rep = json.loads((out / "run_report.json").read_text())
         assert rep["summary"]["resumed_records"] == safe and rep["summary"]["sequences"] == 150 - safe
@@ -192,7 +183,7 @@ def test_watchdog_ends_a_rank_that_does_not_stop(tmp_path):
     """The launcher dies; the rank ignores SIGTERM: the watchdog thread ends it after its grace time."""
     launcher = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
                                  f"subprocess.Popen([sys.executable, '-c', {_ORPHAN!r}]); time.sleep(60)"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
     try:
         rank = int(launcher.stdout.readline())
         launcher.kill()
@@ -221,6 +212,6 @@ def test_inspect_into_a_closed_pipe_is_quiet(fasta, tmp_path):
     r, w = os.pipe()
     os.close(r)  # the reader is gone before the first write
     p = subprocess.run([sys.executable, "-m", "virnucdist.cli", "inspect", str(out), "--json"], stdout=w,
-                       stderr=subprocess.PIPE, text=True, env=_env(), timeout=60)
+                       stderr=subprocess.PIPE, text=True, env=clean_env(), timeout=60)
     os.close(w)
     assert p.returncode == 141 and p.stderr == "", p.stderr

@@ -11,7 +11,6 @@ Mid-inference kills of real torchrun ranks are in tests/multigpu/test_torchrun_e
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -25,26 +24,16 @@ import torch
 from virnucdist import EmbedConfig, embed
 from virnucdist.data.fasta import write_fasta
 from virnucdist.writers import read_embeddings
+from _helpers import AA, MODEL, clean_env
 
-MODEL = "esm2_t6_8M_UR50D"
-AA = list("ACDEFGHIKLMNPQRSTVWY")
 FLUSH = 8
-
-
-def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIRNUCDIST_TEST_")}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-              "TORCHELASTIC_RESTART_COUNT"):
-        env.pop(k, None)
-    env.update(OMP_NUM_THREADS="1", **extra)
-    return env
 
 
 def _embed(fasta: Path, out: Path, **env) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "virnucdist.embed", str(fasta), "--model", MODEL, "--random-init", "-o", str(out),
            "--num-workers", "0", "--device", "cpu", "--toks-per-batch", "512", "--flush-every", str(FLUSH),
            "--window-records", str(FLUSH), "--quiet"]
-    return subprocess.run(cmd, check=False, env=_env(**env), capture_output=True, text=True, timeout=120)
+    return subprocess.run(cmd, check=False, env=clean_env(**env), capture_output=True, text=True, timeout=120)
 
 
 def _rerun(fasta: Path, out: Path) -> None:

@@ -12,8 +12,7 @@ from virnucdist.data.fasta import write_fasta
 from virnucdist.models.esm2 import CLS, EOS, EsmTokenizer
 from virnucdist.packing import PackedBatch, PackedBatchLoader, TokenBudgetSampler, pack_token_arrays, split_batch
 from virnucdist.data import SequenceIndex
-
-AA = list("ACDEFGHIKLMNPQRSTVWY")
+from _helpers import AA
 
 
 def _check_packed(b: PackedBatch, arrays: list[np.ndarray], rows) -> None:

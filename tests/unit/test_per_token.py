@@ -18,8 +18,7 @@ from virnucdist.packing import pack_token_arrays
 from virnucdist.models.random_init import random_dnabert_s
 from _formats import save_hf_dir
 from virnucdist.writers import read_embeddings, read_token_embeddings
-
-AA = list("ACDEFGHIKLMNPQRSTVWY")
+from _helpers import AA
 
 
 def _proteins(n=40, seed=0):

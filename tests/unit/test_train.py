@@ -4,7 +4,6 @@ a killed run resumes to the same classifier, and the pieces (windows, split, met
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from virnucdist.tasks.train import TrainConfig, train
 from virnucdist.vnp.chunk import window_spans
 from virnucdist.vnp.consensus import read_predictions
 from virnucdist.vnp.training import binary_metrics, split_groups
+from _helpers import clean_env
 
 WINDOW_RECORDS = 4
 
@@ -128,13 +128,6 @@ def test_trained_classifier_runs_in_predict(demo, tmp_path):
     assert np.mean(right) >= 0.75, np.mean(right)
 
 
-def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIRNUCDIST_TEST_")}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return {**env, "OMP_NUM_THREADS": "1", **extra}
-
-
 @pytest.mark.parametrize("point", ["batch:2", "epoch:2"], ids=["embedding", "training"])
 def test_killed_train_resumes_to_the_same_classifier(demo, tmp_path, point):
     """kill -9 mid-embedding (after 2 committed windows) or mid-training; the same command again gives
@@ -144,7 +137,7 @@ def test_killed_train_resumes_to_the_same_classifier(demo, tmp_path, point):
     cmd = [sys.executable, "-m", "virnucdist.train", "--viral", str(d / "viral.fa"), "--other", str(d / "other.fa"),
            "--chunk-size", "90", "--esm-model", str(d / "esm2_tiny.pt"), "--dnabert-model", str(d / "dnabert_tiny"),
            "-o", str(out), "--num-workers", "0", "--device", "cpu", "--window-records", str(WINDOW_RECORDS), "--quiet"]
-    p = subprocess.run(cmd, env=_env(VIRNUCDIST_TEST_KILL_AT=point), capture_output=True, text=True, timeout=300)
+    p = subprocess.run(cmd, env=clean_env(VIRNUCDIST_TEST_KILL_AT=point), capture_output=True, text=True, timeout=300)
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
     assert not (out / "classifier.pth").exists() and (out / "shards").is_dir()
     train(_cfg(d, out))
