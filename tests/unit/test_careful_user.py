@@ -170,3 +170,36 @@ def test_a_log_file_that_cannot_be_written_is_quiet(tmp_path, capsys):
     log.warning("something")
     assert "Logging error" not in capsys.readouterr().err
     setup_logging(None, rank=0)
+
+
+_LONG_C_CALL = """
+import torch
+from virnucdist.launch.entry import run_entrypoint
+
+def main(argv):
+    torch.set_num_threads(1)
+    a = torch.ones(8000, 8000)
+    print("ready", flush=True)
+    a @ a  # one C call of 1 TFLOP: Python cannot run a signal handler until it returns
+    return 0
+
+run_entrypoint(main)
+"""
+
+
+def test_ctrl_c_during_a_long_c_call_acts_without_waiting_for_it():
+    import signal
+
+    p = subprocess.Popen([sys.executable, "-c", _LONG_C_CALL], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith(
+        "virnucdist: interrupted; the running batch did not yield within 5 s, stopping now; rerun the same command")

@@ -124,6 +124,73 @@ def _restore_handlers(old: dict[int, object]) -> None:
             signal.signal(sig, h)
 
 
+#: seconds a Ctrl-C/SIGTERM may wait for the main thread to run its handler (it cannot while it is inside
+#: one long C call, e.g. a forward of a large batch on CPU) before the process stops at once
+STOP_GRACE_S = 5.0
+
+
+class _StopWatch:
+    """Acts on SIGINT/SIGTERM even while the main thread is stuck in C code.
+
+    Python runs signal handlers only between bytecodes of the main thread, so a Ctrl-C during a forward
+    that takes 95 s acted 95 s later. The C-level handler writes each signal's number to the wakeup fd
+    at once (``signal.set_wakeup_fd``); this thread reads it, and if the Python handler has not run
+    :data:`STOP_GRACE_S` seconds later, prints the interrupt line (rank 0) and ends the process: the
+    shards' commit protocol keeps every committed record (the same as a kill)."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.old_fd = None
+        self.r = self.w = -1
+        if sys.platform == "win32" or threading.current_thread() is not threading.main_thread():
+            return
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.w, False)
+        try:
+            self.old_fd = signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            os.close(self.r), os.close(self.w)
+            self.r = self.w = -1
+            return
+        threading.Thread(target=self._watch, name="stop-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        try:
+            self._wait()
+        finally:
+            os.close(self.r)
+
+    def _wait(self) -> None:
+        wanted = {int(signal.SIGINT), int(signal.SIGTERM)}
+        while not self.done.is_set():
+            try:
+                data = os.read(self.r, 64)
+            except OSError:
+                return
+            if not data:
+                return
+            got = [b for b in data if b in wanted]
+            if not got:
+                continue
+            if self.done.wait(STOP_GRACE_S) or _signalled is not None:  # the main thread is unwinding
+                return
+            if _rank == 0:
+                os.write(2, (f"virnucdist: interrupted; the running batch did not yield within {STOP_GRACE_S:g} s, "
+                             f"stopping now; rerun the same command to resume; records already committed are "
+                             f"safe\n").encode())
+            os._exit(128 + got[0])
+
+    def close(self) -> None:
+        self.done.set()
+        if self.r < 0:
+            return
+        try:
+            signal.set_wakeup_fd(self.old_fd if self.old_fd is not None else -1)
+        except (ValueError, OSError):
+            pass
+        os.close(self.w)  # the reader sees EOF (or EBADF) and ends
+
+
 def _under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
@@ -193,6 +260,7 @@ def run_entrypoint(main: Callable[[list[str] | None], int | None], argv: list[st
     launcher = os.getppid()
     _signalled = None
     old = _install_handlers()
+    watch = _StopWatch() if old else None
     line, last_word = None, False
 
     def orphaned(wait_s: float = 0.0) -> bool:
@@ -243,6 +311,8 @@ def run_entrypoint(main: Callable[[list[str] | None], int | None], argv: list[st
             code = 1
     finally:
         _restore_handlers(old)
+        if watch is not None:
+            watch.close()
     if line is not None:
         print(line, file=sys.stderr)
         _write_error_file(line)
