@@ -17,7 +17,7 @@ fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || python3 -m pip install -q --no-deps -e . 2>&1 | tail -2
 [ $# -eq 0 ] && set -- env kernels_esm kernels_dnabert gputests
 case "$1" in  # issue 24 groups (budgets: perf1 ~8 min, perf2 ~9 min worst case)
-  perf1) set -- env tokenize_dna roofline startup predict_1m_bf16 ;;       # timeouts sum to 555 s (+ env)
+  perf1) set -- env tokenize_dna quant_probe roofline startup predict_1m_bf16 ;;  # timeouts: 585 s (+ env)
   perf2) set -- gputests_short dnabert_1m fp8_policies predict_1m_fp8 ;;  # timeouts sum to 560 s
 esac
 python3 -c "import torch; print('torch', torch.__version__)" 2>&1 | tail -1
@@ -40,6 +40,8 @@ for step in "$@"; do
     gputests_short)
       timeout 80 python3 -m pytest -q -s -p no:cacheprovider tests/gpu 2>&1 | tee "$OUT/gputests.log" \
         | grep -E "cosine|cos min|rel error|passed|failed|error|Error|SKIP" | tail -30 ;;
+    quant_probe)  # the GELU + e4m3 kernel at 65,536 x 10240: one masked 16384 block vs 8192 + 2048, warps
+      timeout 30 python3 benchmarks/fp8_quant_probe.py 2>&1 | tee "$OUT/fp8_quant_probe.log" | tail -20 ;;
     tokenize_dna)  # DNABERT-S tokens/s of one loader worker on this host's CPUs (old vs new path)
       timeout 25 python3 benchmarks/tokenize_dna.py --reads 10000 2>&1 | tee "$OUT/tokenize_dna.log" | tail -4 ;;
     dnabert_1m)  # DNABERT-S embed of 1M random 150-bp reads end to end: tokens/s over inference, GPU busy %, workers

@@ -224,3 +224,14 @@ def test_quantisation_two_pass_path_equals_one_pass():
     rq, rs = fused._quant_ref(x)
     assert torch.equal(two[0][0].view(torch.uint8), rq.view(torch.uint8))
     """)
+
+
+def test_split_blocks_cover_a_row_with_two_powers_of_two():
+    from virnucdist.models.fused import split_blocks
+
+    assert split_blocks(10240) == (8192, 2048) and split_blocks(2560) == (2048, 512)
+    for c in range(1, 3000):
+        b1, b2 = split_blocks(c)
+        assert b1 & (b1 - 1) == 0 and b2 & (b2 - 1) == 0  # powers of two (or 0)
+        assert b1 <= c <= b1 + b2 or (b2 == 0 and c == b1)
+        assert b2 <= b1 and (b2 == 0) == (c == b1) and b2 < 2 * (c - b1) + (b2 == 0)  # the rest, tightly

@@ -129,21 +129,37 @@ if triton is not None:
         return v
 
     @triton.jit
+    def store_codes(y_ptr, row, C, cols, m, v, inv, EMULATE: tl.constexpr):
+        tl.store(y_ptr + row * C + cols, to_e4m3(v * inv, EMULATE).to(y_ptr.dtype.element_ty), mask=m)
+
+    @triton.jit
     def quant_kernel(x_ptr, bias_ptr, y_ptr, s_ptr, C, x_stride,
                      HAS_BIAS: tl.constexpr, GELU: tl.constexpr, BLOCK: tl.constexpr, ONE_PASS: tl.constexpr,
-                     EMULATE: tl.constexpr):
+                     EMULATE: tl.constexpr, BLOCK2: tl.constexpr = 0):
         """One row per program: [bias +] [gelu] -> per-row amax -> e4m3 codes and the row's scale.
-        ONE_PASS (the row fits one block): read and compute once, keep it in registers; otherwise two
+        ONE_PASS (the row fits in registers): read and compute once, as a block of BLOCK columns plus,
+        when BLOCK2 > 0, a second block of BLOCK2 from column BLOCK (two powers of two: a 10240-wide row
+        is 8192 + 2048, not a 16384 block with 37.5% of its lanes masked but computed); otherwise two
         passes (the second re-reads the row from L2 and recomputes)."""
         row = tl.program_id(0).to(tl.int64)
         if ONE_PASS:
             cols = tl.arange(0, BLOCK)
             m = cols < C
             v = act_block(x_ptr, bias_ptr, row, x_stride, cols, m, HAS_BIAS, GELU)
-            a = tl.maximum(tl.max(tl.where(m, tl.abs(v), 0.0), axis=0), 1e-12)
-            tl.store(s_ptr + row, tl.fdiv(a, 448.0, ieee_rounding=True))
-            q = to_e4m3(v * tl.fdiv(448.0, a, ieee_rounding=True), EMULATE)
-            tl.store(y_ptr + row * C + cols, q.to(y_ptr.dtype.element_ty), mask=m)
+            a = tl.max(tl.where(m, tl.abs(v), 0.0), axis=0)
+            if BLOCK2 > 0:
+                cols2 = BLOCK + tl.arange(0, BLOCK2)
+                m2 = cols2 < C
+                v2 = act_block(x_ptr, bias_ptr, row, x_stride, cols2, m2, HAS_BIAS, GELU)
+                a = tl.maximum(tl.maximum(a, tl.max(tl.where(m2, tl.abs(v2), 0.0), axis=0)), 1e-12)
+                tl.store(s_ptr + row, tl.fdiv(a, 448.0, ieee_rounding=True))
+                inv = tl.fdiv(448.0, a, ieee_rounding=True)
+                store_codes(y_ptr, row, C, cols, m, v, inv, EMULATE)
+                store_codes(y_ptr, row, C, cols2, m2, v2, inv, EMULATE)
+            else:
+                a = tl.maximum(a, 1e-12)
+                tl.store(s_ptr + row, tl.fdiv(a, 448.0, ieee_rounding=True))
+                store_codes(y_ptr, row, C, cols, m, v, tl.fdiv(448.0, a, ieee_rounding=True), EMULATE)
         else:
             amax = tl.zeros([BLOCK], dtype=tl.float32)
             for start in range(0, C, BLOCK):
@@ -158,7 +174,7 @@ if triton is not None:
                 cols = start + tl.arange(0, BLOCK)
                 m = cols < C
                 v = act_block(x_ptr, bias_ptr, row, x_stride, cols, m, HAS_BIAS, GELU)
-                tl.store(y_ptr + row * C + cols, to_e4m3(v * inv, EMULATE).to(y_ptr.dtype.element_ty), mask=m)
+                store_codes(y_ptr, row, C, cols, m, v, inv, EMULATE)
 
 
 @functools.lru_cache(maxsize=None)
@@ -189,12 +205,21 @@ def _col_block(triton, c: int) -> int:
 ONE_PASS_MAX = 16384  # a row of up to this many values is quantised from registers in one pass
 
 
+def split_blocks(c: int) -> tuple[int, int]:
+    """A row of ``c`` columns as two power-of-two blocks ``(b1, b2)``: b1 the largest power of two <= c,
+    b2 the smallest one covering the rest (0 when none is left): 10240 -> (8192, 2048), 2560 -> (2048, 512)."""
+    b1 = 1 << (max(c, 1).bit_length() - 1)
+    rest = c - b1
+    return b1, (1 << (rest - 1).bit_length()) if rest > 0 else 0
+
+
 def _quant_launch(qkern, triton, x, bias, y, s, *, gelu: bool) -> None:
     t, c = x.shape
-    one = triton.next_power_of_2(c) <= ONE_PASS_MAX
-    block = triton.next_power_of_2(c) if one else 4096
+    b1, b2 = split_blocks(c)
+    one = b1 + b2 <= ONE_PASS_MAX
+    block, block2 = (b1, b2) if one else (4096, 0)
     qkern[(t,)](x, bias if bias is not None else x, y, s, c, x.stride(0), HAS_BIAS=bias is not None, GELU=gelu,
-                BLOCK=block, ONE_PASS=one, EMULATE=_INTERPRET, num_warps=_warps(block))
+                BLOCK=block, ONE_PASS=one, EMULATE=_INTERPRET, BLOCK2=block2, num_warps=_warps(block))
 
 
 # --------------------------------------------------------------------------- reference math
