@@ -38,3 +38,21 @@ def test_local_ranks_share_the_cpus(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     assert 2 <= workers_per_rank("cuda") <= MAX_AUTO_WORKERS
     assert workers_per_rank("cpu") <= 2
+
+
+def test_windows_shrink_so_that_every_worker_tokenises():
+    import numpy as np
+
+    from virnucdist.engine.loop import MIN_WINDOW_BATCHES, WINDOW_BATCHES, window_cost
+    from virnucdist.sharding.partition import plan_windows
+
+    toks, workers = 262144, 14
+    costs = np.full(1_000_000, 40)  # 1M DNABERT-S reads (150 bp: <= 40 tokens each)
+    big = plan_windows(np.arange(len(costs)), costs, WINDOW_BATCHES * toks, ramp=True)
+    cost = window_cost(int(costs.sum()), toks, workers)
+    small = plan_windows(np.arange(len(costs)), costs, cost, ramp=True)
+    assert len(big) < workers <= 2 * workers <= len(small)  # before: fewer windows than workers
+    assert np.array_equal(np.concatenate(small), np.arange(len(costs)))  # every record once, in order
+    assert window_cost(10**12, toks, workers) == WINDOW_BATCHES * toks  # a large share keeps full windows
+    assert window_cost(1000, toks, workers) == MIN_WINDOW_BATCHES * toks  # a small one keeps packing room
+    assert window_cost(int(costs.sum()), toks, 0) == WINDOW_BATCHES * toks  # no workers: no reason to shrink

@@ -52,6 +52,18 @@ __all__ = ["run", "run_main", "RunResult", "WINDOW_BATCHES"]
 log = logging.getLogger("virnucdist")
 
 WINDOW_BATCHES = 32  # a window holds about this many batch budgets of tokens: packing stays high inside it
+MIN_WINDOW_BATCHES = 4  # ... and at least this many when windows shrink so that every worker gets some
+
+
+def window_cost(total: int, toks: int, workers: int) -> int:
+    """Tokens per window: ``WINDOW_BATCHES`` budgets, but small enough that the rank's ``total`` makes two
+    windows per loader worker (never under ``MIN_WINDOW_BATCHES`` budgets). Windows are tokenised one per
+    worker: 1M DNABERT-S reads at 32 budgets of 262,144 made 7 windows, so 7 of 14 workers tokenised and
+    the GPU waited on the 210k-read ones."""
+    cost = WINDOW_BATCHES * toks
+    if workers > 1:
+        cost = max(MIN_WINDOW_BATCHES * toks, min(cost, total // (2 * workers)))
+    return cost
 MANIFEST = "run.json"
 
 
@@ -366,10 +378,11 @@ def _loop(task, ctx, tel, index, share, done, costs, toks, out, fingerprint, cou
     """
     cfg = task.config
     per_window = cfg.window_records  # None: windows by tokens, ramped up at the start
-    planned = plan_windows(share, costs[share], WINDOW_BATCHES * toks, max_rows=per_window, ramp=per_window is None)
+    workers = cfg.num_workers
+    planned = plan_windows(share, costs[share], window_cost(int(costs[share].sum()), toks, workers),
+                           max_rows=per_window, ramp=per_window is None)
     windows = [w for w in planned if not done[w].all()]
     mine = share[~done[share]]
-    workers = cfg.num_workers
     if ctx.is_main:
         log.info("%d loader worker(s) per rank", workers)
     loader = DataLoader(_Windows(windows, index, task.block_maker()), batch_size=None, collate_fn=_as_is,

@@ -25,7 +25,7 @@ _AA = "ACDEFGHIKLMNPQRSTVWY"
 _AA_FREQ = np.array([8.3, 1.4, 5.5, 6.7, 3.9, 7.1, 2.3, 5.9, 5.8, 9.7, 2.4, 4.1, 4.7, 3.9, 5.4, 6.6, 5.3, 6.9, 1.1, 2.9])
 
 
-def calibration_batch(device, n: int = 128, seed: int = 0):
+def calibration_batch(device, n: int = 64, seed: int = 0):
     """A packed batch (tokens, positions, seg, cu_seqlens, max_seqlen) of ``n`` seeded random proteins."""
     rng = np.random.default_rng(seed)
     tok = EsmTokenizer()
