@@ -95,7 +95,7 @@ def _embed(module, arrays, budget=8192):
     return torch.cat(out)
 
 
-def _variant(lm, dtype, fused_on, fp8=False):
+def _variant(lm, dtype, fused_on, fp8=False, policy=None):
     from virnucdist.models import fused
     from virnucdist.models.esm2 import PackedESM2
 
@@ -106,7 +106,7 @@ def _variant(lm, dtype, fused_on, fp8=False):
     if fp8:
         from virnucdist.models.fp8 import to_fp8
 
-        m = to_fp8(m)
+        m = to_fp8(m, policy)
     fused.set_enabled(fused_on)
     return m
 
@@ -127,10 +127,11 @@ def test_esm2_fidelity(esm_setup):
         for name, dtype, on, fp8 in [("bf16 unfused", torch.bfloat16, False, False),
                                      ("bf16 fused", torch.bfloat16, True, False),
                                      ("fp16 fused", torch.float16, True, False),
-                                     ("fp8", torch.bfloat16, True, True)]:
+                                     ("fp8", torch.bfloat16, True, True),  # the default policy (bias-corrected)
+                                     ("fp8 all, no bias correction", torch.bfloat16, True, "all")]:
             if fp8 and not fp8_supported("cuda"):
                 continue
-            emb = _embed(_variant(lm, dtype, on, fp8), arrays)
+            emb = _embed(_variant(lm, dtype, on, bool(fp8), fp8 if isinstance(fp8, str) else None), arrays)
             assert torch.isfinite(emb).all(), name
             rows[name] = _stats(F.cosine_similarity(emb.double(), ref.double()))
             print(f"ESM-2 t12 {name} vs fp32, {len(arrays)} seqs: cosine min {rows[name][0]:.6f}, "
@@ -141,6 +142,9 @@ def test_esm2_fidelity(esm_setup):
         assert rows[name][0] >= 0.999, (name, rows[name])
     if "fp8" in rows:
         assert rows["fp8"][0] >= 0.99 and rows["fp8"][2] >= 0.998, rows["fp8"]
+        # the default policy's bias correction must not lose fidelity against plain FP8 (mean, min)
+        plain = rows["fp8 all, no bias correction"]
+        assert rows["fp8"][2] >= plain[2] and rows["fp8"][0] >= plain[0] - 1e-4, (rows["fp8"], plain)
 
 
 def test_fp8_refused_without_fp8_cores():
