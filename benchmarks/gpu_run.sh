@@ -54,7 +54,7 @@ for step in "$@"; do
         --policies ${FP8_POLICIES:-all,all-bc,first2-bc,first4,first4-bc,first4-bc-fast,first8-bc,edges2-bc,early-half} \
         2>&1 | tee "$OUT/fp8_policies.log" | tail -16 ;;
     roofline)  # the four layer GEMMs at ESM-2 3B shapes, sustained, with clocks and power
-      timeout 70 python3 benchmarks/roofline.py --seconds 36 --fp8-seconds 14 --json "$OUT/roofline.json" 2>&1 \
+      timeout 70 python3 benchmarks/roofline.py --seconds 30 --fp8-seconds 10 --json "$OUT/roofline.json" 2>&1 \
         | tee "$OUT/roofline.log" | grep -v "^ " | tail -12 ;;
     startup)  # launch -> first batch, ESM-2 3B from a fair-esm .pt (11 GB, written first), library vs naive load
       timeout 120 python3 benchmarks/startup.py --workdir /tmp/vnd-startup --runs library:cold,previous:cold,library:warm \

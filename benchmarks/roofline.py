@@ -8,7 +8,8 @@ One "layer" = qkv [T, d] x [d, 3d], out_proj [d, d], fc1 [d, 4d], fc2 [4d, d] wi
 ``F.linear``; FP8: rowwise-scaled e4m3 ``torch._scaled_mm``, fp32 accumulation), T = ``--tokens``.
 Prints the rate per ~5-s window (TFLOP/s and the ESM-2 3B tokens/s it allows: 2 x 12 d^2 x layers FLOPs
 per token), the first window (what a short probe sees) against the mean of the rest, clocks and power
-per window, and each GEMM's rate when hot, with and without the bias epilogue.
+per window, and each GEMM's rate when hot, with and without the bias epilogue, and with a packed batch's
+row count (``--odd`` rows fewer: not a multiple of 128).
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def timed(dev, fn, iters: int) -> float:
     return e0.elapsed_time(e1) / 1e3
 
 
-def sustained(dev, gemms: dict, seconds: float, window_s: float, smi: SmiSampler | None, flops_per_token: float):
+def sustained(dev, gemms: dict, seconds: float, window_s: float, smi: SmiSampler | None, flops_per_token: float,
+              odd: dict | None = None):
     layer = lambda: [fn() for fn, _ in gemms.values()]  # noqa: E731
     flops = sum(f for _, f in gemms.values())
     layer()
@@ -125,6 +127,10 @@ def sustained(dev, gemms: dict, seconds: float, window_s: float, smi: SmiSampler
         it = max(3, int(0.5 / max(timed(dev, fn, 2) / 2, 1e-6)))
         hot[name] = {"tflops_bias": f * it / timed(dev, fn, it) / 1e12,
                      "tflops_no_bias": f * it / timed(dev, lambda: fn(bias=False), it) / 1e12}
+    if odd:  # the same GEMMs with a packed batch's row count (not a multiple of 128), hot
+        for name, (fn, f) in odd.items():
+            it = max(3, int(0.5 / max(timed(dev, fn, 2) / 2, 1e-6)))
+            hot[name]["tflops_odd_rows"] = f * it / timed(dev, fn, it) / 1e12
     return {"windows": windows, "first_window_tflops": windows[0]["tflops"],
             "sustained_tflops": sum(w["tflops"] for w in rest) / len(rest),
             "min_window_tflops": min(w["tflops"] for w in rest), "per_gemm_hot": hot}
@@ -138,12 +144,14 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=2560)
     ap.add_argument("--layers", type=int, default=36)
     ap.add_argument("--window", type=float, default=5.0)
+    ap.add_argument("--odd", type=int, default=125, help="also time each GEMM hot with this many rows fewer (a "
+                                                         "packed batch is rarely a multiple of 128 tokens); 0: no")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.smoke or dev.type != "cuda":
-        args.tokens, args.dim, args.seconds, args.fp8_seconds, args.window = 256, 64, 1.0, 0.0, 0.25
+        args.tokens, args.dim, args.seconds, args.fp8_seconds, args.window, args.odd = 256, 64, 1.0, 0.0, 0.25, 3
     from virnucdist.models.fp8 import fp8_supported
 
     name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
@@ -156,8 +164,10 @@ def main() -> None:
         runs.append(("fp8", True, args.fp8_seconds))
     with torch.inference_mode():
         for label, fp8, secs in runs:
+            odd = make_gemms(dev, args.tokens - args.odd, args.dim, fp8) if args.odd else None
             r = res["runs"][label] = sustained(dev, make_gemms(dev, args.tokens, args.dim, fp8), secs, args.window,
-                                               smi, fpt)
+                                               smi, fpt, odd)
+            del odd
             print(f"[{name}] {label}: {len(r['windows'])} windows of ~{args.window:.0f} s")
             print(table(r["windows"], [("t_s", "t s", ".1f"), ("tflops", "TFLOP/s", ".0f"),
                                        ("tokens_per_s", "tokens/s", ",.0f"), ("sm_mhz", "SM MHz", ".0f"),
@@ -167,9 +177,10 @@ def main() -> None:
                   f"rest) {r['sustained_tflops']:.0f}, slowest window {r['min_window_tflops']:.0f} -> roofline "
                   f"{r['sustained_tflops'] * 1e12 / fpt:,.0f} tokens/s of ESM-2 3B; throttle reasons "
                   f"{sorted({x for w in r['windows'] for x in w.get('throttle', [])})}")
-            print(f"[{name}] {label} per GEMM when hot (TFLOP/s, bias epilogue / none): " + ", ".join(
-                f"{k} {v['tflops_bias']:.0f}/{v['tflops_no_bias']:.0f}" for k, v in r["per_gemm_hot"].items()),
-                flush=True)
+            print(f"[{name}] {label} per GEMM when hot (TFLOP/s, bias epilogue / none / bias with "
+                  f"{args.tokens - args.odd} rows): " + ", ".join(
+                      f"{k} {v['tflops_bias']:.0f}/{v['tflops_no_bias']:.0f}/{v.get('tflops_odd_rows', float('nan')):.0f}"
+                      for k, v in r["per_gemm_hot"].items()), flush=True)
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
     if smi:
