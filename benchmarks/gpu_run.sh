@@ -57,7 +57,7 @@ for step in "$@"; do
       timeout 70 python3 benchmarks/roofline.py --seconds 30 --fp8-seconds 10 --json "$OUT/roofline.json" 2>&1 \
         | tee "$OUT/roofline.log" | grep -v "^ " | tail -12 ;;
     startup)  # launch -> first batch, ESM-2 3B from a fair-esm .pt (11 GB, written first), library vs naive load
-      timeout 120 python3 benchmarks/startup.py --workdir /tmp/vnd-startup --runs library:cold,previous:cold,library:warm \
+      timeout 120 python3 benchmarks/startup.py --workdir /tmp/vnd-startup --runs library:cold,library:warm,previous:warm \
         --json "$OUT/startup.json" 2>&1 \
         | tee "$OUT/startup.log" | tail -6
       rm -rf /tmp/vnd-startup ;;
