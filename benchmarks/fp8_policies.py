@@ -76,7 +76,9 @@ def main() -> None:
     args = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.smoke:
-        args.model, args.frames, args.label_reads, args.toks_per_batch = "esm2_t6_8M_UR50D", 96, 60, 2048
+        if args.model == ap.get_default("model"):  # tiny unless a model is named
+            args.model = "esm2_t6_8M_UR50D"
+        args.frames, args.label_reads, args.toks_per_batch = 96, 60, 2048
         if args.policies == ",".join(POLICIES):
             args.policies = "all,first2,gemms=qkv+fc1+fc2;first=1;last=1"
     dna_name = "dnabert-s-tiny" if args.smoke else "dnabert-s"
