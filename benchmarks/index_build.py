@@ -84,8 +84,7 @@ def _rank(index_dir: str, rank: int, ranks: int, read_records: int, q) -> None:
         np.asarray(getattr(idx, col)[lo:hi]).sum()
     np.asarray(idx.content_hash[lo:hi]).sum()
     ids = idx.ids
-    k = sum(len(ids[i]) for i in range(lo, min(hi, lo + 1)))
-    k += sum(1 for _ in ids[lo:hi]) if hi - lo <= 2_000_000 else 0
+    k = sum(len(ids[a:min(hi, a + 65536)]) for a in range(lo, hi, 65536))    # every id of the share decoded
     for i in range(lo, min(hi, lo + read_records)):
         idx.read(i)
     share = _rss_kb()
