@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .models.tokenization import SequenceTokenizer
 
-__all__ = ["PackedBatch", "TokenBudgetSampler", "PackedBatchLoader", "collate_packed", "pack_token_arrays",
+__all__ = ["PackedBatch", "Encoded", "encode_records", "TokenBudgetSampler", "PackedBatchLoader", "collate_packed", "pack_token_arrays",
            "plan_batches", "pack_longest_first", "split_batch", "pad_to_tile", "PairedBatch", "pack_pairs"]
 
 
@@ -170,6 +170,31 @@ class TokenBudgetSampler(Sampler[list[int]]):
         return len(self.batches)
 
 
+@dataclass
+class Encoded:
+    """Records through a tokenizer, with what the run counts about them (positions in the input list)."""
+
+    ids: list[np.ndarray]
+    truncated: list[int]  # cut to the tokenizer's length cap
+    unknown: list[int]  # hold the tokenizer's unknown token
+    terminal_stops: list[int]  # ended with a stop the tokenizer strips (ESM-2's '*')
+
+
+def encode_records(seqs: Sequence[str], tokenizer: SequenceTokenizer) -> Encoded:
+    """Tokenize records (in one call where the tokenizer encodes batches, e.g. DNABERT-S's BPE) and
+    note the truncated ones, those with unknown letters and terminal stops. The one tokenizing path:
+    the engine's block makers and :class:`PackedBatchLoader` both come here."""
+    batch_encode = getattr(tokenizer, "encode_batch", None)
+    ids = batch_encode(seqs) if batch_encode is not None else [tokenizer.encode(s) for s in seqs]
+    is_truncated = getattr(tokenizer, "is_truncated", None)
+    unk = getattr(tokenizer, "unk_id", None)
+    has_stop = getattr(tokenizer, "has_terminal_stop", None)
+    return Encoded(list(ids),
+                   [j for j, s in enumerate(seqs) if is_truncated and is_truncated(len(s))],
+                   [j for j, t in enumerate(ids) if unk is not None and (t == unk).any()],
+                   [j for j, s in enumerate(seqs) if has_stop is not None and has_stop(s)])
+
+
 class _TokenizedRecords(Dataset):
     def __init__(self, read: Callable[[int], str], tokenizer: SequenceTokenizer):
         self.read, self.tokenizer = read, tokenizer
@@ -180,13 +205,9 @@ class _TokenizedRecords(Dataset):
     def __getitems__(self, rows: list[int]):
         """One planned batch at once (DataLoader calls this with a batch sampler): batched tokenizers
         (DNABERT-S's BPE) encode the whole batch in one call."""
-        seqs = [self.read(r) for r in rows]
-        batch_encode = getattr(self.tokenizer, "encode_batch", None)
-        ids = batch_encode(seqs) if batch_encode is not None else [self.tokenizer.encode(s) for s in seqs]
-        is_truncated = getattr(self.tokenizer, "is_truncated", None)
-        unk = getattr(self.tokenizer, "unk_id", None)
-        return [(r, t, bool(is_truncated and is_truncated(len(s))), unk is not None and bool((t == unk).any()))
-                for r, s, t in zip(rows, seqs, ids)]
+        enc = encode_records([self.read(r) for r in rows], self.tokenizer)
+        cut, unknown = set(enc.truncated), set(enc.unknown)
+        return [(r, t, j in cut, j in unknown) for j, (r, t) in enumerate(zip(rows, enc.ids))]
 
 
 def collate_packed(items) -> PackedBatch:

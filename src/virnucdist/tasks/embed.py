@@ -28,7 +28,7 @@ from ..errors import UserError
 from ..launch.dist import DistContext
 from ..models.fp8 import to_fp8
 from ..models.loading import load_model
-from ..packing import pack_longest_first
+from ..packing import encode_records, pack_longest_first
 from ..engine.runner import BatchRunner, to_host_async
 from ..writers import Column, Part, ShardSchema, write_embeddings_h5
 from ..engine.task import Block, RunPlan
@@ -64,25 +64,15 @@ class _MakeEmbedBlock:
     budget: int
 
     def __call__(self, index, number: int, rows: np.ndarray) -> Block:
-        seqs = [index.read(int(r)) for r in rows]
-        tok = self.tokenizer
-        batch_encode = getattr(tok, "encode_batch", None)
-        ids = batch_encode(seqs) if batch_encode else [tok.encode(s) for s in seqs]
+        enc = encode_records([index.read(int(r)) for r in rows], self.tokenizer)
+        ids = enc.ids
         counters: dict[str, int] = {}
         examples: dict[str, list[str]] = {}
-
-        def count(key: str, hits: list[int]) -> None:
+        for key, hits in (("truncated", enc.truncated), ("unknown_letters", enc.unknown),
+                          ("terminal_stops", enc.terminal_stops)):  # ESM-2 strips one terminal '*': counted
             if hits:
                 counters[key] = len(hits)
                 examples[key] = [index.ids[int(rows[j])] for j in hits[:5]]
-
-        is_truncated = getattr(tok, "is_truncated", None)
-        unk = getattr(tok, "unk_id", None)
-        count("truncated", [j for j, s in enumerate(seqs) if is_truncated and is_truncated(len(s))])
-        count("unknown_letters", [j for j, t in enumerate(ids) if unk is not None and (t == unk).any()])
-        has_stop = getattr(tok, "has_terminal_stop", None)  # ESM-2 strips one terminal '*': counted
-        if has_stop is not None:
-            count("terminal_stops", [j for j, s in enumerate(seqs) if has_stop(s)])
         batches = pack_longest_first(ids, self.budget)
         tokens = sum(len(t) for t in ids)
         counters["packed_tokens"] = tokens
