@@ -27,9 +27,15 @@ class PackedBatch:
     """Sequences concatenated into one flat token stream.
 
     tokens/positions/seg: ``[T]`` (seg = slot of the token's sequence in this batch);
-    cu_seqlens: int32 ``[B+1]``; rows: int64 ``[B]`` index positions of the records.
-    n_truncated: records cut to the tokenizer's length cap; unknown_rows: index positions
-    of records with letters the tokenizer maps to its unknown token (counted, not dropped).
+    cu_seqlens: int32 ``[B+1]``; rows: int64 ``[B]``, each sequence's position in the list it was
+    packed from: in the engine, a slot of the window's records (``Block.rows[batch.rows]`` are the
+    index rows); from :class:`PackedBatchLoader`, index rows themselves. n_truncated: records cut to
+    the tokenizer's length cap; unknown_rows: the ``rows`` entries of records with letters the
+    tokenizer maps to its unknown token (counted, not dropped).
+
+    Words: a *window* is a run of records planned together (the unit of commit and resume), made into
+    a :class:`~virnucdist.engine.task.Block` in a DataLoader worker; a *batch* is one forward's worth
+    of packed tokens, several per block.
     """
 
     tokens: torch.Tensor
