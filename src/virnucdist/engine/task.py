@@ -91,9 +91,10 @@ class Counters:
 
 
 class Task(Protocol):
-    """See the module docstring. ``config`` carries the common run fields the engine reads:
-    ``inputs``, ``output_dir``, ``device``, ``num_workers``, ``overwrite``, ``quiet``, ``dedup``,
-    ``keep_shards``, ``toks_per_batch``."""
+    """See the module docstring. ``config`` is a :class:`~virnucdist.engine.config.RunConfig` (a subclass
+    with the task's own fields): the engine replaces it by its resolved copy (dtype, token budget,
+    workers, ... as they run on this rank's device) before the manifest is written, so ``prepare`` and
+    the rest read what runs."""
 
     name: str
     config: Any
