@@ -51,7 +51,7 @@ for step in "$@"; do
       rm -rf $W ;;
     fp8_policies)  # speed / fidelity of each FP8 policy vs bf16 and fp32: 10,000 frames, labels on 5,000 reads
       timeout 150 python3 benchmarks/fp8_policies.py --frames 10000 --label-reads 5000 --json "$OUT/fp8_policies.json" \
-        --policies ${FP8_POLICIES:-all,all-bc,first2-bc,first4,first4-bc,first4-bc-fast,first8-bc,edges2-bc,early-half} \
+        --policies ${FP8_POLICIES:-all,all-bc,first2-bc,first4-bc,first4-bc-fast,first6-bc,first8-bc,edges2-bc,early-half} \
         2>&1 | tee "$OUT/fp8_policies.log" | tail -16 ;;
     roofline)  # the four layer GEMMs at ESM-2 3B shapes, sustained, with clocks and power
       timeout 70 python3 benchmarks/roofline.py --seconds 30 --fp8-seconds 10 --json "$OUT/roofline.json" 2>&1 \
