@@ -12,8 +12,14 @@ and its gzip (``gzip -1``), into a temp dir; for each format:
 * ``load``: ``--ranks`` processes each load the saved index (memory-mapped) and work on their
   contiguous 1/ranks of the rows: RSS above the interpreter's own (numpy imported) after the
   load, after touching their share (every column row of it, ids decoded, the first
-  ``--read-records`` sequences read), and after touching what the engine still reads whole on
-  every rank today (``length`` and ``representatives``: the partition and dedup inputs).
+  ``--read-records`` sequences read), and after touching what the engine read whole on every rank
+  before the plan (``length`` and ``representatives``: the partition and dedup inputs);
+* ``plan``: the engine's planning (:mod:`virnucdist.engine.plan`): rank 0 in a fresh process loads
+  the index, computes costs (predict's: length + 1), dedup and the partition over ``--ranks`` and
+  writes every other rank's run (wall seconds, peak RSS); then ``--ranks`` - 1 processes each load
+  the index and read their run, and touch their share of the index columns: RSS after planning.
+  The same processes then plan the old way (costs, representatives, the partition of the whole
+  index on every rank): the same-run baseline.
 
 ``--baseline-src DIR`` (a checkout's ``src`` of the format-2 index, e.g. ``git worktree add
 /tmp/old fb92f15``) measures the same steps with that code on the same files in the same run:
@@ -71,6 +77,65 @@ def _build(inp: str, out: str, q) -> None:
     idx = SequenceIndex.build([inp])
     idx.save(out)
     q.put((time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, base, len(idx)))
+
+
+def _planner(index_dir: str, plan_dir: str, ranks: int, q) -> None:
+    from virnucdist.data import SequenceIndex
+    from virnucdist.engine.plan import make_plan, write_shares
+    base = _rss_kb()
+    t = time.perf_counter()
+    idx = SequenceIndex.load(index_dir)
+    n = len(idx)
+    length = np.asarray(idx.length)
+    plan = make_plan(length + 1, np.asarray(idx.representatives(), dtype=np.int64), length == 0,
+                     np.zeros(n, dtype=bool), ranks)
+    write_shares(plan_dir, plan)
+    q.put((time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, base))
+
+
+def _planned_rank(index_dir: str, plan_dir: str, rank: int, ranks: int, q) -> None:
+    from virnucdist.data import SequenceIndex
+    from virnucdist.engine.plan import read_share
+    from virnucdist.sharding import partition
+    base = _rss_kb()
+    idx = SequenceIndex.load(index_dir)
+    share = read_share(plan_dir, rank)
+    lo, hi = int(share.rows[0]), int(share.rows[-1]) + 1
+    for col in ("file_idx", "offset", "nbytes", "length", "header_line"):   # what the workers read of the run
+        np.asarray(getattr(idx, col)[lo:hi]).sum()
+    planned = _rss_kb()
+    n = len(idx)
+    length = np.asarray(idx.length)                                         # the engine before the plan
+    reps = np.asarray(idx.representatives(), dtype=np.int64)
+    first = reps == np.arange(n)
+    old = partition(length + 1, ranks, skip=~(first & (length > 0)))[rank]
+    assert np.array_equal(old, share.rows)
+    whole = _rss_kb()
+    q.put((rank, (planned - base) / 1024, (whole - base) / 1024, len(share.rows)))
+
+
+def _plan_step(fmt: str, out: str, tmp: str, ranks: int, ctx) -> None:
+    plan_dir = os.path.join(tmp, f"run-{fmt}")
+    q = ctx.Queue()
+    p = ctx.Process(target=_planner, args=(out, plan_dir, ranks, q))
+    p.start()
+    wall, maxrss_kb, base_kb = q.get()
+    p.join()
+    print(f"[{fmt}] plan on rank 0 (load, costs, dedup, partition over {ranks}, runs written) {wall:6.2f} s   "
+          f"peak RSS {maxrss_kb / 1024:8,.0f} MB ({(maxrss_kb - base_kb) / 1024:,.0f} MB above the interpreter)")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_planned_rank, args=(out, plan_dir, r, ranks, q)) for r in range(1, ranks)]
+    for pr in procs:
+        pr.start()
+    rows = sorted(q.get() for _ in procs)
+    for pr in procs:
+        pr.join()
+    planned = [r[1] for r in rows]
+    whole = [r[2] for r in rows]
+    print(f"[{fmt}] per-rank RSS after planning, ranks 1..{ranks - 1} (MB above the interpreter): own run read "
+          f"max {max(planned):.1f} (mean {np.mean(planned):.1f}); baseline, every rank planning the whole "
+          f"index: max {max(whole):.1f} (mean {np.mean(whole):.1f})")
+    shutil.rmtree(plan_dir, ignore_errors=True)
 
 
 def _rank(index_dir: str, rank: int, ranks: int, read_records: int, q) -> None:
@@ -197,6 +262,8 @@ def main() -> None:
             print(f"[{fmt}] per-rank RSS over {args.ranks} ranks (MB above the interpreter): after load "
                   f"max {max(load):.1f}; own share touched max {max(share):.1f} (mean {np.mean(share):.1f}); "
                   f"+ length & representatives whole max {max(whole):.1f}")
+            if args.ranks > 1:
+                _plan_step(fmt, out, tmp, args.ranks, ctx)
             shutil.rmtree(out, ignore_errors=True)
             if args.baseline_src:
                 _baseline(args.baseline_src, fmt, inputs[fmt], tmp, args.ranks)

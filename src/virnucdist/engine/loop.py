@@ -5,7 +5,8 @@ On every rank, in this order::
     run directory + manifest (rank 0; no side effect before the run is accepted)
       -> index (rank 0 builds or reuses OUTDIR/index, every rank memory-maps it: data.runindex)
       -> resume scan of the shards, dedup (one computation per distinct sequence)
-      -> partition: one contiguous, token-balanced run of the remaining records per rank
+      -> partition (rank 0, engine.plan): one contiguous, token-balanced run per rank; every other
+         rank reads just its own run from OUTDIR/plan (its memory grows with its share)
       -> windows of that run -> DataLoader workers make blocks (task.block_maker)
       -> task.run_block on the device -> ShardWriter (each window committed in input order)
       -> barrier -> rank 0: task.finalize from the shards -> run report -> shards removed
@@ -39,9 +40,10 @@ from ..launch.logs import setup_logging
 from ..progress import Progress, index_progress
 from ..data.index import SequenceIndex
 from ..data.runindex import check_input_files, load_run_index, open_run_index
-from ..sharding.partition import partition, plan_windows
+from ..sharding.partition import plan_windows
 from .config import NUMERICS, config_from_args, numerics, resolve
 from .lock import RunLock
+from .plan import PLAN_DIR, Plan, Share, make_plan, read_share, share_of, write_shares
 from .task import Block, Counters, RunPlan, Task
 from ..telemetry import Telemetry, format_summary, write_run_report
 from ..writers.durable import DiskFullError, _is_disk_full
@@ -118,7 +120,7 @@ def _open_run(task: Task, out: Path, progress: bool) -> dict:
     ref = run_index.index
     manifest = {"virnucdist": __version__, "task": task.name, "input_fingerprint": ref.fingerprint,
                 "records": len(ref), **task.identity(), **numerics(cfg)}
-    outputs = [out / n for n in (*task.outputs, "shards", "run_report.json", "report.html")]
+    outputs = [out / n for n in (*task.outputs, "shards", PLAN_DIR, "run_report.json", "report.html")]
     if old is None and not cfg.overwrite:  # files no run of ours made (no run.json): never overwritten
         foreign = [n for n in task.outputs if (out / n).exists()]
         if foreign:
@@ -249,8 +251,15 @@ def _run_locked(task: Task, ctx: DistContext, cfg, out: Path, t_start: float) ->
         index = load_run_index(out)
     n = len(index)
 
-    # what is left to do: not done, not empty, the first of its sequence
-    scan = _agree(ctx, _scan, out, n, fingerprint) if n else {"done": np.zeros(0, bool), "bad": {}, "corrupt": 0}
+    # what is already done: rank 0 scans the shards (and sets aside unreadable ones) and keeps the mask
+    held: dict = {}
+
+    def scan0() -> dict:
+        held.update(_scan(out, n, fingerprint))
+        return {"corrupt": held["corrupt"]}
+
+    scan = _agree(ctx, scan0)
+    scan["done"] = held.get("done")  # rank 0 only
     try:
         return _compute(task, ctx, out, index, scan, fingerprint, tel, t_start, open_s)
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: the writers are closed by now
@@ -278,43 +287,25 @@ def _compute(task: Task, ctx: DistContext, out: Path, index, scan: dict, fingerp
              t_start: float, open_s: float) -> RunResult:
     """After the run is opened: partition, the loop over this rank's windows, rank 0's final files."""
     cfg, n = task.config, len(index)
-    done = scan["done"]
-    empty = np.asarray(index.length) == 0
     with tel.phase("model_load"):  # every rank: costs come from the task's tokenizer
         task.prepare(ctx, index)
     if ctx.is_main:
         for m in getattr(task, "models", ()):
             if m.attrs.get("warning"):  # e.g. RANDOM WEIGHTS: loud, every run
                 log.warning("%s: %s", m.name, m.attrs["warning"])
-    costs = np.asarray(task.costs(index), dtype=np.int64)
     use_dedup = task.dedup and cfg.dedup
-    source = np.asarray(index.representatives(), dtype=np.int64) if use_dedup else np.arange(n, dtype=np.int64)
-    first = source == np.arange(n)
-    work = first & ~empty & ~done
-    # the partition and the windows come from ALL the records to compute, never from what is left: a
-    # resumed run at the same world size packs every batch exactly as an uninterrupted run did, so its
-    # bytes are those of an uninterrupted run (windows already committed are skipped, see _loop)
-    shares = partition(costs, ctx.world_size, skip=~(first & ~empty))
-    mine = shares[ctx.rank]
-    if ctx.is_main:
-        distinct = int((first & ~empty).sum())
-        log.info("%d records in %d file(s): %d distinct non-empty, %d served from a duplicate, %d empty; %d already "
-                 "done; %d to compute on %d rank(s)", n, len(index.files), distinct, int((~first & ~empty).sum()),
-                 int(empty.sum()), int((done & first).sum()), int(work.sum()), ctx.world_size)
-        if empty.any():
-            log.warning("skipping %d empty record(s), e.g. %s (listed in run_report.json)", int(empty.sum()),
-                        ", ".join(repr(index.ids[i]) for i in np.flatnonzero(empty)[:3]))
-        if scan["corrupt"]:
-            log.warning("set aside %d unreadable shard(s) (killed mid-write); their records are redone",
-                        scan["corrupt"])
+    planned: list[Plan] = []  # rank 0: the whole plan (finalize and the report need it)
+    summary = _agree(ctx, _plan, task, ctx, out, index, scan, use_dedup, planned)
+    plan = planned[0] if planned else None
+    share = share_of(plan, 0) if ctx.is_main else read_share(out, ctx.rank)
 
     toks = cfg.toks_per_batch
     counters = Counters()
-    if work[mine].any():
-        _loop(task, ctx, tel, index, mine, done, costs, toks, out, fingerprint, counters)
+    if not share.done.all():
+        _loop(task, ctx, tel, index, share, toks, out, fingerprint, counters)
     else:
         tel.stats.toks_per_batch = toks
-    tel.stats.resumed_records = int(done.sum()) if ctx.is_main else 0
+    tel.stats.resumed_records = summary["done"] if ctx.is_main else 0
     ctx.barrier()
 
     # rank 0: the final files from the shards
@@ -325,7 +316,7 @@ def _compute(task: Task, ctx: DistContext, out: Path, index, scan: dict, fingerp
     with tel.phase("finalize", sync=False):
         if ctx.is_main:
             try:
-                counts = _finalize(task, out, index, source, empty, fingerprint)
+                counts = _finalize(task, out, index, plan.source, plan.empty, fingerprint)
             except (OSError, RuntimeError) as e:
                 if not _is_disk_full(e):
                     raise
@@ -335,15 +326,15 @@ def _compute(task: Task, ctx: DistContext, out: Path, index, scan: dict, fingerp
     stats = ctx.all_gather_object(tel.finish())
     if ctx.is_main:
         wall = time.perf_counter() - t_start
-        served = int((~first & ~empty).sum())
+        served, distinct = summary["served"], summary["distinct"]
         report = write_run_report(out / "run_report.json", stats, wall, {
             "task": task.name, "config": _plain(cfg), "world_size": ctx.world_size, "output_dir": str(out),
             "restart_count": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
             "open_s": round(open_s, 4),
             "records": n, "counts": counts, "counters": merged.counts, "examples": merged.examples,
-            "dedup": {"enabled": use_dedup, "distinct": int((first & ~empty).sum()), "served_from_duplicate": served},
-            "skipped": {"empty": [index.ids[i] for i in np.flatnonzero(empty)[:1000]],
-                        "empty_count": int(empty.sum()),
+            "dedup": {"enabled": use_dedup, "distinct": distinct, "served_from_duplicate": served},
+            "skipped": {"empty": [index.ids[i] for i in np.flatnonzero(plan.empty)[:1000]],
+                        "empty_count": summary["empty"],
                         **{reason: ids for reason, ids in counts.get("bad", {}).items()}},
             "test_hooks": active_test_hooks(),
             **(task.report_extra() if hasattr(task, "report_extra") else {}),
@@ -352,10 +343,11 @@ def _compute(task: Task, ctx: DistContext, out: Path, index, scan: dict, fingerp
         _mark_complete(out)  # first: a kill between the two leaves spare shards, never a run to redo
         if not cfg.keep_shards:
             _remove([out / "shards", out / "inputs"])
+        _remove([out / PLAN_DIR])
         if not cfg.quiet:
             log.info("%s", format_summary(stats, wall))
             if served:
-                log.info("dedup: %d records served from %d distinct sequences", served, int((first & ~empty).sum()))
+                log.info("dedup: %d records served from %d distinct sequences", served, distinct)
             log.info("wrote %s", ", ".join(str(out / name) for name in task.outputs[:3]))
     ctx.barrier()
     return RunResult(out, out / task.outputs[0], report, counts)
@@ -369,7 +361,33 @@ def _scan(out: Path, n: int, fingerprint: str) -> dict:
     return {"done": scan.done, "bad": dict(zip(scan.bad_rows.tolist(), scan.bad_reasons)), "corrupt": len(scan.corrupt)}
 
 
-def _loop(task, ctx, tel, index, share, done, costs, toks, out, fingerprint, counters) -> None:
+def _plan(task: Task, ctx: DistContext, out: Path, index, scan: dict, use_dedup: bool, planned: list) -> dict:
+    """Rank 0: costs, dedup and the partition of the whole index; each other rank's run to OUTDIR/plan.
+    Returns the counts every rank may log (a small dict)."""
+    n = len(index)
+    costs = np.asarray(task.costs(index), dtype=np.int64)
+    source = np.asarray(index.representatives(), dtype=np.int64) if use_dedup else np.arange(n, dtype=np.int64)
+    empty = np.asarray(index.length) == 0
+    done = scan["done"]
+    plan = make_plan(costs, source, empty, done, ctx.world_size)
+    write_shares(out, plan)
+    planned.append(plan)
+    first = plan.first
+    summary = {"distinct": int((first & ~empty).sum()), "served": int((~first & ~empty).sum()),
+               "empty": int(empty.sum()), "done": int(done.sum()), "done_first": int((done & first).sum()),
+               "work": int((first & ~empty & ~done).sum())}
+    log.info("%d records in %d file(s): %d distinct non-empty, %d served from a duplicate, %d empty; %d already "
+             "done; %d to compute on %d rank(s)", n, len(index.files), summary["distinct"], summary["served"],
+             summary["empty"], summary["done_first"], summary["work"], ctx.world_size)
+    if empty.any():
+        log.warning("skipping %d empty record(s), e.g. %s (listed in run_report.json)", summary["empty"],
+                    ", ".join(repr(index.ids[i]) for i in np.flatnonzero(empty)[:3]))
+    if scan["corrupt"]:
+        log.warning("set aside %d unreadable shard(s) (killed mid-write); their records are redone", scan["corrupt"])
+    return summary
+
+
+def _loop(task, ctx, tel, index, share: Share, toks, out, fingerprint, counters) -> None:
     """This rank's share: windows through the workers, blocks through the task, results to the shard.
 
     The windows are planned over the whole ``share`` (done or not); a window whose records are all
@@ -379,10 +397,10 @@ def _loop(task, ctx, tel, index, share, done, costs, toks, out, fingerprint, cou
     cfg = task.config
     per_window = cfg.window_records  # None: windows by tokens, ramped up at the start
     workers = cfg.num_workers
-    planned = plan_windows(share, costs[share], window_cost(int(costs[share].sum()), toks, workers),
-                           max_rows=per_window, ramp=per_window is None)
-    windows = [w for w in planned if not done[w].all()]
-    mine = share[~done[share]]
+    costs, done = share.costs, share.done
+    planned = plan_windows(np.arange(len(share.rows)), costs, window_cost(int(costs.sum()), toks, workers),
+                           max_rows=per_window, ramp=per_window is None)  # positions in the share
+    windows = [share.rows[p] for p in planned if not done[p].all()]
     if ctx.is_main:
         log.info("%d loader worker(s) per rank", workers)
     loader = DataLoader(_Windows(windows, index, task.block_maker()), batch_size=None, collate_fn=_as_is,
@@ -390,7 +408,7 @@ def _loop(task, ctx, tel, index, share, done, costs, toks, out, fingerprint, cou
                         prefetch_factor=2 if workers > 0 else None, worker_init_fn=functools.partial(worker_dies_with_rank, rank_pid=os.getpid()))
     writer = ShardWriter(out / "shards", ctx.rank, task.schema(), fingerprint=fingerprint,
                          flush_every=cfg.flush_every)
-    progress = Progress(total_records=len(mine), total_tokens=int(costs[mine].sum()),
+    progress = Progress(total_records=int((~done).sum()), total_tokens=int(costs[~done].sum()),
                         enabled=ctx.is_main and not cfg.quiet, world_size=ctx.world_size,
                         desc=getattr(task, "verb", task.name), unit=getattr(task, "cost_unit", "tok"))
     s = tel.stats
@@ -405,7 +423,8 @@ def _loop(task, ctx, tel, index, share, done, costs, toks, out, fingerprint, cou
     try:
         with torch.inference_mode(), tel.phase("inference"):
             for block in loader:
-                todo = ~done[block.rows]
+                at = share.positions(block.rows)
+                todo = ~done[at]
                 writer.write(block.rows, task.run_block(block), keep=None if todo.all() else todo)
                 fresh = block.rows[todo]
                 blocks += 1
@@ -414,14 +433,14 @@ def _loop(task, ctx, tel, index, share, done, costs, toks, out, fingerprint, cou
                 tel.count(len(fresh), 0)  # the report's timeline (tokens come per forward: on_tokens)
                 s.batches += len(block.batches)
                 counters.add(block.counters, block.examples)
-                progress.update(len(fresh), int(costs[fresh].sum()))
+                progress.update(len(fresh), int(costs[at[todo]].sum()))
                 test_hook("batch", rank=ctx.rank, batches=blocks)  # test-only fault injection
     finally:
         progress.close()
         with tel.phase("write_flush", sync=False):
             writer.close()
     c = counters.counts
-    s.planned_tokens = int(costs[mine].sum())
+    s.planned_tokens = int(costs[~done].sum())
     s.truncated = c.get("truncated", 0)
     s.records_with_unknown_letters = c.get("unknown_letters", 0)
     s.unknown_letter_examples = counters.examples.get("unknown_letters", [])

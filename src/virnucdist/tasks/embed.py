@@ -124,7 +124,9 @@ class EmbedTask:
         except ValueError as e:
             raise UserError(str(e)) from None
         cap = getattr(self.model.tokenizer, "truncation_seq_length", None)  # ESM-2's; DNABERT-S has none
-        long = np.flatnonzero(np.asarray(index.length) > cap) if cap is not None else np.zeros(0, np.int64)
+        # rank 0 only (the report's count): another rank never reads the whole length column
+        long = (np.flatnonzero(np.asarray(index.length) > cap) if cap is not None and ctx.is_main
+                else np.zeros(0, np.int64))
         self.truncated = {"records": len(long), "max_residues": cap, "examples": [index.ids[i] for i in long[:10]]}
         if ctx.is_main and len(long):
             i = int(long[0])
