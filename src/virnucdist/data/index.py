@@ -62,6 +62,7 @@ from .gzseek import GzipCorrupt, GzipPoints, GzipReader, GzipScan
 from .parallel import default_workers, scan_files
 from .fastq import _scan_fastq_file
 from .inputs import as_inputs, pair_layout
+from .unique import check_unique
 from .store import COLUMNS, FORMAT_VERSION, IdColumn, load_dir, save_dir  # noqa: F401
 from .scan import (_BOM, BLOCK_SIZE, HASH_BYTES, Blocks, PathLike, _FileScan, _scan_fasta_file,  # noqa: F401
                    _warned_descriptions, cr_only, detect_format)
@@ -247,28 +248,11 @@ class SequenceIndex:
         index._check_unique()
         return index
 
+    def _multi_sample(self) -> bool:
+        return len(self.samples) > 1
+
     def _check_unique(self) -> None:
-        """Duplicate ids: 64-bit hashes sorted (8 bytes per id, no dict of all ids); equal
-        hashes are compared as strings, and the first duplicate in row order is named."""
-        ids = self.ids
-        h = np.fromiter(map(hash, ids), dtype=np.int64, count=len(ids))
-        order = np.argsort(h, kind="stable")
-        hs = h[order]
-        same = np.flatnonzero(hs[1:] == hs[:-1])
-        del h, hs
-        if not len(same):
-            return
-        rows = np.unique(np.concatenate([order[same], order[same + 1]]))
-        seen: dict[str, int] = {}
-        for i in rows.tolist():            # candidates in row order: the first repeat is reported
-            rid = ids[i]
-            j = seen.setdefault(rid, i)
-            if j != i:
-                raise FastaError(
-                    self.sources[self.file_idx[i]], int(self.header_line[i]),
-                    f"duplicate sequence id {rid!r}: first at {self.where(j)}, again at "
-                    f"{self.where(i)}; sequence ids must be unique across all input files "
-                    "(rename or remove one of them)")
+        check_unique(self)
 
     # ------------------------------------------------------------------ access
 
@@ -293,15 +277,32 @@ class SequenceIndex:
             self._ids_blob = "\n".join(self._ids or []).encode("utf-8")
         return self._ids_blob
 
-    def position(self, rid: str) -> int:
-        """Row of record ``rid``; raises KeyError naming the id when absent."""
+    def position(self, rid: str, sample: str | int | None = None) -> int:
+        """Row of record ``rid``; raises KeyError naming the id when absent. When the index holds
+        several samples, ids are unique per sample: ``sample`` (a name or number) says which; without
+        it, an id found in more than one sample is a KeyError naming them."""
+        multi = self._multi_sample()
         if self._pos is None:
             ids = self.ids
-            self._pos = dict(zip(ids, range(len(ids))))
-        try:
-            return self._pos[rid]
-        except KeyError:
-            raise KeyError(f"sequence id {rid!r} is not in the index") from None
+            keys = zip(np.asarray(self.sample).tolist(), ids) if multi else ids
+            self._pos = dict(zip(keys, range(len(ids))))
+        if not multi:
+            if rid in self._pos:
+                return self._pos[rid]
+            raise KeyError(f"sequence id {rid!r} is not in the index")
+        if sample is not None:
+            k = sample if isinstance(sample, (int, np.integer)) else (
+                self.samples.index(sample) if sample in self.samples else -1)
+            if (int(k), rid) in self._pos:
+                return self._pos[(int(k), rid)]
+            raise KeyError(f"sequence id {rid!r} is not in sample {sample!r} of the index")
+        hits = [(k, self._pos[(k, rid)]) for k in range(len(self.samples)) if (k, rid) in self._pos]
+        if len(hits) == 1:
+            return hits[0][1]
+        if not hits:
+            raise KeyError(f"sequence id {rid!r} is not in the index")
+        raise KeyError(f"sequence id {rid!r} is in {len(hits)} samples "
+                       f"({', '.join(repr(self.samples[k]) for k, _ in hits)}); say which sample")
 
     def where(self, i: int) -> str:
         """Human-readable location of record ``i``: source file, header line, record number."""

@@ -1,0 +1,53 @@
+"""Duplicate read ids in an index: unique per sample when the index holds several samples (two
+samples of a sequencing run may hold the same read ids), across all inputs otherwise.
+
+64-bit hashes of the keys (the id, or ``(sample, id)``), computed in slices and sorted: 8 bytes per
+record, no dict of all ids; equal hashes are compared as strings, and the first duplicate in row
+order is named with both places.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .fasta import FastaError
+
+__all__ = ["check_unique", "key_hashes"]
+
+
+def key_hashes(index) -> np.ndarray:
+    """int64 hash per row of its id, or of ``(sample, id)`` when ``index`` holds several samples."""
+    ids, n, step = index.ids, len(index), 1 << 18
+    multi = len(index.samples) > 1
+    h = np.empty(n, dtype=np.int64)
+    for lo in range(0, n, step):
+        part = ids[lo:lo + step]
+        keys = zip(np.asarray(index.sample[lo:lo + step]).tolist(), part) if multi else part
+        h[lo:lo + len(part)] = np.fromiter(map(hash, keys), dtype=np.int64, count=len(part))
+    return h
+
+
+def check_unique(index) -> None:
+    """Raise :class:`FastaError` for the first repeated id (within its sample when there are several)."""
+    ids = index.ids
+    h = key_hashes(index)
+    order = np.argsort(h, kind="stable")
+    hs = h[order]
+    same = np.flatnonzero(hs[1:] == hs[:-1])
+    del h, hs
+    if not len(same):
+        return
+    multi = len(index.samples) > 1
+    rows = np.unique(np.concatenate([order[same], order[same + 1]]))
+    seen: dict = {}
+    for i in rows.tolist():            # candidates in row order: the first repeat is reported
+        rid = ids[i]
+        j = seen.setdefault((int(index.sample[i]), rid) if multi else rid, i)
+        if j != i:
+            scope = (f"within a sample (sample {index.samples[int(index.sample[i])]!r})" if multi
+                     else "across all input files")
+            raise FastaError(
+                index.sources[index.file_idx[i]], int(index.header_line[i]),
+                f"duplicate sequence id {rid!r}: first at {index.where(j)}, again at "
+                f"{index.where(i)}; sequence ids must be unique {scope} "
+                "(rename or remove one of them)")
