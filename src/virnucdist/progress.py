@@ -102,13 +102,14 @@ class Progress:
             parts.append(f", ETA {(self.total_tokens - self.tokens) / rate:,.0f} s")
         return " ".join(parts).replace(" ,", ",")
 
-    def close(self) -> None:
+    def close(self, summary: bool = True) -> None:
+        """Stop the bar; ``summary=False`` (the work failed) ends without a last progress line."""
         self._stop.set()
         if self._beat is not None:
             self._beat.join()
         if self.bar is not None:
             self.bar.close()
-        elif self.enabled and self.tokens:
+        elif summary and self.enabled and self.tokens:
             log.info("%s", self.line())
 
 

@@ -102,9 +102,12 @@ def open_run_index(out: Path, inputs, *, progress: Callable[[list], object] | No
     bar = progress([f.path for f in specs]) if progress is not None else None
     try:
         index = SequenceIndex.build(specs, progress=bar.advance if bar is not None else None)
-    finally:
-        if bar is not None:
-            bar.close()
+    except BaseException:
+        if bar is not None:  # the error is the last word: no progress line after it
+            bar.close(summary=False)
+        raise
+    if bar is not None:
+        bar.close()
     return RunIndex(out, index, built=True)
 
 
