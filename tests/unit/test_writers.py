@@ -680,3 +680,27 @@ def test_write_embeddings_h5_several_datasets(tmp_path):
         write_embeddings_h5(tmp_path / "f.h5", IDS[:20], res.windows(rows[:6]), 20,
                             {"embeddings": schema.column("layer12")})
     assert not (tmp_path / "f.h5").exists() and not (tmp_path / "f.h5.tmp").exists()
+
+
+def test_ids_written_in_slices_from_row_ids(tmp_path, monkeypatch):
+    """Rank 0 writes the ids of the rows taken, a slice at a time (never a list of all of them)."""
+    import virnucdist.writers.final as final
+    from virnucdist.writers import RowIds
+    monkeypatch.setattr(final, "ID_SLICE", 7)          # several slices, the last one short
+    schema = ShardSchema("embed", (Column("layer12", "f4", (DIM,)),))
+    w = ShardWriter(tmp_path / "s", 0, schema)
+    rows = np.arange(30)
+    w.write(rows, [Part(rows, {"layer12": _vec(rows)})])
+    w.close()
+    taken = np.array([0, 2, 3, 5, 8, 9, 11, 12, 14, 17, 18, 20, 22, 25, 26, 27, 29])
+    ids = RowIds(IDS[:30], taken)
+    assert len(ids) == len(taken) and ids[3] == IDS[5] and ids[2:4] == [IDS[3], IDS[5]]
+    out = tmp_path / "e.h5"
+    write_embeddings_h5(out, ids, Results(tmp_path / "s", 30).windows(taken, window=5), len(taken),
+                        {"embeddings": schema.column("layer12")})
+    with h5py.File(out, "r") as f:
+        assert f["ids"].asstr()[:].tolist() == [IDS[i] for i in taken]
+        np.testing.assert_array_equal(f["embeddings"][:], _vec(taken))
+    with pytest.raises(ValueError, match="16 ids for 17 records"):
+        write_embeddings_h5(tmp_path / "f.h5", RowIds(IDS[:30], taken[1:]), Results(tmp_path / "s", 30).windows(taken),
+                            len(taken), {"embeddings": schema.column("layer12")})

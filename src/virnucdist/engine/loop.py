@@ -296,8 +296,12 @@ def _compute(task: Task, ctx: DistContext, out: Path, index, scan: dict, fingerp
     use_dedup = task.dedup and cfg.dedup
     planned: list[Plan] = []  # rank 0: the whole plan (finalize and the report need it)
     summary = _agree(ctx, _plan, task, ctx, out, index, scan, use_dedup, planned)
-    plan = planned[0] if planned else None
-    share = share_of(plan, 0) if ctx.is_main else read_share(out, ctx.rank)
+    if ctx.is_main:  # rank 0 keeps what finalize needs (source, empty), not the costs and the runs
+        plan = planned.pop()
+        share, source, empty = share_of(plan, 0), plan.source, plan.empty
+        del plan
+    else:
+        share, source, empty = read_share(out, ctx.rank), None, None
 
     toks = cfg.toks_per_batch
     counters = Counters()
@@ -316,7 +320,7 @@ def _compute(task: Task, ctx: DistContext, out: Path, index, scan: dict, fingerp
     with tel.phase("finalize", sync=False):
         if ctx.is_main:
             try:
-                counts = _finalize(task, out, index, plan.source, plan.empty, fingerprint)
+                counts = _finalize(task, out, index, source, empty, fingerprint)
             except (OSError, RuntimeError) as e:
                 if not _is_disk_full(e):
                     raise
@@ -333,7 +337,7 @@ def _compute(task: Task, ctx: DistContext, out: Path, index, scan: dict, fingerp
             "open_s": round(open_s, 4),
             "records": n, "counts": counts, "counters": merged.counts, "examples": merged.examples,
             "dedup": {"enabled": use_dedup, "distinct": distinct, "served_from_duplicate": served},
-            "skipped": {"empty": [index.ids[i] for i in np.flatnonzero(plan.empty)[:1000]],
+            "skipped": {"empty": [index.ids[i] for i in np.flatnonzero(empty)[:1000]],
                         "empty_count": summary["empty"],
                         **{reason: ids for reason, ids in counts.get("bad", {}).items()}},
             "test_hooks": active_test_hooks(),

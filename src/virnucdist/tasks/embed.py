@@ -30,7 +30,7 @@ from ..models.fp8 import to_fp8
 from ..models.loading import load_model
 from ..packing import encode_records, pack_longest_first
 from ..engine.runner import BatchRunner, to_host_async
-from ..writers import Column, Part, ShardSchema, write_embeddings_h5
+from ..writers import Column, Part, RowIds, ShardSchema, write_embeddings_h5
 from ..engine.task import Block, RunPlan
 from .tiles import tile_for, tiled_embed
 from .identity import check_model_spec, model_identity, molecule_of_spec
@@ -202,7 +202,7 @@ class EmbedTask:
         ragged = {f"per_token/{name(L)}": Column(f"tokens_layer{L}", "f4", (d,)) for L in self.layers} \
             if self.per_token else None
         final = out / "embeddings.h5"
-        write_embeddings_h5(final, [index.ids[i] for i in plan.rows],
+        write_embeddings_h5(final, RowIds(index.ids, plan.rows),
                             results.windows(plan.rows, plan.source, ragged=self.per_token), n, dense, ragged=ragged,
                             ragged_lengths=results.lengths[plan.source] if self.per_token else None, attrs=attrs)
         if several:  # "embeddings" is the first layer asked for: a hard link, no copy

@@ -36,13 +36,14 @@ Modules: ``durable`` (HDF5 files without locking, fsync, atomic rename, a full d
 from __future__ import annotations
 
 from .durable import DiskFullError, fsync_dir, fsync_file, replace_durably
-from .final import finalize_embeddings, iter_embeddings, read_embeddings, read_token_embeddings, write_embeddings_h5
+from .final import (RowIds, finalize_embeddings, iter_embeddings, read_embeddings, read_token_embeddings,
+                    write_embeddings_h5)
 from .results import Results, Window
 from .schema import STR, Column, Part, ShardSchema
 from .shards import ShardScan, ShardWriter, scan_shards, shard_path
 
 __all__ = [
     "Column", "ShardSchema", "Part", "ShardWriter", "DiskFullError", "ShardScan", "scan_shards", "Results", "Window",
-    "finalize_embeddings", "write_embeddings_h5", "read_embeddings", "iter_embeddings", "read_token_embeddings",
+    "finalize_embeddings", "write_embeddings_h5", "RowIds", "read_embeddings", "iter_embeddings", "read_token_embeddings",
     "shard_path", "fsync_dir", "fsync_file", "replace_durably", "STR",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import abc
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -56,6 +57,25 @@ class _Writeback:
             raise self.error
 
 
+ID_SLICE = 1 << 18
+
+
+class RowIds(abc.Sequence):
+    """The ids of ``rows`` (in that order) as a sequence whose slices are decoded on demand: what
+    :func:`write_embeddings_h5` takes, so rank 0 never holds the ids of a whole run at once."""
+
+    def __init__(self, ids: Sequence[str], rows):
+        self.ids, self.rows = ids, np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.ids[r] for r in self.rows[i].tolist()]
+        return self.ids[int(self.rows[i])]
+
+
 def write_embeddings_h5(path: str | Path, ids: Sequence[str], windows: Iterable[Window], n: int,
                         datasets: dict[str, Column], *, ragged: dict[str, Column] | None = None,
                         ragged_lengths: np.ndarray | None = None, attrs: dict | None = None,
@@ -77,9 +97,11 @@ def write_embeddings_h5(path: str | Path, ids: Sequence[str], windows: Iterable[
     try:
         with _open(tmp, "w") as out:
             writeback = _Writeback(tmp) if durable._FSYNC else None
-            out.create_dataset("ids", data=np.asarray(list(ids), dtype=object).reshape(-1), dtype=STR)
-            if out["ids"].shape[0] != n:
-                raise ValueError(f"{out['ids'].shape[0]} ids for {n} records")
+            if len(ids) != n:
+                raise ValueError(f"{len(ids)} ids for {n} records")
+            names = out.create_dataset("ids", (n,), dtype=STR)
+            for lo in range(0, n, ID_SLICE):  # in slices: never a list of all the ids (100M reads: ~10 GB)
+                names[lo:lo + ID_SLICE] = np.asarray(ids[lo:lo + ID_SLICE], dtype=object).reshape(-1)
             dense = {name: (c.name, out.create_dataset(name, (n, *c.shape), dtype=c.dtype))
                      for name, c in datasets.items()}
             rdense = {}
@@ -166,7 +188,7 @@ def finalize_embeddings(shard_dir: str | Path, out_path: str | Path, ids: Sequen
         rag = {"per_token/embeddings": res.schema.column(per_token_column)}
     res.check_available(src)
     wins = res.windows(rows, src, columns=[column], ragged=list(c.name for c in rag.values()), window=window)
-    return write_embeddings_h5(out_path, [ids[r] for r in rows], wins, len(rows), {"embeddings": col}, ragged=rag,
+    return write_embeddings_h5(out_path, RowIds(ids, rows), wins, len(rows), {"embeddings": col}, ragged=rag,
                                ragged_lengths=res.lengths[src] if rag else None, attrs=attrs, progress=progress)
 
 
