@@ -7,7 +7,7 @@ import numpy as np
 from .fasta import WHITESPACE, FastaError
 from .store import IdColumn
 from .scan import (_BOM, Blocks, _Content, _FileScan, _check_nul, _header_ids, _line_of, _line_text,
-                   _non_ascii_error, _other_ws, check_description)
+                   _non_ascii_error, _other_ws, check_description, columns, join)
 
 
 def _scan_fastq_file(fh: Blocks, shown: str, block_size: int) -> _FileScan:
@@ -53,8 +53,9 @@ def _scan_fastq_file(fh: Blocks, shown: str, block_size: int) -> _FileScan:
     if not parts:
         raise FastaError(shown, max(lines_before, 1),
                          "no FASTQ records; expected 4-line records (header '@id', sequence, '+', quality)")
-    off, nbytes, length, hline = (np.concatenate([p[i] for p in parts]) for i in range(4))
-    ids = IdColumn.from_chunks(p[4] for p in parts)
+    cols = columns(parts)                  # each column's chunks freed as it is joined
+    ids = IdColumn.from_chunks(join(cols, 4, None))
+    off, nbytes, length, hline = (join(cols, k) for k in range(4))
     hashes, counts = content.finish()
     return _FileScan("fastq", off, nbytes, length, hline, ids, hashes, counts, fh.hexdigest(), size)
 

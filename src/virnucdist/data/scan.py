@@ -268,6 +268,21 @@ def cr_only(head: bytes) -> bool:
     return b"\n" not in head and b"\r" in head
 
 
+def columns(parts: list[tuple]) -> list:
+    """Per-chunk tuples -> one list of chunks per column; ``parts`` is emptied, so that each
+    column's chunks are freed as :func:`join` joins it (the scan's peak: its columns once, plus
+    one column, not twice)."""
+    cols = [list(c) for c in zip(*parts)]
+    parts.clear()
+    return cols
+
+
+def join(cols: list, k: int, how=np.concatenate):
+    """Column ``k`` joined (``how``; None: its chunks as they are), its chunks dropped from ``cols``."""
+    chunks, cols[k] = cols[k], None
+    return chunks if how is None else how(chunks)
+
+
 # ------------------------------------------------------------------ FASTA
 
 
@@ -312,20 +327,21 @@ def _scan_fasta_file(fh: "Blocks", shown: str, block_size: int) -> _FileScan:
             shown, max(lines_before, 1),
             f"no FASTA records ({what}); expected '>id' header lines each followed by sequence lines",
         )
-    H = np.concatenate([p[0] for p in parts])
-    off = np.concatenate([p[1] for p in parts])
-    C_H = np.concatenate([p[2] for p in parts])
-    C_off = np.concatenate([p[3] for p in parts])
-    hline = np.concatenate([p[4] for p in parts])
-    ids = IdColumn.from_chunks(p[5] for p in parts)
-    end = np.empty_like(H)
-    end[:-1] = H[1:]
-    end[-1] = size
-    C_end = np.empty_like(C_H)
-    C_end[:-1] = C_H[1:]
-    C_end[-1] = ws_before
-    nbytes = end - off
-    length = nbytes - (C_end - C_off)
+    cols = columns(parts)
+    ids = IdColumn.from_chunks(join(cols, 5, None))
+    H, off, C_H, C_off, hline = (join(cols, k) for k in range(5))
+    nbytes = np.empty_like(H)              # in place: the record's end (the next header), less its offset
+    nbytes[:-1] = H[1:]
+    nbytes[-1] = size
+    del H
+    nbytes -= off
+    ws = np.empty_like(C_H)                # whitespace bytes in the record
+    ws[:-1] = C_H[1:]
+    ws[-1] = ws_before
+    del C_H
+    ws -= C_off
+    del C_off
+    length = np.subtract(nbytes, ws, out=ws)
     hashes, counts = content.finish()
     return _FileScan("fasta", off, nbytes, length, hline, ids, hashes, counts, fh.hexdigest(), size)
 
