@@ -38,3 +38,29 @@ def test_one_rank_writes_no_plan_files(tmp_path):
     write_shares(tmp_path, plan)
     assert not (tmp_path / PLAN_DIR).exists()
     assert share_of(plan, 0).rows.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_plan_in_slices_equals_partition(monkeypatch):
+    """Rank 0 plans in slices of rows (a bool per row beside its inputs): the runs are partition()'s,
+    whatever the slice size, world size, zero costs, duplicates and empty records."""
+    import virnucdist.engine.plan as plan_mod
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        n, w = int(rng.integers(0, 2000)), int(rng.integers(1, 10))
+        monkeypatch.setattr(plan_mod, "STEP", int(rng.integers(1, 500)))
+        costs = rng.integers(0, 500, size=n) * (rng.random(n) < rng.random()) * (trial % 7 != 0)
+        source = np.arange(n)
+        if n > 1:
+            d = rng.choice(np.arange(1, n), size=n // 3, replace=False)
+            source[d] = rng.integers(0, d)
+        empty, done = rng.random(n) < rng.random() * 0.5, rng.random(n) < 0.3
+        plan = make_plan(costs, source, empty, done, w)
+        live = (source == np.arange(n)) & ~empty
+        want = partition(costs, w, skip=~live)
+        assert len(plan.shares) == w
+        for got, exp in zip(plan.shares, want):
+            np.testing.assert_array_equal(got, exp)
+        assert plan.counts == {"distinct": int(live.sum()), "served": int((~live & ~empty).sum()),
+                               "empty": int(empty.sum()), "done": int(done.sum()),
+                               "done_first": int((done & (source == np.arange(n))).sum()),
+                               "work": int((live & ~done).sum())}

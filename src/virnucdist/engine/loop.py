@@ -376,14 +376,11 @@ def _plan(task: Task, ctx: DistContext, out: Path, index, scan: dict, use_dedup:
     plan = make_plan(costs, source, empty, done, ctx.world_size)
     write_shares(out, plan)
     planned.append(plan)
-    first = plan.first
-    summary = {"distinct": int((first & ~empty).sum()), "served": int((~first & ~empty).sum()),
-               "empty": int(empty.sum()), "done": int(done.sum()), "done_first": int((done & first).sum()),
-               "work": int((first & ~empty & ~done).sum())}
+    summary = plan.counts
     log.info("%d records in %d file(s): %d distinct non-empty, %d served from a duplicate, %d empty; %d already "
              "done; %d to compute on %d rank(s)", n, len(index.files), summary["distinct"], summary["served"],
              summary["empty"], summary["done_first"], summary["work"], ctx.world_size)
-    if empty.any():
+    if summary["empty"]:
         log.warning("skipping %d empty record(s), e.g. %s (listed in run_report.json)", summary["empty"],
                     ", ".join(repr(index.ids[i]) for i in np.flatnonzero(empty)[:3]))
     if scan["corrupt"]:
