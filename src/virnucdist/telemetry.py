@@ -49,6 +49,7 @@ class RankStats:
     resumed_records: int = 0
     oom_splits: int = 0
     peak_gpu_mem_gib: float = 0.0
+    rss_after_plan_gb: float | None = None  # host memory once this rank holds its run (engine/plan.py)
     gpu_util_mean: float | None = None
     gpu_util_min: float | None = None
     gpu_util_samples: int = 0

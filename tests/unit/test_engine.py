@@ -108,6 +108,7 @@ def test_dedup_computes_each_distinct_sequence_once(tmp_path):
     d = on.report["dedup"]
     assert d["distinct"] == 20 and d["served_from_duplicate"] == len(dup) - 20
     assert on.report["summary"]["sequences"] == 20 and off.report["summary"]["sequences"] == len(dup)
+    assert on.report["ranks"][0]["rss_after_plan_gb"] > 0  # each rank's memory once it holds its run
 
 
 def test_importing_the_entrypoint_modules_keeps_the_functions_callable():

@@ -45,7 +45,7 @@ from .config import NUMERICS, config_from_args, numerics, resolve
 from .lock import RunLock
 from .plan import PLAN_DIR, Plan, Share, make_plan, read_share, share_of, write_shares
 from .task import Block, Counters, RunPlan, Task
-from ..telemetry import Telemetry, format_summary, write_run_report
+from ..telemetry import Telemetry, _rss_gb, format_summary, write_run_report
 from ..writers.durable import DiskFullError, _is_disk_full
 from ..writers import Results, ShardWriter, replace_durably, scan_shards
 
@@ -302,6 +302,8 @@ def _compute(task: Task, ctx: DistContext, out: Path, index, scan: dict, fingerp
         del plan
     else:
         share, source, empty = read_share(out, ctx.rank), None, None
+    rss = _rss_gb()
+    tel.stats.rss_after_plan_gb = None if rss is None else round(rss, 3)
 
     toks = cfg.toks_per_batch
     counters = Counters()
