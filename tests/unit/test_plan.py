@@ -64,3 +64,12 @@ def test_plan_in_slices_equals_partition(monkeypatch):
                                "empty": int(empty.sum()), "done": int(done.sum()),
                                "done_first": int((done & (source == np.arange(n))).sum()),
                                "work": int((live & ~done).sum())}
+
+
+def test_a_rank_that_cannot_see_rank_0s_plan_says_why(tmp_path):
+    """A node whose output directory is not the one rank 0 wrote to (no shared filesystem): one line."""
+    import pytest
+
+    from virnucdist.errors import UserError
+    with pytest.raises(UserError, match="rank 3: .*rank3.npz.*shared by all nodes"):
+        read_share(tmp_path, 3)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
+
 __all__ = ["PLAN_DIR", "Plan", "Share", "make_plan", "share_of", "write_shares", "read_share"]
 
 PLAN_DIR = "plan"
@@ -125,5 +127,10 @@ def write_shares(out: Path, plan: Plan) -> None:
 
 def read_share(out: Path, rank: int) -> Share:
     """Rank ``rank`` (> 0): its run, as rank 0 wrote it for this attempt."""
-    with np.load(Path(out) / PLAN_DIR / f"rank{rank}.npz", allow_pickle=False) as z:
-        return Share(z["rows"], z["costs"], z["done"])
+    path = Path(out) / PLAN_DIR / f"rank{rank}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return Share(z["rows"], z["costs"], z["done"])
+    except FileNotFoundError:
+        raise UserError(f"rank {rank}: {path} (written by rank 0) is not there: every node must see the same "
+                        "output directory (-o on a filesystem shared by all nodes)") from None
