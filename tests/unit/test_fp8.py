@@ -186,3 +186,14 @@ def test_bias_correction_folds_the_mean_weight_error_into_the_bias():
     assert not torch.equal(corrected_model.layers[0].fc1.bias, half.layers[0].fc1.bias)
     print(f"rel error vs fp32: fp8 {rel(plain, ref):.3e}, fp8 + bias correction {rel(corrected, ref):.3e}")
     assert rel(corrected, ref) < rel(plain, ref)
+
+
+def test_bias_corrected_conversion_works_with_grad_enabled():
+    """What the library does: convert a loaded model (parameters requiring grad, autograd on, no
+    inference_mode around the call). The calibration forward's inference tensors must not reach autograd."""
+    torch.manual_seed(5)
+    model = PackedESM2(ESM2Config(2, 64, 4)).eval().to(torch.bfloat16)
+    model.inv_freq = model.inv_freq.float()
+    assert torch.is_grad_enabled() and next(model.parameters()).requires_grad
+    q = quantize_model(model, "all-bc")
+    assert ";bc=1" in q.fp8_policy and isinstance(q.layers[0].fc1, FP8Linear)

@@ -199,6 +199,7 @@ class FP8Linear(nn.Module):
         return out if self.bias is None else out.add_(self.bias)
 
 
+@torch.no_grad()  # a conversion: nothing here is for autograd (the calibration forward yields inference tensors)
 def quantize_model(model: nn.Module, policy: FP8Policy | str | None = None) -> nn.Module:
     """Replace the layer GEMMs that ``policy`` names (default: :func:`policy_from_env`) by
     :class:`FP8Linear` (in place; no device check). The model records the policy as ``fp8_policy``."""
