@@ -80,16 +80,18 @@ def test_a_numerics_switch_changed_between_runs_is_refused(proteins, tmp_path, m
     out = tmp_path / "run"
     assert main(_argv(proteins, out, "--dtype", "fp8", "--toks-per-batch", "256")) == 0
     with h5py.File(out / "embeddings.h5", "r") as f:
-        assert f.attrs["dtype"] == "fp8" and not f.attrs["fp8_fast_accum"]
-        assert f.attrs["fp8_policy"] == "gemms=qkv+out+fc1+fc2;first=0;last=0;bc=1;fast=0"  # the default, written out
-    with pytest.raises(UserError, match=r"different fp8_policy \(gemms=qkv\+out\+fc1\+fc2;first=0;last=0;bc=1;fast=0 "
-                                        r"-> gemms=qkv\+out\+fc1\+fc2;first=2;last=2;bc=1;fast=0\)"):
-        main(_argv(proteins, out, "--dtype", "fp8", "--fp8-policy", "edges2-bc"))
-    with pytest.raises(UserError, match=r"different fp8_fast_accum \(False -> True\), fp8_policy \(.*fast=0 -> "
-                                        r".*fast=1\)"):
-        main(_argv(proteins, out, "--dtype", "fp8", "--fp8-fast-accum"))
-    monkeypatch.setenv("VIRNUCDIST_FP8_FAST_ACCUM", "1")  # the environment switch is the same field
-    with pytest.raises(UserError, match=r"different fp8_fast_accum \(False -> True\)"):
-        main(_argv(proteins, out, "--dtype", "fp8"))
-    assert main(_argv(proteins, out, "--dtype", "fp8", "--overwrite")) == 0
-    assert json.loads((out / "run.json").read_text())["fp8_fast_accum"] is True
+        assert f.attrs["dtype"] == "fp8" and f.attrs["fp8_fast_accum"]  # the default policy accumulates fast
+        assert f.attrs["fp8_policy"] == "gemms=qkv+out+fc1+fc2;first=4;last=0;bc=1;fast=1"  # the default, written out
+    with pytest.raises(UserError, match=r"different fp8_policy \(gemms=qkv\+out\+fc1\+fc2;first=4;last=0;bc=1;fast=1 "
+                                        r"-> gemms=qkv\+out\+fc1\+fc2;first=2;last=2;bc=1;fast=1\)"):
+        main(_argv(proteins, out, "--dtype", "fp8", "--fp8-policy", "edges2-bc", "--fp8-fast-accum"))
+    with pytest.raises(UserError, match=r"different fp8_fast_accum \(True -> False\), fp8_policy \(.*fast=1 -> "
+                                        r".*fast=0\)"):
+        main(_argv(proteins, out, "--dtype", "fp8", "--fp8-policy", "first4-bc"))  # no fast accumulation
+    monkeypatch.setenv("VIRNUCDIST_FP8_FAST_ACCUM", "1")  # the environment switch is the same field:
+    assert main(_argv(proteins, out, "--dtype", "fp8", "--fp8-policy", "first4-bc")) == 0  # same values: accepted
+    monkeypatch.setenv("VIRNUCDIST_FP8_FAST_ACCUM", "0")
+    with pytest.raises(UserError, match=r"different fp8_fast_accum \(True -> False\)"):
+        main(_argv(proteins, out, "--dtype", "fp8", "--fp8-policy", "first4-bc"))
+    assert main(_argv(proteins, out, "--dtype", "fp8", "--fp8-policy", "first4-bc", "--overwrite")) == 0
+    assert json.loads((out / "run.json").read_text())["fp8_fast_accum"] is False
