@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from virnucdist.errors import UserError
-from virnucdist.data.fasta import read_fasta, write_fasta
+from virnucdist.data.fasta import write_fasta
+from virnucdist.data.index import read_fasta
 
 __all__ = ["Command", "COMMANDS", "build_parser", "main"]
 

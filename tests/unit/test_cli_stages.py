@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from virnucdist.cli import COMMANDS, build_parser
-from virnucdist.data.fasta import read_fasta
+from virnucdist.data.index import read_fasta
 
 
 def _cli(*args, cwd=None):

@@ -2,7 +2,8 @@ import gzip
 
 import pytest
 
-from virnucdist.data.fasta import FastaError, FastaRecord, read_fasta, write_fasta
+from virnucdist.data.fasta import FastaError, FastaRecord, write_fasta
+from virnucdist.data.index import read_fasta
 
 PLAIN = b">r1 first read\nACGT\nAC\n>r2\nGGGG\n>r3 x y\n\n"
 

@@ -5,7 +5,8 @@ import gzip
 import numpy as np
 import pytest
 
-from virnucdist.data.fasta import FastaError, FastaRecord, read_fasta, write_fasta
+from virnucdist.data.fasta import FastaError, FastaRecord, write_fasta
+from virnucdist.data.index import read_fasta
 from virnucdist.data import SequenceIndex
 
 COLUMNS = ("file_idx", "nbytes", "length", "header_line", "offset")

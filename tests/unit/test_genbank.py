@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from virnucdist.cli import main as cli_main
-from virnucdist.data.fasta import read_fasta
+from virnucdist.data.index import read_fasta
 from virnucdist.vnp.genbank import GenBankError, annotated_frame, iter_cds
 from virnucdist.vnp.translate import six_frame
 

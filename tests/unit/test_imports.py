@@ -76,3 +76,28 @@ def test_lower_layers_never_import_tasks_or_entrypoints():
             if _within(m, f"{PKG}.tasks") or m in ENTRYPOINTS:
                 bad.append(f"{p.relative_to(SRC)}:{line} imports {m}")
     assert not bad, "imports running back up:\n" + "\n".join(bad)
+
+
+def test_no_import_circles_between_modules():
+    """No module reaches itself through the imports of other modules (package ``__init__`` re-exports
+    aside: they only gather their children)."""
+    lib = _library()
+    modules = {_module(p): p for p in lib if p.name != "__init__.py"}
+    graph = {m: sorted({t for _, t in lib[p] if t in modules and t != m}) for m, p in modules.items()}
+    state: dict[str, int] = {}
+    circles = []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for t in graph[m]:
+            if state.get(t) == 1:
+                circles.append(" -> ".join(path[path.index(t):] + [t]))
+            elif t not in state:
+                visit(t, path + [t])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert len(graph) > 40
+    assert not circles, "import circles:\n" + "\n".join(circles)

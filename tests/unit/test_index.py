@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from virnucdist.data.fasta import FastaError, read_fasta, write_fasta
+from virnucdist.data.fasta import FastaError, write_fasta
+from virnucdist.data.index import read_fasta
 from virnucdist.data import SequenceIndex
 from virnucdist.data import index as index_module
 

@@ -5,7 +5,8 @@ import logging
 import pytest
 
 from virnucdist.data import SequenceIndex
-from virnucdist.data.fasta import FastaError, read_fasta
+from virnucdist.data.fasta import FastaError
+from virnucdist.data.index import read_fasta
 
 
 @pytest.mark.parametrize("block_size", [5, 1 << 20])

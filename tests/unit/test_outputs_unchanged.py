@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from virnucdist import EmbedConfig, PredictConfig, embed, predict
-from virnucdist.data.fasta import read_fasta, write_fasta
+from virnucdist.data.fasta import write_fasta
+from virnucdist.data.index import read_fasta
 
 REPO = Path(__file__).resolve().parents[2]
 RECORDED_ON = ("2.13.0+cpu", "x86_64")

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from virnucdist.cli import main
-from virnucdist.data.fasta import read_fasta, write_fasta
+from virnucdist.data.fasta import write_fasta
+from virnucdist.data.index import read_fasta
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "proteins.fa"
 IMG = re.compile(r"<img [^>]*src='data:image/png;base64,([A-Za-z0-9+/=]+)'")

@@ -194,7 +194,7 @@ def test_report_draws_the_learning_curves(demo):
 def test_annotated_frames_one_per_chunk(demo, tmp_path):
     """--frames annotated on coding sequences: exactly one frame per chunk (the CDS's own, stop-free), where
     all stop-free frames are more; chunks of 100 start on all three codon phases."""
-    from virnucdist.data.fasta import read_fasta
+    from virnucdist.data.index import read_fasta
     from virnucdist.vnp.chunk import chunk_spans
     from virnucdist.vnp.translate import six_frame
 

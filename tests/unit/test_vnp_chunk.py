@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from virnucdist.data.fasta import FastaRecord, read_fasta
+from virnucdist.data.fasta import FastaRecord
+from virnucdist.data.index import read_fasta
 from virnucdist.vnp.chunk import ChunkStats, chunk_records, chunk_spans
 
 

@@ -7,7 +7,7 @@ from Bio.Seq import Seq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from virnucdist.data.fasta import read_fasta
+from virnucdist.data.index import read_fasta
 from virnucdist.vnp.translate import CODON_TABLE, Frame, reverse_complement, six_frame, translate_records
 
 

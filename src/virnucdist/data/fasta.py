@@ -26,7 +26,7 @@ import gzip
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO, Iterable
 
 from ..errors import UserError
 
@@ -58,21 +58,6 @@ def is_gzip(path: str | Path) -> bool:
     """True when the file starts with the gzip magic bytes."""
     with open(path, "rb") as fh:
         return fh.read(2) == _GZIP_MAGIC
-
-
-def read_fasta(path: str | Path) -> Iterator[FastaRecord]:
-    """Yield the records of a FASTA or FASTQ file (plain or gzip) in file order.
-
-    The file is indexed first (:meth:`virnucdist.sharding.SequenceIndex.build`, the
-    one parser; a gzip input is read in place), so
-    a malformed file raises :class:`FastaError` before the first record is yielded,
-    with the same message the index gives; duplicate ids are an error, as in a run.
-    A record with an empty sequence is yielded with ``seq == ""``.
-    """
-    # fasta.py is the leaf (errors, records, writing); reading reaches up to the scanner.
-    from .index import iter_records
-
-    return iter_records(path)
 
 
 def write_fasta(path: str | Path, records: Iterable[tuple[str, str]], width: int | None = None) -> int:

@@ -67,7 +67,7 @@ from .store import COLUMNS, FORMAT_VERSION, IdColumn, load_dir, save_dir  # noqa
 from .scan import (_BOM, BLOCK_SIZE, HASH_BYTES, Blocks, PathLike, _FileScan, _scan_fasta_file,  # noqa: F401
                    _warned_descriptions, cr_only, detect_format)
 
-__all__ = ["SequenceIndex", "quick_identity", "iter_records", "detect_format"]
+__all__ = ["SequenceIndex", "quick_identity", "iter_records", "read_fasta", "detect_format"]
 
 log = logging.getLogger(__name__)
 
@@ -585,3 +585,14 @@ def iter_records(path: PathLike) -> Iterator[FastaRecord]:
         yield from index.records()
     finally:
         index.close()
+
+
+def read_fasta(path: PathLike) -> Iterator[FastaRecord]:
+    """Yield the records of a FASTA or FASTQ file (plain or gzip) in file order.
+
+    The file is indexed first (:meth:`SequenceIndex.build`, the one parser; a gzip input is read
+    in place), so a malformed file raises :class:`FastaError` before the first record is yielded,
+    with the same message the index gives; duplicate ids are an error, as in a run.
+    A record with an empty sequence is yielded with ``seq == ""``.
+    """
+    return iter_records(path)
