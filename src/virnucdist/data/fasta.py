@@ -1,7 +1,7 @@
 """FASTA/FASTQ records: reading (through the index's byte scanner), writing, and errors.
 
 There is one parser: :mod:`virnucdist.data.index` scans files in binary blocks
-(FASTA or FASTQ, plain or gzip, detected from the content); :func:`read_fasta`
+(FASTA or FASTQ, plain or gzip, detected from the content); its :func:`read_fasta`
 iterates over the records it finds, so the streaming reader and the index agree on
 every record and on every error message.
 
@@ -30,7 +30,7 @@ from typing import IO, Iterable
 
 from ..errors import UserError
 
-__all__ = ["FastaRecord", "FastaError", "read_fasta", "write_fasta", "is_gzip", "WHITESPACE"]
+__all__ = ["FastaRecord", "FastaError", "write_fasta", "is_gzip", "WHITESPACE"]
 
 #: ASCII whitespace, exactly what ``bytes.split()`` splits on; removed from sequences.
 WHITESPACE = b" \t\r\n\v\f"

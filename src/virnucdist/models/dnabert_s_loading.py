@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from .dnabert_s import DnaBertSConfig, PackedDnaBertS
-from .errors import CheckpointError, ModelNotFoundError, torch_error_line
+from .errors import CheckpointError, ModelNotFoundError
+from .hf_cache import read_weights_file
 from .tokenization import DnaBertSTokenizer
 
 __all__ = ["HF_REPO_ID", "WEIGHT_FILES", "DnaBertSCheckpointError", "load_dnabert_s", "resolve_model_dir",
@@ -58,29 +59,7 @@ def resolve_model_dir(model_dir: str | os.PathLike) -> Path:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as e:
-            raise DnaBertSCheckpointError(f"{path}: not a readable .safetensors file "
-                                          f"({' '.join(str(e).split())[:200]}); download it again") from None
-    with open(path, "rb") as fh:
-        zipped = fh.read(4) == b"PK\x03\x04"
-    try:
-        # weights_only: a pickle can run code; only tensors and containers are accepted
-        sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipped)
-    except Exception as e:
-        raise DnaBertSCheckpointError(
-            f"{path}: refused to load (weights_only=True): {torch_error_line(e)}; only plain tensor "
-            f"checkpoints are read") from None
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise DnaBertSCheckpointError(f"{path}: not a state dict of tensors")
-    return sd
+    return read_weights_file(path, DnaBertSCheckpointError)
 
 
 def _check_state_dict(sd: dict[str, torch.Tensor], model: PackedDnaBertS, source) -> dict:

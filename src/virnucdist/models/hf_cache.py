@@ -1,4 +1,5 @@
-"""Hugging Face model directories: where a hub id lives in the local cache, and which family a directory is.
+"""Hugging Face model directories: where a hub id lives in the local cache, which family a directory is,
+and how one of its weight files is read (safetensors, or a zip/pickle .bin through weights_only).
 
 A hub id (``facebook/esm2_t33_650M_UR50D``) is looked up in the local cache only (never
 downloaded): ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``,
@@ -17,7 +18,9 @@ import json
 import os
 from pathlib import Path
 
-from .errors import ModelLoadError
+import torch
+
+from .errors import CheckpointError, ModelLoadError, torch_error_line
 
 __all__ = ["hub_cache_dir", "looks_like_hub_id", "cached_snapshot", "local_model_dir", "hf_family",
            "read_config", "UnknownModelTypeError"]
@@ -96,3 +99,30 @@ def hf_family(d: Path) -> str:
     raise UnknownModelTypeError(
         f"{d / 'config.json'}: model_type {mtype or '?'!r} ({archs or 'no architectures'}) is not a model "
         f"virnucdist runs: give an ESM-2 directory (model_type 'esm') or DNABERT-S (model_type 'bert')")
+
+
+def read_weights_file(path: Path, error: type[CheckpointError] = CheckpointError) -> dict[str, torch.Tensor]:
+    """A state dict from ``model.safetensors`` (or one shard) or ``pytorch_model.bin``: safetensors as they
+    are, a ``.bin`` memory-mapped when zipped and always ``weights_only`` (a pickle can run code).
+    ``error`` is the model's own checkpoint error; every failure is one line naming the file."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise error(f"{path}: not a readable .safetensors file "
+                        f"({' '.join(str(e).split())[:200]}); download it again") from None
+    with open(path, "rb") as fh:
+        zipped = fh.read(4) == b"PK\x03\x04"
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipped)
+    except Exception as e:
+        raise error(f"{path}: refused to load (weights_only=True): {torch_error_line(e)}; only plain tensor "
+                    f"checkpoints are read") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise error(f"{path}: not a state dict of tensors")
+    return sd

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError, ModelNotFoundError, torch_error_line
+from .errors import CheckpointError, ModelNotFoundError
 from .esm2 import ESM2Config
+from .hf_cache import read_weights_file
 from .tokenization import ESM_TOKENS, MASK, PAD
 
 __all__ = ["HfEsm2Names", "read_hf_esm2", "hf_weight_files"]
@@ -130,24 +131,7 @@ def hf_weight_files(d: Path) -> list[Path]:
 
 
 def _read_file(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: not a readable .safetensors file "
-                                  f"({' '.join(str(e).split())[:200]}); download it again") from None
-    with open(path, "rb") as fh:
-        zipped = fh.read(4) == b"PK\x03\x04"
-    try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipped)
-    except Exception as e:
-        raise CheckpointError(f"{path}: refused to load (weights_only=True): {torch_error_line(e)}") from None
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"{path}: not a state dict of tensors")
-    return sd
+    return read_weights_file(path)
 
 
 def _check_vocab(d: Path) -> None:
