@@ -1,9 +1,14 @@
-"""What many tests share: the small model they run, the protein alphabet, and a clean environment for
-subprocesses (torchrun, entrypoints). Tests import it as ``_helpers`` (tests/ is on pytest's path)."""
+"""What many tests share: the small model they run, the protein alphabet, a clean environment for
+subprocesses (torchrun, entrypoints), a torchrun launch that never outlives its test, and file hashes. Tests import it as ``_helpers`` (tests/ is on pytest's path)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 MODEL = "esm2_t6_8M_UR50D"  # the smallest ESM-2 (random weights in tests: --random-init)
 AA = tuple("ACDEFGHIKLMNPQRSTVWY")  # the 20 amino acids
@@ -18,3 +23,25 @@ def clean_env(**extra: str) -> dict:
            if k not in _RANK_VARS and not k.startswith(("VIRNUCDIST_TEST_", "TORCHELASTIC_"))}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", **extra)
     return env
+
+
+def torchrun(module: str, args: list[str], *, nproc: int = 2, timeout: float = 240, **env: str
+             ) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=NPROC -m MODULE ARGS`` in its own process group (killed
+    whole if it outlives ``timeout``), with :func:`clean_env` plus ``env``; output captured."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", module,
+           *args]
+    p = subprocess.Popen(cmd, env=clean_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def sha256(path: Path) -> str:
+    """A file's SHA-256 (hex): what "the same bytes" is checked with."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

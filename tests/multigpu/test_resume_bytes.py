@@ -8,11 +8,7 @@ default, ramped at the start), not ``--window-records``, so that a replanned res
 
 from __future__ import annotations
 
-import hashlib
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -21,26 +17,9 @@ import pytest
 from _predict_data import make_reads, tiny_models, write_fasta_wrapped
 
 from virnucdist.data.fasta import write_fasta
-from _helpers import AA, MODEL, clean_env
+from _helpers import AA, MODEL, sha256, torchrun
 
 pytestmark = pytest.mark.torchrun
-
-
-def _torchrun(module: str, args: list[str], **env) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", module, *args]
-    p = subprocess.Popen(cmd, env=clean_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=240)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _committed(out: Path) -> int:
@@ -56,9 +35,9 @@ def embed_case(tmp_path_factory):
     write_fasta(fasta, recs)
     args = [str(fasta), "--model", MODEL, "--random-init", "--num-workers", "0", "--device", "cpu",
             "--toks-per-batch", "256", "--flush-every", "1", "--quiet"]
-    p = _torchrun("virnucdist.embed", [*args, "-o", str(d / "ref")])
+    p = torchrun("virnucdist.embed", [*args, "-o", str(d / "ref")])
     assert p.returncode == 0, p.stderr[-3000:]
-    return d, args, len(recs), _sha(d / "ref" / "embeddings.h5")
+    return d, args, len(recs), sha256(d / "ref" / "embeddings.h5")
 
 
 @pytest.mark.parametrize("kill", [{"VIRNUCDIST_TEST_KILL_AT": "batch:3", "VIRNUCDIST_TEST_KILL_RANK": "1"},
@@ -66,13 +45,13 @@ def embed_case(tmp_path_factory):
 def test_embed_killed_then_rerun_is_byte_identical(embed_case, kill):
     d, args, n, ref = embed_case
     out = d / f"killed-{len(kill)}"
-    p = _torchrun("virnucdist.embed", [*args, "-o", str(out)], **kill)
+    p = torchrun("virnucdist.embed", [*args, "-o", str(out)], **kill)
     assert p.returncode != 0 and not (out / "embeddings.h5").exists()
     committed = _committed(out)
     assert 0 < committed < n
-    p = _torchrun("virnucdist.embed", [*args, "-o", str(out)])
+    p = torchrun("virnucdist.embed", [*args, "-o", str(out)])
     assert p.returncode == 0, p.stderr[-3000:]
-    assert _sha(out / "embeddings.h5") == ref
+    assert sha256(out / "embeddings.h5") == ref
 
 
 def test_predict_rank_killed_then_rerun_is_byte_identical(tmp_path):
@@ -82,16 +61,16 @@ def test_predict_rank_killed_then_rerun_is_byte_identical(tmp_path):
     args = [str(fasta), "--chunk-size", "300", "--classifier", str(m["classifier"]), "--esm-model", str(m["esm"]),
             "--dnabert-model", str(m["dnabert"]), "--num-workers", "0", "--toks-per-batch", "300",
             "--device", "cpu", "--quiet"]
-    p = _torchrun("virnucdist.predict", [*args, "-o", str(tmp_path / "ref")])
+    p = torchrun("virnucdist.predict", [*args, "-o", str(tmp_path / "ref")])
     assert p.returncode == 0, p.stderr[-3000:]
     out = tmp_path / "killed"
-    p = _torchrun("virnucdist.predict", [*args, "-o", str(out)], VIRNUCDIST_TEST_KILL_AT="batch:2",
+    p = torchrun("virnucdist.predict", [*args, "-o", str(out)], VIRNUCDIST_TEST_KILL_AT="batch:2",
                   VIRNUCDIST_TEST_KILL_RANK="1")
     assert p.returncode != 0 and 0 < _committed(out) < len(reads)
-    p = _torchrun("virnucdist.predict", [*args, "-o", str(out)])
+    p = torchrun("virnucdist.predict", [*args, "-o", str(out)])
     assert p.returncode == 0, p.stderr[-3000:]
     for name in ("prediction_results.txt", "prediction_results_highestscore.csv"):
-        assert _sha(out / name) == _sha(tmp_path / "ref" / name), name
+        assert sha256(out / name) == sha256(tmp_path / "ref" / name), name
 
 
 def _processes_with(marker: str) -> list[int]:
@@ -119,7 +98,7 @@ def test_predict_workers_do_not_outlive_a_killed_rank(tmp_path):
     args = [str(fasta), "--chunk-size", "300", "--classifier", str(m["classifier"]), "--esm-model", str(m["esm"]),
             "--dnabert-model", str(m["dnabert"]), "--num-workers", "2", "--toks-per-batch", "300",
             "--device", "cpu", "--quiet", "-o", str(out)]
-    p = _torchrun("virnucdist.predict", args, VIRNUCDIST_TEST_KILL_AT="batch:2", VIRNUCDIST_TEST_KILL_RANK="1")
+    p = torchrun("virnucdist.predict", args, VIRNUCDIST_TEST_KILL_AT="batch:2", VIRNUCDIST_TEST_KILL_RANK="1")
     assert p.returncode != 0
     left = _processes_with(str(out))
     for _ in range(100):

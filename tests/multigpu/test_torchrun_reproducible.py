@@ -4,49 +4,15 @@ so do a resume after a kill at a different world size and predict on 1 and 2 ran
 
 from __future__ import annotations
 
-import hashlib
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from _predict_data import make_reads, tiny_models, write_fasta_wrapped
 
 from virnucdist.data.fasta import write_fasta
+from _helpers import AA, MODEL, sha256, torchrun
 
 pytestmark = pytest.mark.torchrun
 
-MODEL = "esm2_t6_8M_UR50D"
-AA = list("ACDEFGHIKLMNPQRSTVWY")
-
-
-def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIRNUCDIST_TEST_")}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-              "TORCHELASTIC_RESTART_COUNT"):
-        env.pop(k, None)
-    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", **extra)
-    return env
-
-
-def _torchrun(n: int, module: str, args: list[str], **env) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", module, *args]
-    p = subprocess.Popen(cmd, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=240)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_embed_same_bytes_for_1_2_3_ranks_other_budgets_and_a_resume(tmp_path):
@@ -59,16 +25,16 @@ def test_embed_same_bytes_for_1_2_3_ranks_other_budgets_and_a_resume(tmp_path):
     hashes = {}
     for n, toks in ((1, "4096"), (2, "300"), (3, "1000")):
         out = tmp_path / f"n{n}"
-        p = _torchrun(n, "virnucdist.embed", [*base, "--toks-per-batch", toks, "-o", str(out)])
+        p = torchrun("virnucdist.embed", nproc=n, args=[*base, "--toks-per-batch", toks, "-o", str(out)])
         assert p.returncode == 0, p.stderr[-3000:]
-        hashes[f"{n} ranks, --toks-per-batch {toks}"] = _sha(out / "embeddings.h5")
+        hashes[f"{n} ranks, --toks-per-batch {toks}"] = sha256(out / "embeddings.h5")
     out = tmp_path / "resumed"  # killed on 2 ranks, finished on 3
-    p = _torchrun(2, "virnucdist.embed", [*base, "--toks-per-batch", "200", "-o", str(out)],
+    p = torchrun("virnucdist.embed", nproc=2, args=[*base, "--toks-per-batch", "200", "-o", str(out)],
                   VIRNUCDIST_TEST_KILL_AT="batch:2", VIRNUCDIST_TEST_KILL_RANK="1")
     assert p.returncode != 0 and not (out / "embeddings.h5").exists()
-    p = _torchrun(3, "virnucdist.embed", [*base, "--toks-per-batch", "200", "-o", str(out)])
+    p = torchrun("virnucdist.embed", nproc=3, args=[*base, "--toks-per-batch", "200", "-o", str(out)])
     assert p.returncode == 0, p.stderr[-3000:]
-    hashes["killed on 2 ranks, resumed on 3"] = _sha(out / "embeddings.h5")
+    hashes["killed on 2 ranks, resumed on 3"] = sha256(out / "embeddings.h5")
     assert len(set(hashes.values())) == 1, hashes
 
 
@@ -81,7 +47,7 @@ def test_predict_same_bytes_for_1_and_2_ranks(tmp_path):
     got = []
     for n, toks in ((1, "4096"), (2, "500")):
         out = tmp_path / f"n{n}"
-        p = _torchrun(n, "virnucdist.predict", [*base, "--toks-per-batch", toks, "-o", str(out)])
+        p = torchrun("virnucdist.predict", nproc=n, args=[*base, "--toks-per-batch", toks, "-o", str(out)])
         assert p.returncode == 0, p.stderr[-3000:]
-        got.append(_sha(out / "prediction_results.txt"))
+        got.append(sha256(out / "prediction_results.txt"))
     assert got[0] == got[1]
