@@ -107,6 +107,19 @@ def gemm_rates(dev, m: int, dims: list[tuple[int, int]]) -> dict:
     return out
 
 
+def kernel_group(name: str) -> str:
+    """What a CUDA kernel does, from its name: GEMM, attention, the fused kernels, or other."""
+    n = name.lower()
+    return ("GEMM" if any(s in n for s in ("nvjet", "gemm", "cutlass", "xmma", "scaled_mm", "sm90")) else
+            "attention" if any(s in n for s in ("flash", "attn", "fmha")) else
+            "add+LayerNorm (fused)" if "add_ln_kernel" in n else
+            "GELU (fused)" if "gelu_kernel" in n else
+            "FP8 quant (fused)" if "quant_kernel" in n else
+            "rotary" if "rotary" in n else
+            "LayerNorm (eager)" if "layer_norm" in n else
+            "GELU (eager)" if "gelu" in n else "other")
+
+
 def profile(fn, batch, dev, path: Path, title: str) -> str:
     """Top kernels by GPU time of one forward; the full table goes to ``path``."""
     acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
@@ -121,15 +134,7 @@ def profile(fn, batch, dev, path: Path, title: str) -> str:
     total = sum(t(e) for e in evs) or 1
     groups: dict[str, float] = {}
     for e in evs:
-        n = e.key.lower()
-        g = ("GEMM" if any(s in n for s in ("nvjet", "gemm", "cutlass", "xmma", "scaled_mm", "sm90")) else
-             "attention" if any(s in n for s in ("flash", "attn", "fmha")) else
-             "add+LayerNorm (fused)" if "add_ln_kernel" in n else
-             "GELU (fused)" if "gelu_kernel" in n else
-             "FP8 quant (fused)" if "quant_kernel" in n else
-             "rotary" if "rotary" in n else
-             "LayerNorm (eager)" if "layer_norm" in n else
-             "GELU (eager)" if "gelu" in n else "other")
+        g = kernel_group(e.key)
         groups[g] = groups.get(g, 0) + t(e)
     lines = [f"{title}: {total / 1e3:.1f} ms GPU time, {int(batch[0].numel())} tokens"]
     lines += [f"  {g:<24} {v / 1e3:8.2f} ms  {v / total:6.1%}" for g, v in sorted(groups.items(), key=lambda x: -x[1])]

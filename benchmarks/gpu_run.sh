@@ -19,6 +19,9 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 ||
 case "$1" in  # issue 24 groups (budgets: perf1 ~8 min, perf2 ~9 min worst case)
   perf1) set -- env tokenize_dna quant_probe roofline startup predict_1m_bf16 ;;  # timeouts: 585 s (+ env)
   perf2) set -- gputests_short dnabert_1m fp8_policies predict_1m_fp8 ;;  # timeouts sum to 560 s
+  r3a) set -- env gputests profile reproducible ;;  # the rest of issues 24/25: timeouts sum to 490 s
+  r3b) set -- predict_1m_fp8 train_650m ;;  # issues 24/23: 330 + TRAIN_T (export TRAIN_T=240)
+  r3c) set -- samples_one samples_each ;;  # issue 21 (SAMPLES_PAIRS, SAMPLES_T_ONE, SAMPLES_T_EACH)
 esac
 python3 -c "import torch; print('torch', torch.__version__)" 2>&1 | tail -1
 for step in "$@"; do
@@ -62,7 +65,7 @@ for step in "$@"; do
         | tee "$OUT/startup.log" | tail -6
       rm -rf /tmp/vnd-startup ;;
     predict_1m_bf16|predict_1m_fp8)  # predict of 1M random 150-bp reads, chunk 300, ESM-2 3B + DNABERT-S, one GPU
-      dt=${step##*_}; W=/tmp/vnd-p1m-$dt; mkdir -p $W; [ $dt = bf16 ] && lim=340 || lim=250
+      dt=${step##*_}; W=/tmp/vnd-p1m-$dt; mkdir -p $W; [ $dt = bf16 ] && lim=340 || lim=330
       if [ $dt = fp8 ] && [ -z "${VIRNUCDIST_FP8_POLICY:-}" ] && [ -f "$OUT/fp8_policies.json" ]; then  # the best measured
         pol=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('best') or '')" "$OUT/fp8_policies.json")
         [ -n "$pol" ] && export VIRNUCDIST_FP8_POLICY="$pol"; echo "fp8 policy: ${VIRNUCDIST_FP8_POLICY:-library default}"
@@ -73,11 +76,11 @@ for step in "$@"; do
       rm -rf $W ;;
     train_650m)  # issue 23: virnucdist train on 200k windows (150/50), ESM-2 650M + DNABERT-S random, + predict baseline
       W=/tmp/vnd-train; mkdir -p $W
-      timeout 540 python3 benchmarks/train.py --windows ${TRAIN_WINDOWS:-200000} --workdir $W \
+      timeout ${TRAIN_T:-540} python3 benchmarks/train.py --windows ${TRAIN_WINDOWS:-200000} --workdir $W \
         --json "$OUT/train_650m.json" 2>&1 | tee "$OUT/train_650m.log" | grep -v "RANDOM WEIGHTS" | tail -12
       rm -rf $W ;;
     samples_one|samples_each)  # issue 21: 8 samples x SAMPLES_PAIRS 150-bp pairs, one --samples launch / one launch each
-      W=/tmp/vnd-samples; mode=${step##*_}; [ $mode = one ] && lim=420 || lim=570
+      W=/tmp/vnd-samples; mode=${step##*_}; [ $mode = one ] && lim=${SAMPLES_T_ONE:-420} || lim=${SAMPLES_T_EACH:-570}
       timeout $lim python3 benchmarks/samples.py --random-init --esm-model esm2_t36_3B_UR50D --dnabert-model dnabert-s \
         --samples 8 --pairs ${SAMPLES_PAIRS:-50000} --only $mode --dir $W --json "$OUT/samples_$mode.json" 2>&1 \
         | tee "$OUT/samples_$mode.log" | tail -8 ;;  # keeps $W (the data) for the other mode; --merge the two JSONs
@@ -109,8 +112,13 @@ for step in "$@"; do
       timeout ${SCALE_T2:-240} torchrun --standalone --nproc_per_node=2 benchmarks/scaling.py --reads ${READS:-30000} \
         --workdir $W --baseline "$OUT/scaling_ws1.json" --json "$OUT/scaling_ws2.json" 2>&1 \
         | tee "$OUT/scaling_ws2.log" | grep -v "^W1\|\*\*\*" | tail -25 ;;
-    profile)
-      python3 benchmarks/profile_esm.py --toks-per-batch 65536 2>&1 | tee "$OUT/profile.txt" | head -45 ;;
+    profile)  # where a bf16 forward's time goes against the sustained roofline (round 3's H100 roofline.json)
+      timeout 100 python3 benchmarks/profile_esm.py --roofline benchmarks/results/round3/roofline.json \
+        --json "$OUT/profile_esm.json" 2>&1 | tee "$OUT/profile_esm.txt" | grep -v "^USDT" | sed -n 1,26p ;;
+    reproducible)  # issue 25: tokens/s of embed with and without --reproducible, DNABERT-S then ESM-2 3B
+      timeout 210 torchrun --standalone --nproc_per_node=1 benchmarks/reproducible.py --num-seqs ${REPRO_SEQS:-6000} \
+        --workdir /tmp/vnd-repro --json "$OUT/reproducible.json" 2>&1 | tee "$OUT/reproducible.log" \
+        | grep -v "RANDOM\|^W1\|\*\*\*" | tail -10; rm -rf /tmp/vnd-repro ;;
     e2e)  # end to end on one GPU: embed/predict wall and finalize share, dedup, precision of calls, a report page
       W=/tmp/vnd-e2e; mkdir -p $W
       VIRNUCDIST_SAMPLE_EVERY_S=1 timeout 240 torchrun --standalone --nproc_per_node=1 benchmarks/scaling.py \

@@ -1,50 +1,168 @@
-"""torch.profiler view of packed ESM-2 forward passes on one GPU (where the time goes).
+"""Where a packed ESM-2 forward's time goes, against the sustained GEMM roofline (why bf16 is not at 100%).
 
-    python benchmarks/profile_esm.py --model esm2_t36_3B_UR50D --workload a --toks-per-batch 65536
+    python benchmarks/profile_esm.py --roofline benchmarks/results/round3/roofline.json --json profile.json
+    python benchmarks/profile_esm.py --smoke          # CPU, tiny model, checks the script
+
+Runs the library's fused packed forward (``PackedESM2``, bf16, random weights of the real architecture)
+on translated 150-bp reads (20-80 aa) packed to ``--toks-per-batch``, after warm-up, and under
+``torch.profiler`` for ``--steps`` batches. Prints:
+
+* tokens/s over the profiled batches and its share of the roofline (``--roofline``: a
+  ``benchmarks/roofline.py`` JSON, its sustained bf16 TFLOP/s; without it, a short probe of the four
+  layer GEMMs in this run);
+* the forward's wall time split into GPU time per kernel group (GEMM, attention, fused add+LayerNorm,
+  GELU, rotary, other) and the idle time between kernels (launch gaps, host work);
+* the layer GEMMs inside the model: each shape's achieved TFLOP/s against the roofline's;
+* the decomposition ``tokens/s / roofline = (GEMM time / wall) x (in-model GEMM rate / sustained rate)``:
+  the first factor is the time spent outside GEMMs, the second the GEMMs' own shortfall.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PROTEIN_WORKLOADS, random_proteins  # noqa: E402
+from _common import random_proteins  # noqa: E402
+from _kernels import gemm_rates, kernel_group, pack, sync  # noqa: E402
 
 from virnucdist.models.loading import load_model  # noqa: E402
-from virnucdist.packing import TokenBudgetSampler, pack_token_arrays  # noqa: E402
+
+
+def _union(intervals: list[tuple[float, float]]) -> float:
+    """Total length of the union of ``(start, end)`` intervals."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if a > end:
+            total += b - a
+            end = b
+        elif b > end:
+            total += b - end
+            end = b
+    return total
+
+
+def _gemm_shapes(prof) -> list[dict]:
+    """aten::addmm / aten::mm / aten::linear calls grouped by input shape: GPU time and FLOPs."""
+    rows = []
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.key not in ("aten::addmm", "aten::mm") or not e.input_shapes:
+            continue
+        shapes = [s for s in e.input_shapes if s]
+        mats = [s for s in shapes if len(s) == 2]
+        if len(mats) < 2:
+            continue
+        (m, k), (_, n) = mats[-2], mats[-1]  # addmm(bias, input, weight.t()) / mm(input, weight.t())
+        us = getattr(e, "device_time_total", 0) or getattr(e, "cuda_time_total", 0)
+        if us:
+            rows.append({"op": e.key, "m": m, "k": k, "n": n, "calls": e.count, "gpu_ms": us / 1e3,
+                         "tflops": 2 * m * k * n * e.count / (us * 1e-6) / 1e12})
+    return sorted(rows, key=lambda r: -r["gpu_ms"])
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="esm2_t36_3B_UR50D")
-    ap.add_argument("--workload", default="a")
+    ap.add_argument("--num-seqs", type=int, default=12000)
     ap.add_argument("--toks-per-batch", type=int, default=65536)
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=6, help="batches under the profiler")
+    ap.add_argument("--roofline", default=None, help="benchmarks/roofline.py JSON (its sustained bf16 TFLOP/s)")
+    ap.add_argument("--json", default=None)
     ap.add_argument("--trace", default=None, help="write a chrome trace here")
+    ap.add_argument("--smoke", action="store_true", help="CPU, esm2_t6_8M, a few batches")
     args = ap.parse_args()
-    lm = load_model(args.model, device="cuda", dtype=torch.bfloat16, random_init=True)
-    lo, hi = PROTEIN_WORKLOADS[args.workload]
-    recs = random_proteins(20000, lo, hi, seed=1)
-    toks = [lm.tokenizer.encode(s) for _, s in recs]
-    sampler = TokenBudgetSampler(np.arange(len(toks)), np.array([len(t) for t in toks]), args.toks_per_batch)
-    batches = [pack_token_arrays([toks[i] for i in b], b).pin_memory() for b in list(sampler)[: args.steps + 2]]
+    dev = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    name = "esm2_t6_8M_UR50D" if args.smoke else args.model
+    budget = 2048 if args.smoke else args.toks_per_batch
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    lm = load_model(name, device=dev, dtype=dtype, random_init=True, seed=0)
+    recs = random_proteins(200 if args.smoke else args.num_seqs, 20, 80, seed=1)
+    arrays = [lm.tokenizer.encode(s) for _, s in recs]
+    batches = pack(arrays, budget, dev)
+    cfg = lm.module.cfg
+    d, layers = cfg.embed_dim, cfg.num_layers
+    flops_per_token = 24 * d * d * layers  # the four layer GEMMs: qkv 3d, out d, fc1 4d, fc2 4d -> 2 x 12 d^2
+    fwd = lambda b: lm.module.embed(*b)  # noqa: E731
+    steps = batches[2: 2 + args.steps] if len(batches) > 2 + args.steps else batches[-args.steps:]
+    tokens = sum(int(b[3][-1]) for b in steps)
+
+    if args.roofline:
+        rl = json.loads(Path(args.roofline).read_text())
+        sustained = rl["runs"]["bf16"]["sustained_tflops"]
+        roof_src = f"sustained, {args.roofline} ({rl.get('device')}, torch {rl.get('torch')})"
+    elif dev.type == "cuda":
+        rates = gemm_rates(dev, 16384, [(d, 4 * d), (d, 3 * d), (d, d), (4 * d, d)])
+        sustained = sum(v for k, v in rates.items() if k.startswith("bf16")) / 4
+        roof_src = "short probe in this run (no --roofline)"
+    else:
+        sustained, roof_src = float("nan"), "none (CPU)"
+    roof_tok = sustained * 1e12 / flops_per_token
+
     with torch.inference_mode():
-        for b in batches[:2]:  # warm-up (and compilation)
-            lm.embed(b.to("cuda")).pooled[0]
-        torch.cuda.synchronize()
-        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-        with torch.profiler.profile(activities=acts) as prof:
-            for b in batches[2:]:
-                lm.embed(b.to("cuda")).pooled[0]
-            torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+        for b in batches[:2]:
+            fwd(b)
+        sync(dev)
+        t0 = time.perf_counter()
+        for b in steps:
+            fwd(b)
+        sync(dev)
+        plain_s = time.perf_counter() - t0
+        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
+                                                          if dev.type == "cuda" else [])
+        with torch.profiler.profile(activities=acts, record_shapes=True) as prof:
+            t0 = time.perf_counter()
+            for b in steps:
+                fwd(b)
+            sync(dev)
+            prof_s = time.perf_counter() - t0
     if args.trace:
         prof.export_chrome_trace(args.trace)
+
+    kernels = [e for e in prof.events() if str(getattr(e, "device_type", "")).endswith("CUDA")]
+    span = busy = 0.0
+    groups: dict[str, float] = {}
+    if kernels:
+        iv = [(e.time_range.start, e.time_range.end) for e in kernels]
+        span = (max(b for _, b in iv) - min(a for a, _ in iv)) / 1e6
+        busy = _union(iv) / 1e6
+        for e in kernels:
+            g = kernel_group(e.name)
+            groups[g] = groups.get(g, 0.0) + (e.time_range.end - e.time_range.start) / 1e6
+    tok_s = tokens / plain_s
+    res = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
+           "model": name, "toks_per_batch": budget, "batches": len(steps), "tokens": tokens,
+           "tokens_per_s": tok_s, "tokens_per_s_under_profiler": tokens / prof_s,
+           "sustained_tflops": sustained, "roofline_source": roof_src, "roofline_tokens_per_s": roof_tok,
+           "of_roofline": tok_s / roof_tok, "gpu_span_s": span, "gpu_busy_s": busy,
+           "groups_s": groups, "gemm_shapes": _gemm_shapes(prof) if kernels else []}
+    print(f"{res['device']}, torch {torch.__version__}: {name} bf16 fused packed forward, {len(steps)} batches "
+          f"of <= {budget} tokens ({tokens:,} tokens, frames of 150-bp reads)")
+    print(f"tokens/s {tok_s:,.0f} (under the profiler {tokens / prof_s:,.0f}); roofline {roof_tok:,.0f} tokens/s "
+          f"at {sustained:.0f} TFLOP/s [{roof_src}] -> {tok_s / roof_tok:.1%} of roofline")
+    if kernels:
+        print(f"GPU span {span * 1e3:.1f} ms: kernels busy {busy * 1e3:.1f} ms ({busy / span:.1%}), "
+              f"idle between kernels {(span - busy) * 1e3:.1f} ms ({1 - busy / span:.1%})")
+        for g, s in sorted(groups.items(), key=lambda x: -x[1]):
+            print(f"  {g:<24} {s * 1e3:9.2f} ms  {s / span:6.1%} of span")
+        gemm_s = groups.get("GEMM", 0.0)
+        in_model = tokens * flops_per_token / gemm_s / 1e12 if gemm_s else float("nan")
+        res.update(gemm_share=gemm_s / span, in_model_gemm_tflops=in_model)
+        print(f"layer GEMMs inside the model: {in_model:.0f} TFLOP/s ({in_model / sustained:.1%} of sustained "
+              f"{sustained:.0f})")
+        print(f"decomposition: of roofline {tok_s / roof_tok:.1%} ~= GEMM share of wall {gemm_s / span:.1%} x "
+              f"GEMM rate / sustained {in_model / sustained:.1%} = {gemm_s / span * in_model / sustained:.1%}")
+        print("GEMM shapes (M x K x N, calls, GPU ms, TFLOP/s):")
+        for r in res["gemm_shapes"][:8]:
+            print(f"  {r['op']:<11} {r['m']:>6} x {r['k']:>5} x {r['n']:>5}  {r['calls']:4d}x  {r['gpu_ms']:9.2f} ms"
+                  f"  {r['tflops']:6.0f}")
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20, max_name_column_width=70))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1, default=float))
 
 
 if __name__ == "__main__":
