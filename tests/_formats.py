@@ -99,11 +99,8 @@ def save_hf_dir(model: PackedDnaBertS, out_dir: str | os.PathLike, fmt: str = "s
     return out
 
 
-# Written the way VirNucPro's train.py does it: the class lives in __main__ and the
-# whole module is pickled. Optionally saves a probe input and its eval-mode logits.
-_PICKLE_WRITER = r'''
-import sys
-import torch
+# VirNucPro's classifier class as its train.py and prediction.py define it (in __main__).
+VIRNUCPRO_MLP_SOURCE = r'''
 import torch.nn as nn
 
 
@@ -123,6 +120,13 @@ class MLPClassifier(nn.Module):
         x = self.dropout(x)
         x = self.output_layer(x)
         return x
+'''
+
+# Written the way VirNucPro's train.py does it: the class lives in __main__ and the
+# whole module is pickled. Optionally saves a probe input and its eval-mode logits.
+_PICKLE_WRITER = VIRNUCPRO_MLP_SOURCE + r'''
+import sys
+import torch
 
 
 weights, out, probe, seed, input_dim, hidden, classes = sys.argv[1:4] + [int(a) for a in sys.argv[4:8]]

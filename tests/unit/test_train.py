@@ -22,6 +22,7 @@ from virnucdist.tasks.train import TrainConfig, train
 from virnucdist.vnp.chunk import window_spans
 from virnucdist.vnp.consensus import read_predictions
 from virnucdist.vnp.training import binary_metrics, split_groups
+from _formats import VIRNUCPRO_MLP_SOURCE
 from _helpers import clean_env
 
 WINDOW_RECORDS = 4
@@ -86,18 +87,8 @@ def test_classifier_is_virnucpro_pickled_module(demo):
     d, out, _ = demo
     x = torch.randn(5, 192, generator=torch.Generator().manual_seed(0))
     torch.save(x, d / "probe.pt")
-    script = r'''
-import sys, torch, torch.nn as nn
-class MLPClassifier(nn.Module):
-    def __init__(self, input_dim, hidden_dim, num_class):
-        super(MLPClassifier, self).__init__()
-        self.hidden_layer = nn.Linear(input_dim, hidden_dim)
-        self.bn1 = nn.BatchNorm1d(hidden_dim)
-        self.relu = nn.ReLU()
-        self.dropout = nn.Dropout(0.5)
-        self.output_layer = nn.Linear(hidden_dim, num_class)
-    def forward(self, x):
-        return self.output_layer(self.dropout(self.relu(self.bn1(self.hidden_layer(x)))))
+    script = VIRNUCPRO_MLP_SOURCE + r'''
+import sys, torch
 model = torch.load(sys.argv[1], weights_only=False)
 assert type(model).__name__ == "MLPClassifier" and type(model).__module__ == "__main__"
 model.eval()
