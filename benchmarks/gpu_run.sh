@@ -21,7 +21,7 @@ case "$1" in  # issue 24 groups (budgets: perf1 ~8 min, perf2 ~9 min worst case)
   perf2) set -- gputests_short dnabert_1m fp8_policies predict_1m_fp8 ;;  # timeouts sum to 560 s
   r3a) set -- env gputests profile reproducible ;;  # the rest of issues 24/25: timeouts sum to 490 s
   r3b) set -- predict_1m_fp8 train_650m ;;  # issues 24/23: 330 + TRAIN_T (export TRAIN_T=240)
-  r3c) set -- samples_one samples_each ;;  # issue 21 (SAMPLES_PAIRS, SAMPLES_T_ONE, SAMPLES_T_EACH)
+  r3c) set -- samples_both ;;  # issue 21: both modes in one call (SAMPLES_PAIRS, SAMPLES_T)
 esac
 python3 -c "import torch; print('torch', torch.__version__)" 2>&1 | tail -1
 for step in "$@"; do
@@ -79,11 +79,11 @@ for step in "$@"; do
       timeout ${TRAIN_T:-540} python3 benchmarks/train.py --windows ${TRAIN_WINDOWS:-200000} --workdir $W \
         --json "$OUT/train_650m.json" 2>&1 | tee "$OUT/train_650m.log" | grep -v "RANDOM WEIGHTS" | tail -12
       rm -rf $W ;;
-    samples_one|samples_each)  # issue 21: 8 samples x SAMPLES_PAIRS 150-bp pairs, one --samples launch / one launch each
-      W=/tmp/vnd-samples; mode=${step##*_}; [ $mode = one ] && lim=${SAMPLES_T_ONE:-420} || lim=${SAMPLES_T_EACH:-570}
+    samples_one|samples_each|samples_both)  # issue 21: 8 samples x SAMPLES_PAIRS 150-bp pairs, one --samples launch / one each
+      W=/tmp/vnd-samples; mode=${step##*_}; only="--only $mode"; lim=${SAMPLES_T:-570}; [ $mode = both ] && only=""
       timeout $lim python3 benchmarks/samples.py --random-init --esm-model esm2_t36_3B_UR50D --dnabert-model dnabert-s \
-        --samples 8 --pairs ${SAMPLES_PAIRS:-50000} --only $mode --dir $W --json "$OUT/samples_$mode.json" 2>&1 \
-        | tee "$OUT/samples_$mode.log" | tail -8 ;;  # keeps $W (the data) for the other mode; --merge the two JSONs
+        --samples 8 --pairs ${SAMPLES_PAIRS:-50000} $only --dir $W --json "$OUT/samples_$mode.json" 2>&1 \
+        | tee "$OUT/samples_$mode.log" | tail -12 ;;  # keeps $W (the data) for the other mode; --merge the two JSONs
     perf_smoke)  # every issue-24 benchmark on CPU, tiny (checks the scripts, not the GPU)
       python3 benchmarks/tokenize_dna.py --smoke | tail -3
       python3 benchmarks/fp8_policies.py --smoke --policies all,edges2 | tail -5

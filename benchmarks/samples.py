@@ -139,19 +139,31 @@ def main() -> None:
     sheet.write_text("sample\tR1\tR2\n" + "".join(f"S{k + 1}\t{a}\t{b}\n" for k, (a, b) in enumerate(files)))
     print(f"data: {args.samples} samples x {args.pairs} pairs x {args.length} bp in {time.perf_counter() - t:.1f} s "
           f"({work})", flush=True)
-    one = launch(args, ["--samples", str(sheet)], work / "sheet_run") if args.only != "each" else None
-    each = [launch(args, [str(a), str(b)], work / f"single_S{k + 1}") for k, (a, b) in enumerate(files)] \
-        if args.only != "one" else None
+    def save(one, each, ratio=None, agree=None):  # after every launch: a timeout keeps what ran
+        if args.json:
+            Path(args.json).write_text(json.dumps({"samples": args.samples, "pairs": args.pairs, "length": args.length,
+                                                   "nproc": args.nproc, "smoke": args.smoke, "one_launch": one,
+                                                   "per_sample_launches": each, "ratio": ratio, "agree": agree},
+                                                  indent=2))
+
+    one = each = None
+    if args.only != "each":
+        one = launch(args, ["--samples", str(sheet)], work / "sheet_run")
+        print(f"one --samples launch: {one['wall']:.1f} s", flush=True)
+        save(one, each)
+    if args.only != "one":
+        each = []
+        for k, (a, b) in enumerate(files):
+            each.append(launch(args, [str(a), str(b)], work / f"single_S{k + 1}"))
+            print(f"launch S{k + 1}: {each[-1]['wall']:.1f} s", flush=True)
+            save(one, each)
     agree = None
     if one and each:
         table = (work / "sheet_run" / "samples.tsv").read_text().splitlines()[1:]
         agree = all(tuple(map(int, ln.split("\t")[1:4:2])) == calls(work / f"single_S{k + 1}" / "read_summary.tsv")
                     for k, ln in enumerate(table))
     ratio = report(one, each, args.samples, agree)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"samples": args.samples, "pairs": args.pairs, "length": args.length,
-                                               "nproc": args.nproc, "smoke": args.smoke, "one_launch": one,
-                                               "per_sample_launches": each, "ratio": ratio, "agree": agree}, indent=2))
+    save(one, each, ratio, agree)
     if args.dir is None:
         shutil.rmtree(work, ignore_errors=True)
 
