@@ -2,12 +2,14 @@
 
     python benchmarks/index_build.py --reads 1000000 [--length 150] [--ranks 8] [--formats plain gzip]
     python benchmarks/index_build.py --smoke          # seconds, for CI-like checks
+    python benchmarks/index_build.py --reads 10000000 --formats plain --workers 1 8 16 --ranks 1   # scaling
 
 Writes N synthetic reads with Illumina-style ids (``@A00123:8:H7GKLDSXY:1:1101:x:y``) as FASTA,
 and its gzip (``gzip -1``), into a temp dir; for each format:
 
-* ``build``: ``SequenceIndex.build`` + ``save`` in a fresh process: wall seconds and the peak RSS
-  of that process (ru_maxrss);
+* ``build``: ``SequenceIndex.build`` + ``save`` in a fresh process: wall seconds, the peak RSS
+  of that process (ru_maxrss) and of its largest child (a scan worker); with several ``--workers`` values,
+  one build each and the ratio of wall times to the first (parallel scaling, same files, same run);
 * ``disk``: the index directory's size (and bytes per read);
 * ``load``: ``--ranks`` processes each load the saved index (memory-mapped) and work on their
   contiguous 1/ranks of the rows: RSS above the interpreter's own (numpy imported) after the
@@ -70,13 +72,15 @@ def _rss_kb() -> int:
     return 0
 
 
-def _build(inp: str, out: str, q) -> None:
+def _build(inp: str, out: str, workers: int | None, q) -> None:
     from virnucdist.data import SequenceIndex
     base = _rss_kb()
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t = time.perf_counter()
-    idx = SequenceIndex.build([inp])
+    idx = SequenceIndex.build([inp], workers=workers, spool_dir=os.path.dirname(out))
     idx.save(out)
-    q.put((time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, base, len(idx)))
+    q.put((time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, base, len(idx),
+           resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, child))
 
 
 def _planner(index_dir: str, plan_dir: str, ranks: int, q) -> None:
@@ -212,6 +216,9 @@ def main() -> None:
     ap.add_argument("--ranks", type=int, default=8)
     ap.add_argument("--read-records", type=int, default=20_000, help="sequences each rank reads from its share")
     ap.add_argument("--formats", nargs="+", default=["plain", "gzip"], choices=["plain", "gzip"])
+    ap.add_argument("--workers", type=int, nargs="+", default=[None],
+                    help="scan processes of the build (default: the CPUs, at most 8); several values: a build "
+                         "with each, in this run, and the wall-time ratio to the first")
     ap.add_argument("--smoke", action="store_true", help="20,000 reads, 2 ranks")
     ap.add_argument("--tmp", default=None, help="where to write the reads (default: a temp dir)")
     ap.add_argument("--baseline-src", default=None, help="src/ of a format-2 checkout: the same steps with it")
@@ -238,14 +245,24 @@ def main() -> None:
             print(f"gzip -1    {os.path.getsize(fa + '.gz') / 1e6:,.0f} MB ({time.perf_counter() - t:.1f} s)")
         for fmt in args.formats:
             out = os.path.join(tmp, f"index-{fmt}")
-            q = ctx.Queue()
-            p = ctx.Process(target=_build, args=(inputs[fmt], out, q))
-            p.start()
-            wall, maxrss_kb, base_kb, n = q.get()
-            p.join()
+            walls = []
+            for w in args.workers:
+                shutil.rmtree(out, ignore_errors=True)
+                q = ctx.Queue()
+                p = ctx.Process(target=_build, args=(inputs[fmt], out, w, q))
+                p.start()
+                wall, maxrss_kb, base_kb, n, child_kb, child0_kb = q.get()
+                p.join()
+                walls.append(wall)
+                above = (maxrss_kb - base_kb) * 1024
+                print(f"[{fmt}] build+save, workers {w or 'default'}: {wall:7.2f} s   {n / wall:11,.0f} reads/s   "
+                      f"peak RSS {maxrss_kb / 1024:8,.0f} MB ({above / 2**20:,.0f} MB = {above / n:.1f} B/read above "
+                      f"the interpreter with its imports); largest child process {child_kb / 1024:,.0f} MB "
+                      f"(a scan worker, forked: the interpreter's pages included; before the build "
+                      f"{child0_kb / 1024:,.0f} MB)"
+                      + (f"; {walls[0] / wall:.2f}x the first build ({args.workers[0] or 'default'} workers) "
+                         f"of this run" if len(walls) > 1 else ""))
             size = _dir_size(out)
-            print(f"[{fmt}] build+save {wall:7.2f} s   {n / wall:11,.0f} reads/s   peak RSS {maxrss_kb / 1024:8,.0f} MB "
-                  f"({(maxrss_kb - base_kb) / 1024:,.0f} MB above the interpreter with its imports)")
             print(f"[{fmt}] index on disk {size / 1e6:9,.1f} MB   {size / n:6.1f} B/read "
                   f"(beside the input; no decompressed copy)")
             q = ctx.Queue()

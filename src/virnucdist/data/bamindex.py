@@ -20,8 +20,8 @@ from .scan import HASH_BYTES, _FileScan
 __all__ = ["scan_bam_file"]
 
 
-def scan_bam_file(path: str, progress: Callable[[int], None] | None = None) -> tuple[_FileScan, np.ndarray]:
-    """``(scan, mates)`` of a BAM file (mates: int8 per row, 0 single, 1 or 2)."""
+def scan_bam_file(path: str, progress: Callable[[int], None] | None, spool) -> tuple[_FileScan, np.ndarray]:
+    """``(scan, mates)`` of a BAM file (mates: int8 per row, 0 single, 1 or 2); columns into ``spool``."""
     from .bam import scan_bam    # pysam only when a BAM is given
 
     sha = hashlib.sha256()
@@ -50,6 +50,13 @@ def scan_bam_file(path: str, progress: Callable[[int], None] | None = None) -> t
     n = len(ids)
     length_a = np.asarray(length, dtype=np.int64).reshape(n)
     hashes = np.frombuffer(b"".join(digests), dtype="<u8").reshape(-1, 2).copy()
-    scan = _FileScan("bam", np.asarray(off, dtype=np.int64).reshape(n), length_a, length_a.copy(),
-                     np.arange(1, n + 1, dtype=np.int64), ids, hashes, counts, sha.hexdigest(), int(length_a.sum()))
+    spool.add("offset", np.asarray(off, dtype=np.int64).reshape(n))
+    spool.add("nbytes", length_a)
+    spool.add("length", length_a)
+    spool.add("header_line", np.arange(1, n + 1, dtype=np.int64))
+    spool.add("content_hash", hashes)
+    enc = [x.encode("utf-8") for x in ids]
+    spool.add_ids(b"".join(enc), np.fromiter(map(len, enc), dtype=np.int64, count=n))
+    spool.close()
+    scan = _FileScan("bam", [(spool, 0, 0)], counts, sha.hexdigest(), int(length_a.sum()))
     return scan, np.asarray(mates, dtype=np.int8).reshape(n)

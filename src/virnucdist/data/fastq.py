@@ -5,15 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from .fasta import WHITESPACE, FastaError
-from .store import IdColumn
+from .spool import Spool
 from .scan import (_BOM, Blocks, _Content, _FileScan, _check_nul, _header_ids, _line_of, _line_text,
-                   _non_ascii_error, _other_ws, check_description, columns, join)
+                   _non_ascii_error, _other_ws, check_description)
 
 
-def _scan_fastq_file(fh: Blocks, shown: str, block_size: int) -> _FileScan:
-    """4-line FASTQ records (header, sequence, '+', quality); chunks end at record ends."""
+def _scan_fastq_file(fh: Blocks, shown: str, block_size: int, spool: Spool) -> _FileScan:
+    """4-line FASTQ records (header, sequence, '+', quality); chunks end at record ends; each chunk's
+    columns are appended to ``spool``."""
     content = _Content()
-    parts: list[tuple] = []     # per chunk: (off, nbytes, length, hline, ids)
+    records = 0
     size = 0
     base = 0                    # file offset of buf[0]
     lines_before = 0            # newlines before buf[0]
@@ -43,21 +44,24 @@ def _scan_fastq_file(fh: Blocks, shown: str, block_size: int) -> _FileScan:
             buf = buf[q:]
         res, used, used_lines = _scan_fastq_chunk(buf, final, base, lines_before, shown)
         if res is not None:
-            parts.append(res[:5])
+            for name, col in zip(("offset", "nbytes", "length", "header_line"), res[:4]):
+                spool.add(name, col)
+            spool.add_ids(*res[4])
+            records += len(res[0])
             content.records(res[5], res[5], res[6])
+            content.flush(spool)
+            del res
         carry = buf[used:]
         base += used
         lines_before += used_lines
         if final:
             break
-    if not parts:
+    if not records:
         raise FastaError(shown, max(lines_before, 1),
                          "no FASTQ records; expected 4-line records (header '@id', sequence, '+', quality)")
-    cols = columns(parts)                  # each column's chunks freed as it is joined
-    ids = IdColumn.from_chunks(join(cols, 4, None))
-    off, nbytes, length, hline = (join(cols, k) for k in range(4))
-    hashes, counts = content.finish()
-    return _FileScan("fastq", off, nbytes, length, hline, ids, hashes, counts, fh.hexdigest(), size)
+    counts = content.finish(spool)
+    spool.close()
+    return _FileScan("fastq", [(spool, 0, 0)], counts, fh.hexdigest(), size)
 
 
 _FASTQ_SHAPE = "FASTQ records are 4 lines: '@id', sequence, '+', quality"

@@ -28,7 +28,9 @@ walks the same index, so there is one set of parsing rules and error messages.
 Building scans each file once, in binary blocks, with numpy doing the per-byte work
 (newline and header positions, whitespace counts, the letter histogram) and
 ``hashlib`` hashing the same blocks (the file fingerprint) and each record's
-normalised sequence (the content hash), so neither costs an extra pass.
+normalised sequence (the content hash), so neither costs an extra pass. The columns are
+written as they are scanned and streamed into the index directory (:mod:`virnucdist.data.build`):
+the build's memory is bounded (about 25 bytes per record plus a constant), not the index's size.
 
 Gzip inputs (recognised by magic bytes; multi-member and BGZF included) are read where
 they are: the scan records seek points every few MB (:mod:`virnucdist.data.gzseek`) and a
@@ -43,29 +45,21 @@ gzip), in input order; never over paths or modification times.
 
 from __future__ import annotations
 
-import functools
-import gzip
 import hashlib
-import json
 import logging
 import mmap
 import os
-import zlib
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .fasta import WHITESPACE, FastaError, FastaRecord, is_gzip
-from .bam import is_bam
-from .bamindex import scan_bam_file
-from .gzseek import GzipCorrupt, GzipPoints, GzipReader, GzipScan
-from .parallel import default_workers, scan_files
-from .fastq import _scan_fastq_file
-from .inputs import as_inputs, pair_layout
+from .fasta import WHITESPACE, FastaError, FastaRecord
+from .gzseek import GzipPoints, GzipReader
+from .parallel import default_workers
+from .inputs import as_inputs
 from .unique import check_unique
 from .store import COLUMNS, FORMAT_VERSION, IdColumn, load_dir, save_dir  # noqa: F401
-from .scan import (_BOM, BLOCK_SIZE, HASH_BYTES, Blocks, PathLike, _FileScan, _scan_fasta_file,  # noqa: F401
-                   _warned_descriptions, cr_only, detect_format)
+from .scan import _BOM, BLOCK_SIZE, HASH_BYTES, PathLike, detect_format
 
 __all__ = ["SequenceIndex", "quick_identity", "iter_records", "read_fasta", "detect_format"]
 
@@ -81,42 +75,6 @@ def quick_identity(paths: Iterable[PathLike]) -> list[list]:
         st = os.stat(p)
         out.append([os.path.abspath(p), int(st.st_size), int(st.st_mtime_ns)])
     return out
-
-
-def _scan_file(path: str, shown: str, block_size: int = BLOCK_SIZE,
-               progress: Callable[[int], None] | None = None) -> tuple[_FileScan, GzipPoints | None]:
-    """Index one FASTA or FASTQ file, plain or gzip (read in place: the seek points come back);
-    ``shown`` is the name used in error messages."""
-    _warned_descriptions.discard(shown)
-    if not is_gzip(path):
-        fmt = detect_format(path)
-        with open(path, "rb", buffering=0) as raw:
-            fh = Blocks(raw, progress, cr_only(raw.read(1 << 16)))
-            raw.seek(0)
-            return (_scan_fastq_file if fmt == "fastq" else _scan_fasta_file)(fh, shown, block_size), None
-    gz = GzipScan(path)
-    try:
-        fmt = detect_format(path, gzip.open)
-        with gzip.open(path, "rb") as head:
-            fh = Blocks(gz, progress, cr_only(head.read(1 << 16)))
-        scan = (_scan_fastq_file if fmt == "fastq" else _scan_fasta_file)(fh, shown, block_size)
-        return scan, gz.points()
-    except (GzipCorrupt, OSError, EOFError, zlib.error) as err:
-        if isinstance(err, (FileNotFoundError, PermissionError)):
-            raise
-        raise FastaError(shown, gz.lines + 1, f"corrupt or truncated gzip file ({err}); "
-                                              "re-download or recompress it") from None
-    finally:
-        gz.close()
-
-
-def _scan_any(path: str, progress: Callable[[int], None] | None = None, *, block_size: int = BLOCK_SIZE):
-    """``(scan, gzip seek points or None, preset mates or None)`` of one input file."""
-    if is_bam(path):            # mates from the flags; read back by virtual offset
-        scan, mates = scan_bam_file(path, progress)
-        return scan, None, mates
-    scan, points = _scan_file(path, path, block_size, progress)
-    return scan, points, None
 
 
 # ----------------------------------------------------------------------------- index
@@ -152,6 +110,7 @@ class SequenceIndex:
             raise ValueError("SequenceIndex needs ids or ids_blob")
         self._ids = ids if isinstance(ids, (list, IdColumn)) or ids is None else list(ids)
         self._store: str | None = None          # the directory a loaded index maps
+        self._owner = None                      # a built index: its temporary directory (data/build.py)
         #: per gzip input (by file number): its seek points; read in place through GzipReader
         self.gz: dict[int, GzipPoints] = dict(gz or {})
         self._gzr: dict[int, GzipReader] = {}
@@ -187,7 +146,8 @@ class SequenceIndex:
     @classmethod
     def build(cls, paths, *, gzip_dir: PathLike | None = None, block_size: int = BLOCK_SIZE,
               progress: Callable[[int], None] | None = None, interleaved: bool = False,
-              workers: int | None = None, min_range: int | None = None) -> "SequenceIndex":
+              workers: int | None = None, min_range: int | None = None,
+              spool_dir: PathLike | None = None) -> "SequenceIndex":
         """Scan ``paths`` (FASTA or FASTQ, plain or gzip; told apart by content) and return the index.
 
         ``paths``: paths or :class:`~virnucdist.data.inputs.InputFile` (sample, mate,
@@ -201,7 +161,11 @@ class SequenceIndex:
         ``progress(nbytes)`` is called as the (decompressed) inputs are scanned.
         ``workers`` (default: the CPUs, at most 8): processes scanning files, and byte ranges of
         a large plain file (:mod:`virnucdist.data.parallel`); the index is the same byte for byte.
+        The index is written while it is built, in bounded memory (:mod:`virnucdist.data.build`), into
+        a temporary directory in ``spool_dir`` (default: the system's temp directory), removed with the
+        index unless :meth:`save` moves it into place.
         """
+        from .build import build_index
         specs = as_inputs(paths, interleaved)
         paths = [f.path for f in specs]
         if not paths:
@@ -211,48 +175,15 @@ class SequenceIndex:
                 raise FastaError(p, None, "is a directory, not a FASTA or FASTQ file")
             if not os.path.exists(p):
                 raise FastaError(p, None, "file not found; check the path")
-        identity = quick_identity(paths)
-        results = scan_files(paths, functools.partial(_scan_any, block_size=block_size),
-                             workers=default_workers() if workers is None else workers, block_size=block_size,
-                             progress=progress, **({"min_range": min_range} if min_range else {}))
-        scans = [r[0] for r in results]
-        gz = {f: r[1] for f, r in enumerate(results) if r[1] is not None}
-        preset = {f: r[2] for f, r in enumerate(results) if r[2] is not None}
-        files = list(paths)
-        layout = pair_layout(specs, [s.ids for s in scans], [s.header_line for s in scans],
-                             [(s.fmt, s.digest) for s in scans], preset)
-        counts = [len(s.offset) for s in scans]
-        file_idx = np.repeat(np.arange(len(files), dtype=np.int32), counts)
-        digests = [s.digest for s in scans]
-        sizes = [s.size for s in scans]
-        fp = hashlib.sha256()
-        for d, sz in zip(digests, sizes):
-            fp.update(f"{sz}:{d}\n".encode())
-        spec = [f.spec() for f in specs]
-        if any(x != [None, None, False] for x in spec):      # samples, mates, interleaving: other ids, other run
-            fp.update(json.dumps(spec).encode())
-        def column(name):                    # one file: its array as it is (no copy)
-            parts = [getattr(s, name) for s in scans]
-            return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-        cols = {"file_idx": file_idx, **{k: column(k) for k in ("offset", "nbytes", "length", "header_line",
-                                                                "content_hash")}}
-        if layout.order is not None:
-            cols = {k: v[layout.order] for k, v in cols.items()}
-        index = cls(files, cols["file_idx"], cols["offset"], cols["nbytes"], cols["length"], layout.ids,
-                    header_line=cols["header_line"], sources=paths, fingerprint=fp.hexdigest(),
-                    file_digests=digests, file_sizes=sizes, identity=identity,
-                    content_hash=cols["content_hash"], file_letter_counts=np.stack([s.counts for s in scans]),
-                    file_format=[s.fmt for s in scans], mate=layout.mate, sample=layout.sample,
-                    samples=layout.samples, input_spec=spec, gz=gz)
-        index._check_unique()
-        return index
+        return build_index(cls, specs, quick_identity(paths), block_size=block_size, progress=progress,
+                           workers=default_workers() if workers is None else workers,
+                           min_range=min_range, spool_dir=spool_dir)
 
     def _multi_sample(self) -> bool:
         return len(self.samples) > 1
 
-    def _check_unique(self) -> None:
-        check_unique(self)
+    def _check_unique(self, h: np.ndarray | None = None) -> None:
+        check_unique(self, h)
 
     # ------------------------------------------------------------------ access
 
@@ -458,6 +389,7 @@ class SequenceIndex:
         state["_fds"] = {}
         state["_gzr"] = {}
         state["_reps"] = None
+        state["_owner"] = None
         return state
 
     def __setstate__(self, state):
@@ -473,10 +405,17 @@ class SequenceIndex:
     # ------------------------------------------------------------------ persistence
 
     def save(self, path: PathLike) -> None:
-        """Write the index directory ``path`` (see :mod:`virnucdist.data.store`), atomically."""
-        meta = {"files": self.files, "sources": self.sources, "fingerprint": self.fingerprint,
-                "file_digests": self.file_digests, "file_sizes": self.file_sizes, "identity": self.identity,
-                "file_format": self.file_format, "samples": self.samples, "input_spec": self.input_spec}
+        """Write the index directory ``path`` (see :mod:`virnucdist.data.store`), atomically; a built
+        index is moved there from its temporary directory (renamed: no copy on one file system)."""
+        from .build import meta_of
+        if self._owner is not None:
+            owner, self._owner = self._owner, None
+            path = os.path.abspath(os.fspath(path))
+            owner.install(self._store, path)
+            self._store = path
+            return
+        meta = meta_of(self)
+        del meta["gzip"]
         cols = {name: getattr(self, name) for name in COLUMNS}
         cols["content_hash"] = self.content_hash
         cols["representatives"] = self.representatives()
@@ -524,18 +463,31 @@ class SequenceIndex:
         """
         paths = as_inputs(paths, interleaved)
         cache_path = os.fspath(cache_path)
-        if os.path.exists(cache_path):
-            try:
-                cached = cls.load(cache_path)
-                reason = cached._stale_reason(paths, expected_fingerprint)
-            except (OSError, ValueError, KeyError) as err:
-                cached, reason = None, f"unreadable cache ({err})"
-            if reason is None:
-                return cached
-            log.info("rebuilding sequence index %s: %s", cache_path, reason)
-        index = cls.build(paths, progress=progress)
+        cached = cls.load_if_fresh(cache_path, paths, expected_fingerprint=expected_fingerprint)
+        if cached is not None:
+            return cached
+        index = cls.build(paths, progress=progress, spool_dir=os.path.dirname(os.path.abspath(cache_path)))
         index.save(cache_path)
         return index
+
+    @classmethod
+    def load_if_fresh(cls, cache_path: PathLike, paths, *, expected_fingerprint: str | None = None,
+                      interleaved: bool = False) -> "SequenceIndex | None":
+        """The index saved at ``cache_path`` when it was built from these inputs (same paths, sizes,
+        modification times, samples and mates; ``expected_fingerprint`` if given), else None (nothing
+        there, or the reason it is stale logged). The one cache check (also of a run's ``OUTDIR/index``)."""
+        cache_path = os.fspath(cache_path)
+        if not os.path.exists(cache_path):
+            return None
+        try:
+            cached = cls.load(cache_path)
+            reason = cached._stale_reason(paths, expected_fingerprint, interleaved)
+        except (OSError, ValueError, KeyError) as err:
+            cached, reason = None, f"unreadable cache ({err})"
+        if reason is None:
+            return cached
+        log.info("rebuilding sequence index %s: %s", cache_path, reason)
+        return None
 
     def _stale_reason(self, paths, expected_fingerprint: str | None, interleaved: bool = False) -> str | None:
         specs = as_inputs(paths, interleaved)

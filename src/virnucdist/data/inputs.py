@@ -28,7 +28,6 @@ from typing import Sequence
 import numpy as np
 
 from .fasta import FastaError
-from .store import IdColumn
 
 __all__ = ["InputFile", "as_inputs", "pair_layout", "PairLayout"]
 
@@ -82,27 +81,66 @@ def _mates(a: str, b: str) -> bool:
     return ba == bb and ma in (0, 1) and mb in (0, 2)
 
 
-def _first_mismatch(a: list[str], b: list[str]) -> int:
-    """Position of the first ``k`` where ``a[k]``, ``b[k]`` are not mates; -1 if none (common length)."""
+_STEP = 1 << 16
+
+
+def _first_mismatch(a, b) -> int:
+    """Position of the first ``k`` where ``a[k]``, ``b[k]`` are not mates; -1 if none (common length).
+    Read in slices: lists of a slice of the ids at a time, never of all."""
     n = min(len(a), len(b))
-    if a[:n] == b[:n]:
+    for lo in range(0, n, _STEP):
+        k = _mismatch_in(a[lo:min(n, lo + _STEP)], b[lo:min(n, lo + _STEP)])
+        if k >= 0:
+            return lo + k
+    return -1
+
+
+def _mismatch_in(a: list[str], b: list[str]) -> int:
+    if a == b:
         return -1
-    for k in range(n):
+    for k in range(len(a)):
         if not _mates(a[k], b[k]):
             return k
     return -1
 
 
+def _first_unmated(ids) -> int:
+    """Interleaved ids: position ``k`` (in pairs) of the first pair ``ids[2k], ids[2k + 1]`` not mates; -1 if none."""
+    n = len(ids) // 2
+    for lo in range(0, n, _STEP):
+        part = ids[2 * lo:2 * min(n, lo + _STEP)]
+        k = _mismatch_in(part[0::2], part[1::2])
+        if k >= 0:
+            return lo + k
+    return -1
+
+
+def renamed(kind: str, ids: list[str], other_mate_first: int = 0) -> list[str]:
+    """The index's ids of a slice of a paired segment (see :class:`PairLayout`): ``kind`` "pair": ``ids``
+    are the first file's, each giving ``{id}/1``, ``{id}/2``; "interleaved": the file's, ``{id}/1`` at even
+    positions of the file (``other_mate_first``: the slice starts at an odd position)."""
+    if kind == "pair":
+        return [f"{b}/{m}" for b in (_split(x)[0] for x in ids) for m in (1, 2)]
+    return [f"{_split(x)[0]}/{1 + ((j + other_mate_first) & 1)}" for j, x in enumerate(ids)]
+
+
 @dataclass
 class PairLayout:
-    """Row order and per-row columns of the index (``order[i]``: the row of the files'
-    concatenated scans that becomes index row ``i``)."""
+    """How the index's rows come from the files' scans: ``segments`` in row order, each
+    ``(kind, file number, sample number)``: "rows" (the file's records as they are), "interleaved"
+    (the file's records, mates alternating, ids renamed ``{id}/1``, ``{id}/2``) or "pair" (the records
+    of the file and of the next one alternating, ids renamed from the first file's); ``preset``: per
+    file number, its own mate numbers (BAM)."""
 
-    order: np.ndarray | None          # None: file order unchanged
-    ids: list[str]
-    mate: np.ndarray                  # int8: 0 single, 1 or 2
-    sample: np.ndarray                # int32: index into ``samples``
+    segments: list[tuple[str, int, int]]
     samples: list
+    preset: dict
+
+    def mate(self, kind: str, f: int, lo: int, hi: int) -> np.ndarray:
+        """int8 mate numbers of rows ``[lo, hi)`` of a segment (0 single, 1 or 2 a mate)."""
+        if kind == "rows":
+            return np.asarray(self.preset[f][lo:hi], np.int8) if f in self.preset else np.zeros(hi - lo, np.int8)
+        return (1 + (np.arange(lo, hi) & 1)).astype(np.int8)
 
 
 def _pair_error(a: str, b: str, k: int, ids_a, ids_b, lines_a, lines_b) -> FastaError:
@@ -127,49 +165,39 @@ def _interleaved_error(path: str, ids: list[str], lines, k: int) -> FastaError:
                       f"of record {k + 1} ({ids[k]!r}); mates must alternate (id/1 then id/2, or equal ids)")
 
 
-def pair_layout(specs: Sequence[InputFile], ids_per_file: Sequence[list[str]],
-                lines_per_file: Sequence[np.ndarray], kinds: Sequence | None = None,
-                preset: dict[int, np.ndarray] | None = None) -> PairLayout:
-    """Recognise pairs (see the module docstring) and return the index's row order and columns.
+def pair_layout(specs: Sequence[InputFile], ids_per_file: Sequence, lines_per_file: Sequence,
+                kinds: Sequence | None = None, preset: dict[int, np.ndarray] | None = None) -> PairLayout:
+    """Recognise pairs (see the module docstring) and return the index's row layout.
 
-    ``kinds``: per file, ``(format, content digest)``: files are paired automatically only
-    when of one format and of different content (the same reads twice are duplicates).
+    ``ids_per_file``, ``lines_per_file``: per file, its ids and header line numbers (sequences,
+    read in slices). ``kinds``: per file, ``(format, content digest)``: files are paired automatically
+    only when of one format and of different content (the same reads twice are duplicates).
     ``preset``: per file number, mate numbers the file says itself (BAM flags; ids already
     carry ``/1``, ``/2``): kept as they are, never paired with another file."""
     preset = preset or {}
     kinds = list(kinds) if kinds is not None else [(None, i) for i in range(len(specs))]
-    counts = [len(x) for x in ids_per_file]
-    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     names: dict = {}
     for s in specs:
         names.setdefault(s.sample, len(names))
-    pieces, ids, mates, samples = [], [], [], []
-    changed = False
+    segments = []
     f = 0
     while f < len(specs):
         s, fid, lines = specs[f], ids_per_file[f], lines_per_file[f]
-        rows = np.arange(starts[f], starts[f + 1], dtype=np.int64)
         sample_no = names[s.sample]
         nxt = specs[f + 1] if f + 1 < len(specs) else None
         if f in preset:
-            pieces.append(rows)
-            ids.append(fid)
-            mates.append(np.asarray(preset[f], np.int8))
-            changed = changed or bool(len(preset[f]) and preset[f].any())
+            segments.append(("rows", f, sample_no))
             f += 1
         elif s.interleaved:
             bad = -1
             if len(fid) % 2:
                 bad = len(fid) - 1
-            k = _first_mismatch(fid[0::2], fid[1::2])
+            k = _first_unmated(fid)
             if k >= 0:
                 bad = 2 * k
             if bad >= 0:
                 raise _interleaved_error(s.path, fid, lines, bad)
-            pieces.append(rows)
-            ids.append([f"{_split(x)[0]}/{1 + (j & 1)}" for j, x in enumerate(fid)])
-            mates.append(np.tile(np.array([1, 2], np.int8), len(fid) // 2))
-            changed = True
+            segments.append(("interleaved", f, sample_no))
             f += 1
         elif nxt is not None and f + 1 not in preset and _is_pair(s, nxt, fid, ids_per_file[f + 1], kinds[f],
                                                                    kinds[f + 1]):
@@ -177,41 +205,19 @@ def pair_layout(specs: Sequence[InputFile], ids_per_file: Sequence[list[str]],
             k = _first_mismatch(fid, gid)
             if k >= 0 or len(fid) != len(gid):
                 raise _pair_error(s.path, nxt.path, k, fid, gid, lines, glines)
-            other = np.arange(starts[f + 1], starts[f + 2], dtype=np.int64)
-            pieces.append(np.stack([rows, other], axis=1).ravel())
-            ids.append([f"{b}/{m}" for b in (_split(x)[0] for x in fid) for m in (1, 2)])
-            mates.append(np.tile(np.array([1, 2], np.int8), len(fid)))
-            samples.append(np.full(2 * len(fid), sample_no, np.int32))
-            changed = True
+            segments.append(("pair", f, sample_no))
             f += 2
-            continue
         else:
             if s.mate is not None:
                 raise FastaError(s.path, None, f"given as mate {s.mate} of a pair, but the "
                                  f"{'next' if s.mate == 1 else 'previous'} input is not its mate file; give "
                                  "the two files of a pair one after the other (mate 1, then mate 2)")
-            pieces.append(rows)
-            ids.append(fid)                 # kept as it is (an IdColumn: no str per id)
-            mates.append(np.zeros(len(fid), np.int8))
+            segments.append(("rows", f, sample_no))
             f += 1
-        samples.append(np.full(len(rows), sample_no, np.int32))
-    order = np.concatenate(pieces) if changed and pieces else None
-    if order is not None and np.array_equal(order, np.arange(len(order))):
-        order = None
-    return PairLayout(order, _join_ids(ids), np.concatenate(mates) if mates else np.zeros(0, np.int8),
-                      np.concatenate(samples) if samples else np.zeros(0, np.int32), list(names))
+    return PairLayout(segments, list(names), dict(preset))
 
 
-def _join_ids(pieces: list):
-    """One id sequence: an IdColumn when every piece is one (no str per id), else a list."""
-    if len(pieces) == 1 and not isinstance(pieces[0], list):
-        return pieces[0]
-    if pieces and all(isinstance(p, IdColumn) for p in pieces):
-        return IdColumn.concat(pieces)
-    return [x for p in pieces for x in p]
-
-
-def _is_pair(a: InputFile, b: InputFile, ids_a: list[str], ids_b: list[str], kind_a, kind_b) -> bool:
+def _is_pair(a: InputFile, b: InputFile, ids_a, ids_b, kind_a, kind_b) -> bool:
     if b.interleaved or a.sample != b.sample:
         return False
     if a.mate == 1 and b.mate == 2:

@@ -4,8 +4,10 @@ A plain FASTA or FASTQ file of at least ``2 * MIN_RANGE`` bytes is cut into up t
 byte ranges at record starts (FASTA: a line starting with ``>``; FASTQ: a line starting with
 ``@`` whose next-but-one line starts with ``+``, which a quality line never satisfies in a
 well-formed file). Each range is scanned by the same scanner as a whole file, in a worker
-process; the parent shifts offsets and line numbers, concatenates the columns and sums the
-letter counts, and hashes the whole file (the fingerprint) in a thread meanwhile. Gzip, BAM,
+process, its columns written to its own spool (:mod:`virnucdist.data.spool`); the worker returns
+only the spool's description. The file's scan is its ranges' spools with each range's first byte
+and line (added as :mod:`virnucdist.data.build` streams them into the index), the letter counts
+summed; the parent hashes the whole file (the fingerprint) in a thread meanwhile. Gzip, BAM,
 CR-only and small files are scanned whole, several files at once.
 
 The result is the serial scan's, byte for byte (tested). Any error in a range (a malformed
@@ -25,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from .fasta import FastaError
-from .store import IdColumn
+from .spool import Spool
 from .scan import BLOCK_SIZE, Blocks, _FileScan, _scan_fasta_file, cr_only, detect_format
 
 __all__ = ["MIN_RANGE", "default_workers", "cut_points"]
@@ -94,11 +96,12 @@ class _Range:
         self.fh.close()
 
 
-def _scan_range(path: str, fmt: str, a: int, b: int, block_size: int):
+def _scan_range(path: str, fmt: str, a: int, b: int, block_size: int, spool_dir: str):
     from .fastq import _scan_fastq_file
     r = _Range(path, a, b)
     try:
-        scan = (_scan_fastq_file if fmt == "fastq" else _scan_fasta_file)(Blocks(r), path, block_size)
+        scan = (_scan_fastq_file if fmt == "fastq" else _scan_fasta_file)(Blocks(r), path, block_size,
+                                                                         Spool(spool_dir))
     except FastaError:
         return None                   # the parent rescans the file serially: the serial message
     finally:
@@ -106,21 +109,18 @@ def _scan_range(path: str, fmt: str, a: int, b: int, block_size: int):
     return scan, r.newlines
 
 
-def _whole(scan_one: Callable, path: str):
+def _whole(scan_one: Callable, path: str, spool_dir: str):
     try:
-        return scan_one(path, None)
+        return scan_one(path, None, spool_dir)
     except Exception:                  # noqa: BLE001 (raised again by the serial rescan, with its own type)
         return None
 
 
 def _stitch(fmt: str, results: list, starts: list[int], digest: str, size: int) -> _FileScan:
-    lines = np.cumsum([0] + [nl for _, nl in results[:-1]])
-    scans = [s for s, _ in results]
-    cat = np.concatenate
-    ids = IdColumn.concat(s.ids for s in scans)
-    return _FileScan(fmt, cat([s.offset + a for s, a in zip(scans, starts)]), cat([s.nbytes for s in scans]),
-                     cat([s.length for s in scans]), cat([s.header_line + k for s, k in zip(scans, lines)]), ids,
-                     cat([s.content_hash for s in scans]), np.sum([s.counts for s in scans], axis=0), digest, size)
+    """One file's scan from its ranges' (spools shifted by the range's first byte and line)."""
+    lines = np.cumsum([0] + [nl for _, nl in results[:-1]]).tolist()
+    parts = [(s.parts[0][0], a, k) for (s, _), a, k in zip(results, starts, lines)]
+    return _FileScan(fmt, parts, np.sum([s.counts for s, _ in results], axis=0), digest, size)
 
 
 def _sha256(path: str, out: list) -> None:
@@ -148,24 +148,29 @@ def splittable(path: str, workers: int, min_range: int) -> tuple[str, list[int]]
     return (fmt, [0] + cuts) if cuts else None
 
 
-def scan_files(paths: list[str], scan_one: Callable, *, workers: int, block_size: int = BLOCK_SIZE,
+def scan_files(paths: list[str], scan_one: Callable, work: str, *, workers: int, block_size: int = BLOCK_SIZE,
                progress: Callable[[int], None] | None = None, min_range: int = MIN_RANGE) -> list:
-    """``scan_one(path)`` for each path (results in order), parallel over files and ranges."""
+    """``scan_one(path, progress, spool_dir)`` for each path (results in order), parallel over files and
+    ranges; the scans' columns are written under ``work`` (a spool directory per file or range)."""
+    def spool_dir(f: int, k: int | None = None) -> str:
+        return os.path.join(work, f"f{f}" if k is None else f"f{f}-r{k}")
+
     plans = [splittable(p, workers, min_range) for p in paths] if workers >= 2 else [None] * len(paths)
     many = len(paths) > 1 and sum(os.path.getsize(p) for p in paths) >= 2 * min_range
     if workers < 2 or not (many or any(plans)):
-        return [scan_one(p, progress) for p in paths]
+        return [scan_one(p, progress, spool_dir(f)) for f, p in enumerate(paths)]
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
     results: list = [None] * len(paths)
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         futures = {}
         for f, (p, plan) in enumerate(zip(paths, plans)):
             if plan is None:
-                futures[f] = pool.submit(_whole, scan_one, p)
+                futures[f] = pool.submit(_whole, scan_one, p, spool_dir(f))
             else:
                 fmt, starts = plan
                 ends = starts[1:] + [os.path.getsize(p)]
-                futures[f] = [pool.submit(_scan_range, p, fmt, a, b, block_size) for a, b in zip(starts, ends)]
+                futures[f] = [pool.submit(_scan_range, p, fmt, a, b, block_size, spool_dir(f, k))
+                              for k, (a, b) in enumerate(zip(starts, ends))]
         shas = {}
         threads = []
         for f, plan in enumerate(plans):       # the fingerprint of split files, while the ranges are scanned
@@ -179,12 +184,12 @@ def scan_files(paths: list[str], scan_one: Callable, *, workers: int, block_size
                 parts = [x.result() for x in fut]
                 threads[list(shas).index(f)].join()
                 if any(x is None for x in parts):
-                    results[f] = scan_one(paths[f], None)       # the serial error message
+                    results[f] = scan_one(paths[f], None, spool_dir(f))       # the serial error message
                 else:
                     fmt, starts = plans[f]
                     results[f] = (_stitch(fmt, parts, starts, shas[f][0], os.path.getsize(paths[f])), None, None)
             else:
-                results[f] = fut.result() or scan_one(paths[f], None)     # None: rescan here for the message
+                results[f] = fut.result() or scan_one(paths[f], None, spool_dir(f))   # None: rescan for the message
             if progress is not None:
                 progress(results[f][0].size)
     return results

@@ -67,8 +67,10 @@ class RunIndex:
     def commit(self) -> None:
         """Save the index into the run directory if it was built now; remove what older versions
         and killed saves left (``index.npz``, decompressed ``inputs/``, ``index.tmp*``)."""
+        own = os.path.abspath(self.index._owner.root) if self.index._owner is not None else None
         for stale in [*self.out.glob(f"{INDEX_DIR}.tmp*"), *self.out.glob(f"{INDEX_DIR}.old*"),
-                      *self.out.glob("index.npz.tmp*"), *(self.out / n for n in _OLD)]:
+                      *self.out.glob("index.npz.tmp*"), *(self.out / n for n in _OLD),
+                      *(p for p in self.out.glob(".index-build-*") if os.path.abspath(p) != own)]:   # killed builds
             _remove(stale)
         if self.built:
             self.index.save(self.out / INDEX_DIR)
@@ -89,19 +91,13 @@ def open_run_index(out: Path, inputs, *, progress: Callable[[list], object] | No
     :meth:`RunIndex.commit`). ``progress(paths)`` makes a bar with ``advance(nbytes)`` and ``close()``."""
     out = Path(out)
     specs = as_inputs(inputs, interleaved)
-    cache = out / INDEX_DIR
-    if cache.is_dir():
-        try:
-            cached = SequenceIndex.load(cache)
-            reason = cached._stale_reason(specs, None)
-        except (OSError, ValueError, KeyError) as err:
-            cached, reason = None, f"unreadable ({err})"
-        if reason is None:
-            return RunIndex(out, cached, built=False)
-        log.info("rebuilding the sequence index %s: %s", cache, reason)
+    cached = SequenceIndex.load_if_fresh(out / INDEX_DIR, specs)
+    if cached is not None:
+        return RunIndex(out, cached, built=False)
     bar = progress([f.path for f in specs]) if progress is not None else None
-    try:
-        index = SequenceIndex.build(specs, progress=bar.advance if bar is not None else None)
+    try:                                 # written while built, beside where commit() puts it
+        index = SequenceIndex.build(specs, progress=bar.advance if bar is not None else None,
+                                    spool_dir=out if out.is_dir() else None)
     except BaseException:
         if bar is not None:  # the error is the last word: no progress line after it
             bar.close(summary=False)

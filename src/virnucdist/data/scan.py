@@ -3,7 +3,8 @@
 numpy does the per-byte work (newline and header positions, whitespace counts, the
 letter histogram) and ``hashlib`` hashes the same blocks (the file fingerprint) and
 each record's normalised sequence (the content hash), so neither costs an extra pass.
-The FASTQ scanner is in :mod:`virnucdist.data.fastq`; :mod:`virnucdist.data.index`
+Each chunk's columns are appended to a spool (:mod:`virnucdist.data.spool`) as it is
+scanned. The FASTQ scanner is in :mod:`virnucdist.data.fastq`; :mod:`virnucdist.data.build`
 puts the per-file results together.
 """
 
@@ -12,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from typing import Callable
 
 import numpy as np
 
 from .fasta import WHITESPACE, FastaError
-from .store import IdColumn
+from .spool import Spool
 
 log = logging.getLogger("virnucdist")
 
@@ -34,19 +36,100 @@ PathLike = str | os.PathLike
 
 
 class _FileScan:
-    """Per-file result of :func:`_scan_file` (byte offsets within the file)."""
+    """Per-file result of a scan: its columns in spools (:mod:`virnucdist.data.spool`), one for the
+    whole file or one per byte range of it, each with the byte and line shift of its range; the
+    letter counts, the digest and size of the file (``mates``: BAM's mate numbers, else None)."""
 
-    def __init__(self, fmt, offset, nbytes, length, header_line, ids, content_hash, counts, digest, size):
-        self.fmt = fmt
-        self.offset = offset
-        self.nbytes = nbytes
-        self.length = length
-        self.header_line = header_line
-        self.ids = ids
-        self.content_hash = content_hash
-        self.counts = counts
-        self.digest = digest
-        self.size = size
+    def __init__(self, fmt: str, parts: list, counts: np.ndarray, digest: str, size: int, mates=None):
+        self.fmt, self.parts, self.counts, self.digest, self.size, self.mates = fmt, parts, counts, digest, size, mates
+        self._starts = np.cumsum([0] + [len(sp) for sp, _, _ in parts]).tolist()
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def _pieces(self, lo: int, hi: int):
+        for k, (sp, shift, lines) in enumerate(self.parts):
+            a, b = max(lo, self._starts[k]), min(hi, self._starts[k + 1])
+            if a < b:
+                yield sp, a - self._starts[k], b - self._starts[k], shift, lines
+
+    def read(self, name: str, lo: int, hi: int) -> np.ndarray:
+        """Rows ``[lo, hi)`` of column ``name``, offsets and line numbers those of the file."""
+        out = []
+        for sp, a, b, shift, lines in self._pieces(lo, hi):
+            x = sp.read(name, a, b)
+            if name == "offset" and shift:
+                x += shift
+            elif name == "header_line" and lines:
+                x += lines
+            out.append(x)
+        return out[0] if len(out) == 1 else np.concatenate(out) if out else self.parts[0][0].read(name, 0, 0)
+
+    def read_ids(self, lo: int, hi: int) -> tuple[bytes, np.ndarray]:
+        """``(blob, offsets into it)`` of ids ``[lo, hi)``."""
+        blobs, offs, base = [], [np.zeros(1, np.int64)], 0
+        for sp, a, b, _, _ in self._pieces(lo, hi):
+            blob, off = sp.read_ids(a, b)
+            blobs.append(blob)
+            offs.append(off[1:] + base)
+            base += len(blob)
+        return b"".join(blobs), np.concatenate(offs)
+
+    @property
+    def ids(self) -> "ScanIds":
+        return ScanIds(self)
+
+    @property
+    def header_line(self) -> "ScanColumn":
+        return ScanColumn(self, "header_line")
+
+
+class ScanIds(Sequence):
+    """The ids of a scan, read from its spools on demand (``ids[a:b]``: a list)."""
+
+    def __init__(self, scan: _FileScan):
+        self.scan = scan
+
+    def __len__(self) -> int:
+        return len(self.scan)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            lo, hi, step = i.indices(len(self))
+            if step != 1:
+                return self[lo:hi][::step]
+            blob, off = self.scan.read_ids(lo, hi)
+            text, o = blob.decode("utf-8"), off.tolist()
+            if len(text) != len(blob):
+                return [blob[a:b].decode("utf-8") for a, b in zip(o[:-1], o[1:])]
+            return [text[a:b] for a, b in zip(o[:-1], o[1:])]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"id {i} out of range for {n} records")
+        return self[i:i + 1][0]
+
+    def __iter__(self):
+        step = 1 << 16
+        for lo in range(0, len(self), step):
+            yield from self[lo:lo + step]
+
+
+class ScanColumn:
+    """One column of a scan, read from its spools on demand (``col[i]``, ``col[a:b]``)."""
+
+    def __init__(self, scan: _FileScan, name: str):
+        self.scan, self.name = scan, name
+
+    def __len__(self) -> int:
+        return len(self.scan)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            lo, hi, _ = i.indices(len(self))
+            return self.scan.read(self.name, lo, hi)
+        return self.scan.read(self.name, i, i + 1)[0]
 
 
 def _line_of(buf: bytes, pos: int, lines_before: int) -> int:
@@ -123,13 +206,22 @@ class _Content:
         b2 = hashlib.blake2b
         self.digests.append(b"".join([b2(s, digest_size=HASH_BYTES).digest() for s in slices]))  # one object a chunk
 
-    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+    def flush(self, spool: Spool) -> None:
+        """Append the digests so far to ``spool``'s ``content_hash`` column."""
+        if self.digests:
+            spool.add("content_hash", np.frombuffer(b"".join(self.digests), dtype="<u8").reshape(-1, 2))
+            self.digests.clear()
+
+    def finish(self, spool: Spool) -> np.ndarray:
+        """Flush the last digests into ``spool``; the letter counts."""
         if self.pending is not None:
             self.digests.append(self.pending.digest())
             self.pending = None
+        self.flush(spool)
+        if "content_hash" not in spool.rows:
+            spool.add("content_hash", np.zeros((0, 2), "<u8"))
         self.counts[list(WHITESPACE)] = 0
-        blob = b"".join(self.digests)
-        return np.frombuffer(blob, dtype="<u8").reshape(-1, 2).copy(), self.counts
+        return self.counts
 
 
 def _histogram(data: bytes) -> np.ndarray:
@@ -268,31 +360,20 @@ def cr_only(head: bytes) -> bool:
     return b"\n" not in head and b"\r" in head
 
 
-def columns(parts: list[tuple]) -> list:
-    """Per-chunk tuples -> one list of chunks per column; ``parts`` is emptied, so that each
-    column's chunks are freed as :func:`join` joins it (the scan's peak: its columns once, plus
-    one column, not twice)."""
-    cols = [list(c) for c in zip(*parts)]
-    parts.clear()
-    return cols
-
-
-def join(cols: list, k: int, how=np.concatenate):
-    """Column ``k`` joined (``how``; None: its chunks as they are), its chunks dropped from ``cols``."""
-    chunks, cols[k] = cols[k], None
-    return chunks if how is None else how(chunks)
-
-
 # ------------------------------------------------------------------ FASTA
 
 
-def _scan_fasta_file(fh: "Blocks", shown: str, block_size: int) -> _FileScan:
+def _scan_fasta_file(fh: "Blocks", shown: str, block_size: int, spool: Spool) -> _FileScan:
+    """Scan a FASTA stream chunk by chunk, each chunk's columns appended to ``spool`` as it is scanned.
+
+    A record's extent ends at the next header (or the end of the file): the last record of a chunk
+    waits (``p_off``, ``p_ws``: its offset, the whitespace before it) for the next chunk's first header."""
     content = _Content()
-    parts: list[tuple] = []     # per chunk: (H, off, C_H, C_off, hline, ids)
     base = 0                    # global offset of the current chunk
     ws_before = 0               # whitespace bytes before the chunk
     lines_before = 0            # newlines before the chunk
     seen_header = False
+    p_off = p_ws = None         # the pending record (the last header seen)
     carry = b""
     while True:
         block = fh.read(block_size)
@@ -310,40 +391,41 @@ def _scan_fasta_file(fh: "Blocks", shown: str, block_size: int) -> _FileScan:
                 break
         res = _scan_fasta_chunk(buf, n, base, ws_before, lines_before, seen_header, shown)
         (H, off, C_H, C_off, hline, ids, nws, nnl, pieces) = res
+        del res
         if len(H):
             seen_header = True
-            parts.append((H, off, C_H, C_off, hline, ids))
+            starts, wstarts = off[:-1], C_off[:-1]
+            ends, wends = H[1:], C_H[1:]
+            if p_off is not None:
+                starts, wstarts = np.concatenate([[p_off], starts]), np.concatenate([[p_ws], wstarts])
+                ends, wends = H, C_H
+            nbytes = ends - starts
+            spool.add("offset", off)
+            spool.add("nbytes", nbytes)
+            spool.add("length", nbytes - (wends - wstarts))
+            spool.add("header_line", hline)
+            spool.add_ids(*ids)
+            p_off, p_ws = int(off[-1]), int(C_off[-1])
         if seen_header:
             content.add(*pieces)
+            content.flush(spool)
         base += n
         ws_before += nws
         lines_before += nnl
         if final:
             break
     size = base
-    if not parts:
+    if p_off is None:
         what = "the file is empty" if size == 0 else "the file contains only blank lines"
         raise FastaError(
             shown, max(lines_before, 1),
             f"no FASTA records ({what}); expected '>id' header lines each followed by sequence lines",
         )
-    cols = columns(parts)
-    ids = IdColumn.from_chunks(join(cols, 5, None))
-    H, off, C_H, C_off, hline = (join(cols, k) for k in range(5))
-    nbytes = np.empty_like(H)              # in place: the record's end (the next header), less its offset
-    nbytes[:-1] = H[1:]
-    nbytes[-1] = size
-    del H
-    nbytes -= off
-    ws = np.empty_like(C_H)                # whitespace bytes in the record
-    ws[:-1] = C_H[1:]
-    ws[-1] = ws_before
-    del C_H
-    ws -= C_off
-    del C_off
-    length = np.subtract(nbytes, ws, out=ws)
-    hashes, counts = content.finish()
-    return _FileScan("fasta", off, nbytes, length, hline, ids, hashes, counts, fh.hexdigest(), size)
+    spool.add("nbytes", np.array([size - p_off], np.int64))
+    spool.add("length", np.array([size - p_off - (ws_before - p_ws)], np.int64))
+    counts = content.finish(spool)
+    spool.close()
+    return _FileScan("fasta", [(spool, 0, 0)], counts, fh.hexdigest(), size)
 
 
 def _scan_fasta_chunk(buf: bytes, n: int, base: int, ws_before: int, lines_before: int,

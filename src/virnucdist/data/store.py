@@ -32,7 +32,7 @@ import numpy as np
 
 from .._testhooks import test_hook
 
-__all__ = ["FORMAT_VERSION", "IdColumn", "save_dir", "load_dir", "read_meta", "COLUMNS"]
+__all__ = ["FORMAT_VERSION", "IdColumn", "save_dir", "load_dir", "read_meta", "COLUMNS", "write_meta", "move_dir"]
 
 #: 3: a directory of memory-mapped columns (2: one ``index.npz``, read whole).
 FORMAT_VERSION = 3
@@ -127,11 +127,37 @@ def save_dir(path: str, meta: dict, columns: dict[str, np.ndarray], ids, extra: 
                 fh.write(blob)
                 off[lo + 1:lo + 1 + len(o) - 1] = o[1:] + off[lo]
     np.save(os.path.join(tmp, "ids_off.npy"), off)
+    write_extra(tmp, extra)
+    write_meta(tmp, meta, len(off) - 1)       # last: a directory with meta.json is whole
+    install_dir(tmp, path)
+
+
+def write_extra(path: str, extra: dict[str, bytes] | None) -> None:
     for name, data in (extra or {}).items():
-        with open(os.path.join(tmp, name), "wb") as fh:
+        with open(os.path.join(path, name), "wb") as fh:
             fh.write(data)
-    with open(os.path.join(tmp, "meta.json"), "w") as fh:      # last: a directory with meta.json is whole
-        json.dump({**meta, "version": FORMAT_VERSION, "records": len(off) - 1}, fh)
+
+
+def write_meta(path: str, meta: dict, records: int) -> None:
+    """``meta.json`` of the index directory ``path`` (with the format version and the row count)."""
+    with open(os.path.join(path, "meta.json"), "w") as fh:
+        json.dump({**meta, "version": FORMAT_VERSION, "records": int(records)}, fh)
+
+
+def move_dir(src: str, path: str) -> None:
+    """Put the whole index directory ``src`` at ``path`` (renamed; copied first if on another file system)."""
+    path = os.path.abspath(os.fspath(path))
+    tmp = f"{path}.tmp{os.getpid()}"
+    _remove(tmp)
+    try:
+        os.rename(src, tmp)
+    except OSError:                       # another file system
+        shutil.copytree(src, tmp)
+    install_dir(tmp, path)
+
+
+def install_dir(tmp: str, path: str) -> None:
+    """Rename the finished directory ``tmp`` to ``path``, replacing what is there."""
     test_hook("index")
     if os.path.lexists(path):
         old = f"{path}.old{os.getpid()}"

@@ -1,9 +1,9 @@
 """Duplicate read ids in an index: unique per sample when the index holds several samples (two
 samples of a sequencing run may hold the same read ids), across all inputs otherwise.
 
-64-bit hashes of the keys (the id, or ``(sample, id)``), computed in slices and sorted: 8 bytes per
-record, no dict of all ids; equal hashes are compared as strings, and the first duplicate in row
-order is named with both places.
+64-bit hashes of the keys (the id, or ``(sample, id)``), computed in slices (a build gets them from
+its scanners) and sorted: 16 bytes per record, no dict of all ids; equal hashes are compared as
+strings, and the first duplicate in row order is named with both places.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 
 from .fasta import FastaError
 
-__all__ = ["check_unique", "key_hashes"]
+__all__ = ["check_unique", "key_hashes", "mix_sample"]
 
 
 def key_hashes(index) -> np.ndarray:
@@ -27,18 +27,31 @@ def key_hashes(index) -> np.ndarray:
     return h
 
 
-def check_unique(index) -> None:
-    """Raise :class:`FastaError` for the first repeated id (within its sample when there are several)."""
+def mix_sample(h: np.ndarray, sample: np.ndarray) -> np.ndarray:
+    """Key hashes of ``(sample, id)`` from the ids' hashes ``h`` (int64, changed in place)."""
+    u = h.view(np.uint64)
+    with np.errstate(over="ignore"):
+        u *= np.uint64(0x9E3779B97F4A7C15)
+        u += np.asarray(sample).astype(np.uint64)
+    return h
+
+
+def check_unique(index, h: np.ndarray | None = None) -> None:
+    """Raise :class:`FastaError` for the first repeated id (within its sample when there are several).
+
+    ``h``: the key hashes if known (int64 per row, equal for equal keys: e.g. of the ids' UTF-8 bytes,
+    mixed with the sample by :func:`mix_sample` when there are several); else :func:`key_hashes`.
+    Memory: ``h`` and a sorted copy (16 bytes per row); candidates (equal hashes) are compared as ids."""
     ids = index.ids
-    h = key_hashes(index)
-    order = np.argsort(h, kind="stable")
-    hs = h[order]
-    same = np.flatnonzero(hs[1:] == hs[:-1])
-    del h, hs
-    if not len(same):
+    if h is None:
+        h = key_hashes(index)
+    hs = np.sort(h)
+    dup = hs[1:][hs[1:] == hs[:-1]]
+    del hs
+    if not len(dup):
         return
     multi = len(index.samples) > 1
-    rows = np.unique(np.concatenate([order[same], order[same + 1]]))
+    rows = np.flatnonzero(np.isin(h, np.unique(dup)))
     seen: dict = {}
     for i in rows.tolist():            # candidates in row order: the first repeat is reported
         rid = ids[i]
