@@ -7,7 +7,8 @@ alternating) in slices of :data:`STEP` rows, and appends each slice to the ``.np
 the id blob of the index directory (the files ``np.save`` would write, byte for byte). It keeps
 two 8-byte numbers per row: the id's hash (for the duplicate check, :mod:`virnucdist.data.unique`)
 and the first word of the content hash (for :func:`representatives`). The build's memory is
-then about 25 bytes per record at its peak (the sorts), plus slices of a few tens of MB.
+then about 25 bytes per record at its peak (the sorts), plus the scanners' blocks and slices
+(about 130 MB).
 """
 
 from __future__ import annotations
@@ -126,23 +127,15 @@ def write_columns(path: str, scans: list, layout: PairLayout) -> tuple[int, np.n
     return n, keys, h0
 
 
-def _gather(path: str, rows: np.ndarray) -> np.ndarray:
-    """``content_hash[rows, 1]`` of the ``.npy`` at ``path`` (``rows`` any order), read in slices
-    (plain reads: nothing of the file stays mapped)."""
-    out = np.empty(len(rows), dtype=np.uint64)
-    order = np.argsort(rows, kind="stable")
-    srt = rows[order]
-    step = STEP * 4
+def _second_words(path: str) -> np.ndarray:
+    """``content_hash[:, 1]`` of the ``.npy`` at ``path``, read in slices (nothing of the file stays mapped)."""
     with open(path, "rb") as fh:
         np.lib.format.read_magic(fh)
         shape, _, _ = np.lib.format.read_array_header_1_0(fh)
-        start = fh.tell()
-        for lo in range(0, shape[0], step):
-            a, b = np.searchsorted(srt, [lo, lo + step])
-            if a < b:
-                fh.seek(start + lo * 16)
-                part = np.fromfile(fh, dtype="<u8", count=2 * min(step, shape[0] - lo)).reshape(-1, 2)
-                out[order[a:b]] = part[srt[a:b] - lo, 1]
+        out = np.empty(shape[0], dtype=np.uint64)
+        for lo in range(0, shape[0], STEP):
+            part = np.fromfile(fh, dtype="<u8", count=2 * min(STEP, shape[0] - lo))
+            out[lo:lo + len(part) // 2] = part[1::2]
     return out
 
 
@@ -150,24 +143,25 @@ def representatives(h0: list, content_hash_path: str) -> np.ndarray:
     """int64 per row: the first row with the same content hash (see ``SequenceIndex.representatives``).
 
     ``h0``: a one-element list holding the first words of the hashes (taken from it: freed here). Sorted
-    by that word (stable: rows in order), runs of equal first words are checked against the second
-    words (read from ``content_hash_path`` for those rows only) and split where they differ: the
-    groups of equal 128-bit hashes, each represented by its lowest row. About 25 bytes per row."""
+    by that word (stable: rows in order); where neighbours share it, their second words (read from
+    ``content_hash_path``) are compared, and a run of equal first words holding other second words is
+    sorted by them: the groups of equal 128-bit hashes, each represented by its lowest row. About 25
+    bytes per row at the peak, whatever the share of repeated sequences."""
     words = h0.pop()
     n = len(words)
     order = np.argsort(words, kind="stable")
     words = words[order]
     same = words[1:] == words[:-1]            # sorted position k + 1 is in k's group
     del words
-    cand = np.flatnonzero(same)
-    if len(cand):
-        a = _gather(content_hash_path, order[cand])
-        b = _gather(content_hash_path, order[cand + 1])
-        split = cand[a != b]
-        del a, b
-        if len(split):                        # rare: equal first words, other second words
-            _split_runs(order, same, split, content_hash_path)
-    del cand
+    second = _second_words(content_hash_path)
+    split = []
+    for lo in range(0, n - 1, STEP * 4):
+        cand = np.flatnonzero(same[lo:lo + STEP * 4]) + lo
+        split.append(cand[second[order[cand]] != second[order[cand + 1]]])
+    split = np.concatenate(split) if split else np.zeros(0, np.int64)
+    if len(split):                            # rare: equal first words, other second words
+        _split_runs(order, same, split, second)
+    del second, split
     start = np.arange(n, dtype=np.int64)      # per sorted position: where its group starts
     start[1:][same] = 0
     del same
@@ -179,7 +173,7 @@ def representatives(h0: list, content_hash_path: str) -> np.ndarray:
     return reps
 
 
-def _split_runs(order: np.ndarray, same: np.ndarray, split: np.ndarray, path: str) -> None:
+def _split_runs(order: np.ndarray, same: np.ndarray, split: np.ndarray, second: np.ndarray) -> None:
     """Runs of equal first words holding other second words: sorted (stably) by the second word."""
     for k in np.unique(split).tolist():
         lo = k
@@ -188,12 +182,11 @@ def _split_runs(order: np.ndarray, same: np.ndarray, split: np.ndarray, path: st
         hi = k + 1
         while hi < len(same) and same[hi]:
             hi += 1
-        rows = order[lo:hi + 1]
-        second = _gather(path, rows)
-        o = np.argsort(second, kind="stable")
-        order[lo:hi + 1] = rows[o]
-        second = second[o]
-        same[lo:hi] = second[1:] == second[:-1]
+        rows = order[lo:hi + 1].copy()
+        rows = rows[np.argsort(second[rows], kind="stable")]
+        order[lo:hi + 1] = rows
+        sec = second[rows]
+        same[lo:hi] = sec[1:] == sec[:-1]
 
 
 # ----------------------------------------------------------------------------- scanning one file

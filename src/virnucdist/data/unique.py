@@ -51,7 +51,13 @@ def check_unique(index, h: np.ndarray | None = None) -> None:
     if not len(dup):
         return
     multi = len(index.samples) > 1
-    rows = np.flatnonzero(np.isin(h, np.unique(dup)))
+    dup = np.unique(dup)
+    rows = []                          # rows whose hash is repeated, found in slices (bounded temporaries)
+    for lo in range(0, len(h), 1 << 20):
+        part = h[lo:lo + (1 << 20)]
+        at = np.minimum(np.searchsorted(dup, part), len(dup) - 1)
+        rows.append(np.flatnonzero(dup[at] == part) + lo)
+    rows = np.concatenate(rows)
     seen: dict = {}
     for i in rows.tolist():            # candidates in row order: the first repeat is reported
         rid = ids[i]
