@@ -23,10 +23,10 @@ and its gzip (``gzip -1``), into a temp dir; for each format:
   The same processes then plan the old way (costs, representatives, the partition of the whole
   index on every rank): the same-run baseline.
 
-``--baseline-src DIR`` (a checkout's ``src`` of the format-2 index, e.g. ``git worktree add
-/tmp/old fb92f15``) measures the same steps with that code on the same files in the same run:
-its build (gzip decompressed into a copy), its ``index.npz``, and its load in ``--ranks``
-processes (read whole).
+``--baseline-src DIR [DIR ...]`` (a checkout's ``src``: of the format-2 index, e.g. ``git worktree add
+/tmp/old fb92f15``; or of an earlier format-3 build, e.g. d9198f2, the build before it was bounded in
+memory) measures the same steps with that code on the same files in the same run: its build (format 2:
+gzip decompressed into a copy), its index, and its load in ``--ranks`` processes.
 
 Prints one line per figure plus the command, date and machine.
 """
@@ -194,15 +194,17 @@ def _baseline(src: str, fmt: str, inp: str, tmp: str, ranks: int) -> None:
     r = subprocess.run([sys.executable, "-c", _BASELINE, "build", inp, out, copy], env=env, check=True,
                        capture_output=True, text=True).stdout.split()
     wall, maxrss, base, n, extra = float(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4])
-    print(f"[{fmt}] baseline (format 2) build+save {wall:7.2f} s   peak RSS {maxrss / 1024:8,.0f} MB "
-          f"({(maxrss - base) / 1024:,.0f} MB above the interpreter); index.npz {os.path.getsize(out) / 1e6:,.1f} MB"
-          f" + decompressed copy {extra / 1e6:,.1f} MB")
+    what = "index.npz" if os.path.isfile(out) else "index directory"       # format 2, or an older format 3
+    size = os.path.getsize(out) if os.path.isfile(out) else _dir_size(out)
+    print(f"[{fmt}] baseline ({src}) build+save {wall:7.2f} s   peak RSS {maxrss / 1024:8,.0f} MB "
+          f"({(maxrss - base) / 1024:,.0f} MB = {(maxrss - base) * 1024 / n:.1f} B/read above the interpreter); "
+          f"{what} {size / 1e6:,.1f} MB + decompressed copy {extra / 1e6:,.1f} MB")
     procs = [subprocess.Popen([sys.executable, "-c", _BASELINE, "load", inp, out, copy], env=env,
                               stdout=subprocess.PIPE, text=True) for _ in range(ranks)]
     loads = [float(p.communicate()[0].split()[0]) for p in procs]
-    print(f"[{fmt}] baseline (format 2) per-rank RSS after load over {ranks} ranks: max {max(loads):,.1f} MB")
+    print(f"[{fmt}] baseline ({src}) per-rank RSS after load over {ranks} ranks: max {max(loads):,.1f} MB")
     shutil.rmtree(copy, ignore_errors=True)
-    os.remove(out)
+    shutil.rmtree(out, ignore_errors=True) if os.path.isdir(out) else os.remove(out)
 
 
 def _dir_size(path: str) -> int:
@@ -221,7 +223,8 @@ def main() -> None:
                          "with each, in this run, and the wall-time ratio to the first")
     ap.add_argument("--smoke", action="store_true", help="20,000 reads, 2 ranks")
     ap.add_argument("--tmp", default=None, help="where to write the reads (default: a temp dir)")
-    ap.add_argument("--baseline-src", default=None, help="src/ of a format-2 checkout: the same steps with it")
+    ap.add_argument("--baseline-src", nargs="+", default=[], help="src/ of other checkouts (format 2, or an earlier "
+                    "format 3): the build and load with each, on the same files in the same run")
     args = ap.parse_args()
     if args.smoke:
         args.reads, args.ranks, args.read_records = 20_000, 2, 1000
@@ -282,8 +285,8 @@ def main() -> None:
             if args.ranks > 1:
                 _plan_step(fmt, out, tmp, args.ranks, ctx)
             shutil.rmtree(out, ignore_errors=True)
-            if args.baseline_src:
-                _baseline(args.baseline_src, fmt, inputs[fmt], tmp, args.ranks)
+            for src in args.baseline_src:
+                _baseline(src, fmt, inputs[fmt], tmp, args.ranks)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

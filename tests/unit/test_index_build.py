@@ -143,3 +143,28 @@ def test_one_cache_check_for_load_or_build_and_the_run_index(tmp_path):
     assert run.built and [q for q in os.listdir(out) if q.startswith(".index-build-")]   # built beside it
     run.commit()
     assert sorted(os.listdir(out)) == ["index"] and SequenceIndex.load_or_build([p], out / "index").read(1) == "GG"
+
+
+def test_disk_full_while_building_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from virnucdist.data.build import IndexSpaceError
+    from virnucdist.data.spool import Spool
+    from virnucdist.errors import UserError
+
+    p = tmp_path / "x.fa"
+    p.write_bytes(b">a\nACGT\n>b\nGG\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    real_add = Spool.add
+
+    def full(self, name, arr):                     # the disk fills up as the scan writes its columns
+        if name == "length":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_add(self, name, arr)
+
+    monkeypatch.setattr(Spool, "add", full)
+    with pytest.raises(IndexSpaceError, match=f"no space left on {out} while writing the sequence index") as e:
+        open_run_index(out, [p])
+    assert isinstance(e.value, UserError) and "\n" not in str(e.value)
+    assert os.listdir(out) == []

@@ -13,6 +13,7 @@ then about 25 bytes per record at its peak (the sorts), plus the scanners' block
 
 from __future__ import annotations
 
+import errno
 import functools
 import gzip
 import hashlib
@@ -26,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import UserError
 from .bam import is_bam
 from .bamindex import scan_bam_file
 from .fasta import FastaError, is_gzip
@@ -38,7 +40,11 @@ from .spool import PROBE, NpyWriter, Spool, id_hashes
 from .store import move_dir, write_extra, write_meta
 from .unique import mix_sample
 
-__all__ = ["build_index", "write_columns", "representatives", "meta_of", "STEP"]
+__all__ = ["build_index", "write_columns", "representatives", "meta_of", "STEP", "IndexSpaceError"]
+
+
+class IndexSpaceError(UserError):
+    """The disk filled up while the index was written."""
 
 STEP = 1 << 18        # rows per slice
 
@@ -309,6 +315,11 @@ def build_index(cls, specs, identity: list, *, block_size: int, progress, worker
         np.save(os.path.join(out, "representatives.npy"), representatives(box, os.path.join(out, "content_hash.npy")))
         index._reps = np.load(os.path.join(out, "representatives.npy"), mmap_mode="r")
         return index
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(root, ignore_errors=True)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise IndexSpaceError(
+                f"no space left on {os.path.dirname(root)} while writing the sequence index (it takes about 110 "
+                "bytes per read, up to twice that while it is built); free space and rerun the same command"
+            ) from None
         raise
