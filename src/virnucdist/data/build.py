@@ -46,6 +46,7 @@ __all__ = ["build_index", "write_columns", "representatives", "meta_of", "STEP",
 class IndexSpaceError(UserError):
     """The disk filled up while the index was written."""
 
+
 STEP = 1 << 18        # rows per slice
 
 
@@ -124,12 +125,12 @@ def write_columns(path: str, scans: list, layout: PairLayout) -> tuple[int, np.n
                     keys[row:row + m] = mix_sample(kh, np.full(m, sample_no)) if multi else kh
                     h0[row:row + m] = cols["content_hash"][:, 0]
                     row += m
+                for sc in scans[f:f + 2] if pair else [scan]:     # streamed: free their disk now
+                    for sp, _, _ in sc.parts:
+                        sp.remove(*sp.rows, "ids")
     finally:
         for wr in (*w.values(), ids_off):
             wr.close()
-    for sc in scans:                          # the spools are streamed: free their disk now
-        for sp, _, _ in sc.parts:
-            sp.remove(*sp.rows, "ids")
     return n, keys, h0
 
 
