@@ -110,8 +110,9 @@ def gemm_rates(dev, m: int, dims: list[tuple[int, int]]) -> dict:
 def kernel_group(name: str) -> str:
     """What a CUDA kernel does, from its name: GEMM, attention, the fused kernels, or other."""
     n = name.lower()
-    return ("GEMM" if any(s in n for s in ("nvjet", "gemm", "cutlass", "xmma", "scaled_mm", "sm90")) else
-            "attention" if any(s in n for s in ("flash", "attn", "fmha")) else
+    # attention first: flash-attention's kernel names carry cutlass types (they would read as GEMMs)
+    return ("attention" if any(s in n for s in ("flash", "attn", "fmha")) else
+            "GEMM" if any(s in n for s in ("nvjet", "gemm", "cutlass", "xmma", "scaled_mm", "sm90")) else
             "add+LayerNorm (fused)" if "add_ln_kernel" in n else
             "GELU (fused)" if "gelu_kernel" in n else
             "FP8 quant (fused)" if "quant_kernel" in n else

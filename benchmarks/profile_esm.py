@@ -12,7 +12,8 @@ on translated 150-bp reads (20-80 aa) packed to ``--toks-per-batch``, after warm
   layer GEMMs in this run);
 * the forward's wall time split into GPU time per kernel group (GEMM, attention, fused add+LayerNorm,
   GELU, rotary, other) and the idle time between kernels (launch gaps, host work);
-* the layer GEMMs inside the model: each shape's achieved TFLOP/s against the roofline's;
+* the layer GEMMs inside the model: their achieved TFLOP/s (FLOPs / GEMM kernel time) against the
+  roofline's, and the top kernels by GPU time;
 * the decomposition ``tokens/s / roofline = (GEMM time / wall) x (in-model GEMM rate / sustained rate)``:
   the first factor is the time spent outside GEMMs, the second the GEMMs' own shortfall.
 """
@@ -47,22 +48,15 @@ def _union(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def _gemm_shapes(prof) -> list[dict]:
-    """aten::addmm / aten::mm / aten::linear calls grouped by input shape: GPU time and FLOPs."""
-    rows = []
-    for e in prof.key_averages(group_by_input_shape=True):
-        if e.key not in ("aten::addmm", "aten::mm") or not e.input_shapes:
-            continue
-        shapes = [s for s in e.input_shapes if s]
-        mats = [s for s in shapes if len(s) == 2]
-        if len(mats) < 2:
-            continue
-        (m, k), (_, n) = mats[-2], mats[-1]  # addmm(bias, input, weight.t()) / mm(input, weight.t())
-        us = getattr(e, "device_time_total", 0) or getattr(e, "cuda_time_total", 0)
-        if us:
-            rows.append({"op": e.key, "m": m, "k": k, "n": n, "calls": e.count, "gpu_ms": us / 1e3,
-                         "tflops": 2 * m * k * n * e.count / (us * 1e-6) / 1e12})
-    return sorted(rows, key=lambda r: -r["gpu_ms"])
+def _top_kernels(kernels, n: int = 10) -> list[dict]:
+    """Kernels grouped by name: GPU ms (kernel time, from the trace) and calls, largest first."""
+    by: dict[str, list] = {}
+    for e in kernels:
+        row = by.setdefault(e.name, [0.0, 0])
+        row[0] += (e.time_range.end - e.time_range.start) / 1e3
+        row[1] += 1
+    return [{"kernel": k, "group": kernel_group(k), "gpu_ms": v[0], "calls": v[1]}
+            for k, v in sorted(by.items(), key=lambda x: -x[1][0])[:n]]
 
 
 def main() -> None:
@@ -139,7 +133,7 @@ def main() -> None:
            "tokens_per_s": tok_s, "tokens_per_s_under_profiler": tokens / prof_s,
            "sustained_tflops": sustained, "roofline_source": roof_src, "roofline_tokens_per_s": roof_tok,
            "of_roofline": tok_s / roof_tok, "gpu_span_s": span, "gpu_busy_s": busy,
-           "groups_s": groups, "gemm_shapes": _gemm_shapes(prof) if kernels else []}
+           "groups_s": groups, "top_kernels": _top_kernels(kernels)}
     print(f"{res['device']}, torch {torch.__version__}: {name} bf16 fused packed forward, {len(steps)} batches "
           f"of <= {budget} tokens ({tokens:,} tokens, frames of 150-bp reads)")
     print(f"tokens/s {tok_s:,.0f} (under the profiler {tokens / prof_s:,.0f}); roofline {roof_tok:,.0f} tokens/s "
@@ -156,10 +150,9 @@ def main() -> None:
               f"{sustained:.0f})")
         print(f"decomposition: of roofline {tok_s / roof_tok:.1%} ~= GEMM share of wall {gemm_s / span:.1%} x "
               f"GEMM rate / sustained {in_model / sustained:.1%} = {gemm_s / span * in_model / sustained:.1%}")
-        print("GEMM shapes (M x K x N, calls, GPU ms, TFLOP/s):")
-        for r in res["gemm_shapes"][:8]:
-            print(f"  {r['op']:<11} {r['m']:>6} x {r['k']:>5} x {r['n']:>5}  {r['calls']:4d}x  {r['gpu_ms']:9.2f} ms"
-                  f"  {r['tflops']:6.0f}")
+        print("top kernels (GPU ms from the trace, calls):")
+        for r in res["top_kernels"]:
+            print(f"  {r['gpu_ms']:9.2f} ms {r['calls']:5d}x  {r['group']:<22} {r['kernel'][:80]}")
         print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20, max_name_column_width=70))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1, default=float))

@@ -159,7 +159,7 @@ class SequenceIndex:
         :class:`FastaError` for malformed input and for duplicate ids (naming both
         occurrences). Records with an empty sequence are kept with ``length == 0``.
         ``progress(nbytes)`` is called as the (decompressed) inputs are scanned.
-        ``workers`` (default: the CPUs, at most 8): processes scanning files, and byte ranges of
+        ``workers`` (default: the CPUs, at most 16): processes scanning files, and byte ranges of
         a large plain file (:mod:`virnucdist.data.parallel`); the index is the same byte for byte.
         The index is written while it is built, in bounded memory (:mod:`virnucdist.data.build`), into
         a temporary directory in ``spool_dir`` (default: the system's temp directory), removed with the
