@@ -50,7 +50,10 @@ class IdColumn(Sequence):
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
+            lo, hi, step = i.indices(len(self))
+            if step == 1:
+                return self._range(lo, hi) if hi > lo else []
+            return [self[k] for k in range(lo, hi, step)]
         n = len(self)
         if i < 0:
             i += n
@@ -61,10 +64,17 @@ class IdColumn(Sequence):
     def __iter__(self):
         n, step = len(self), 1 << 16
         for lo in range(0, n, step):
-            off = np.asarray(self._off[lo:min(n, lo + step) + 1])
-            data = bytes(self._blob[int(off[0]):int(off[-1])])
-            rel = (off - off[0]).tolist()
-            yield from (data[a:b].decode("utf-8") for a, b in zip(rel[:-1], rel[1:]))
+            yield from self._range(lo, min(n, lo + step))
+
+    def _range(self, lo: int, hi: int) -> list[str]:
+        """The ids ``lo:hi`` (``lo < hi``), one read of the blob."""
+        off = np.asarray(self._off[lo:hi + 1])
+        data = bytes(self._blob[int(off[0]):int(off[-1])])
+        rel = (off - off[0]).tolist()
+        if data.isascii():  # byte offsets are character offsets: one decode, then slices
+            text = data.decode("ascii")
+            return [text[a:b] for a, b in zip(rel[:-1], rel[1:])]
+        return [data[a:b].decode("utf-8") for a, b in zip(rel[:-1], rel[1:])]
 
     def __eq__(self, other) -> bool:
         if isinstance(other, (list, tuple, IdColumn)):

@@ -36,7 +36,7 @@ from ..packing import pack_pairs
 from ..engine.runner import BatchRunner, to_host_async
 from ..vnp.chunk import chunk_id, chunk_spans, window_spans
 from ..vnp.genbank import annotated_frame
-from ..vnp.outputs import ScoredRead, atomic, write_frame_embeddings, write_result_files, write_stage_files
+from ..vnp.outputs import ReadBlock, atomic, write_frame_embeddings, write_result_files, write_stage_files
 from ..vnp.translate import FRAME_NAMES, six_frame
 from ..writers import Column, Part, ShardSchema
 from ..engine.task import Block, RunPlan
@@ -245,30 +245,48 @@ class PredictTask:
         ids, mate = index.ids, np.asarray(index.mate)
         sel = (plan.rows >= lo) & (plan.rows < hi)
 
-        def reads():
-            """A ScoredRead per read, input order; reads without a result (empty, skipped) have no chunk."""
+        def blocks():
+            """The reads as ReadBlocks, input order; reads without a result (empty, skipped) have no chunk."""
             at = lo
             for w in results.windows(plan.rows[sel], plan.source[sel], ragged=True, window=FINALIZE_WINDOW):
-                start = 0
-                for row, nc, nf in zip(w.rows.tolist(), w.columns["n_chunks"].tolist(), w.lengths.tolist()):
-                    yield from (ScoredRead(ids[i], 0, [], [], [], mate=int(mate[i])) for i in range(at, row))
-                    sl = slice(start, start + nf)
-                    fids = [f"{chunk_id(ids[row], int(k))}{FRAME_NAMES[int(c)]}"
-                            for k, c in zip(w.ragged["chunk"][sl], w.ragged["frame"][sl])]
-                    yield ScoredRead(ids[row], nc, fids, w.ragged["score1"][sl], w.ragged["score2"][sl], (w, sl),
-                                     int(mate[row]))
-                    start, at = start + nf, row + 1
-            yield from (ScoredRead(ids[i], 0, [], [], [], mate=int(mate[i])) for i in range(at, hi))
+                if not len(w.rows):
+                    continue
+                end = int(w.rows[-1]) + 1
+                fstart = np.zeros(len(w.rows) + 1, dtype=np.int64)
+                np.cumsum(w.lengths, out=fstart[1:])
+                for a in range(at, end, 4 * FINALIZE_WINDOW):  # a window over long runs of empty reads: in pieces
+                    b = min(end, a + 4 * FINALIZE_WINDOW)
+                    i0, i1 = np.searchsorted(w.rows, [a, b]).tolist()
+                    yield _read_block(ids, mate, a, b, w, i0, i1, fstart)
+                at = end
+            for a in range(at, hi, 4 * FINALIZE_WINDOW):
+                yield _read_block(ids, mate, a, min(hi, a + 4 * FINALIZE_WINDOW))
 
-        counts = {"reads": hi - lo, **write_result_files(out, reads, paired=bool(mate[lo:hi].any()))}
+        counts = {"reads": hi - lo, **write_result_files(out, blocks, paired=bool(mate[lo:hi].any()))}
         if self.config.keep_intermediate:
             write_stage_files(out, lambda: ((ids[i], index.read(i)) for i in range(lo, hi)), self.config.chunk_size)
             for key, model in (("nucleotide_embedding", self.dna), ("protein_embedding", self.esm)):
-                write_frame_embeddings(out / f"{key}s.h5", reads, counts["frames"], model.dim,
-                                       lambda r, key=key: r.extra[0].ragged[key][r.extra[1]],
+                write_frame_embeddings(out / f"{key}s.h5", blocks, counts["frames"], model.dim,
+                                       lambda b, key=key: b.extra[0].ragged[key][b.extra[1]],
                                        {"model": model.name, "input_fingerprint": plan.fingerprint,
                                         "chunk_size": self.config.chunk_size, **numerics(self.config, hdf5=True)})
         return counts
+
+
+def _read_block(ids, mate, a: int, b: int, w=None, i0: int = 0, i1: int = 0, fstart=None) -> ReadBlock:
+    """Reads ``a:b`` of the index as a ReadBlock: the results ``i0:i1`` of window ``w`` (rows in ``a:b``);
+    the other reads have none."""
+    n_chunks, n_frames = np.zeros(b - a, dtype=np.int64), np.zeros(b - a, dtype=np.int64)
+    if w is None or i1 == i0:
+        none = np.zeros(0, dtype=np.int64)
+        return ReadBlock(ids[a:b], n_chunks, n_frames, none, none, none.astype(np.float32),
+                         none.astype(np.float32), mate[a:b])
+    pos = w.rows[i0:i1] - a
+    n_chunks[pos] = w.columns["n_chunks"][i0:i1]
+    n_frames[pos] = w.lengths[i0:i1]
+    fs = slice(int(fstart[i0]), int(fstart[i1]))
+    return ReadBlock(ids[a:b], n_chunks, n_frames, w.ragged["chunk"][fs], w.ragged["frame"][fs],
+                     w.ragged["score1"][fs], w.ragged["score2"][fs], mate[a:b], (w, fs))
 
 
 # ----------------------------------------------------------------------------- every sample of a sheet

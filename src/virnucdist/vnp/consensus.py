@@ -17,6 +17,8 @@ comparison uses exactly the values that were written.
 
 from __future__ import annotations
 
+import itertools
+import operator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Sequence
@@ -26,6 +28,8 @@ import numpy as np
 __all__ = [
     "PREDICTION_HEADER",
     "Consensus",
+    "ChunkConsensus",
+    "format_scores",
     "prediction_line",
     "CONSENSUS_HEADER",
     "SUMMARY_HEADER",
@@ -63,6 +67,11 @@ class PredictionRow(NamedTuple):
 def format_score(x: float) -> str:
     """A score as the original writes it: ``str(numpy.float32(x))`` (shortest round trip)."""
     return str(np.float32(x))
+
+
+def format_scores(values) -> list[str]:
+    """:func:`format_score` of each value of an array, as float32 (``str`` of numpy's own float32 scalars)."""
+    return list(map(str, np.asarray(values, dtype=np.float32)))
 
 
 def prediction_label(score1: float, score2: float) -> str:
@@ -168,14 +177,50 @@ class Consensus:
         return [(key, bool(v[1] >= v[0])) for key, v in sorted(self.best.items())]
 
 
-def write_consensus(path: str | Path, decisions: Iterable[tuple[str, bool]]) -> int:
+class ChunkConsensus:
+    """The consensus rule fed whole chunks, as columns: each chunk's Modified_ID with the highest
+    score1 and score2 of its frames. The same Modified_ID given twice (two reads of one id) is one
+    chunk whose maxima are taken over both, as :class:`Consensus` does."""
+
+    def __init__(self):
+        self.keys: list[str] = []
+        self.max1: list[np.ndarray] = []
+        self.max2: list[np.ndarray] = []
+
+    def add(self, keys: list[str], max1, max2) -> None:
+        self.keys += keys
+        self.max1.append(np.asarray(max1, dtype=np.float32))
+        self.max2.append(np.asarray(max2, dtype=np.float32))
+
+    def decisions(self) -> Iterable[tuple[str, bool]]:
+        """``(Modified_ID, Is_Virus)`` sorted by Modified_ID as strings."""
+        keys = self.keys
+        if not keys:
+            return []
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        ks = [keys[i] for i in order]
+        o = np.asarray(order, dtype=np.int64)
+        m1, m2 = np.concatenate(self.max1)[o], np.concatenate(self.max2)[o]
+        new = np.fromiter(map(operator.ne, ks[1:], ks[:-1]), dtype=bool, count=len(ks) - 1)
+        if not new.all():  # repeated Modified_IDs: one chunk each
+            starts = np.flatnonzero(np.concatenate([[True], new]))
+            m1, m2 = np.maximum.reduceat(m1, starts), np.maximum.reduceat(m2, starts)
+            ks = [ks[i] for i in starts.tolist()]
+        return zip(ks, (m2 >= m1).tolist())
+
+
+def write_consensus(path: str | Path, decisions: Iterable[tuple[str, bool]], batch: int = 1 << 16) -> int:
     """Write ``prediction_results_highestscore.csv`` (tab-separated); returns the row count."""
     n = 0
+    it = iter(decisions)
     with open(path, "w", newline="\n") as fh:
         fh.write("\t".join(CONSENSUS_HEADER) + "\n")
-        for key, is_virus in decisions:
-            fh.write(f"{key}\t{bool(is_virus)}\n")
-            n += 1
+        while True:
+            lines = [f"{key}\t{'True' if is_virus else 'False'}\n" for key, is_virus in itertools.islice(it, batch)]
+            if not lines:
+                break
+            fh.write("".join(lines))
+            n += len(lines)
     return n
 
 

@@ -1,44 +1,61 @@
 """VirNucPro's result files from scored reads in input order (what predict's finalize writes).
 
-``reads()`` is a callable that yields a :class:`ScoredRead` per read, in input order, every time it
-is called (the files are written one after the other, each from a fresh pass). Every file is written
+``blocks()`` is a callable that yields :class:`ReadBlock` s, consecutive reads in input order as
+columns, every time it is called (the files are written one after the other, each from a fresh
+pass). A block's lines are made with array operations and written at once. Every file is written
 to a temporary name, fsync'd and renamed: a reader never sees a half-written file.
 """
 
 from __future__ import annotations
 
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator
 
 import h5py
+import numpy as np
 
 from ..data.fasta import write_fasta
 from ..writers import STR, replace_durably
 from .chunk import chunk_records
-from .consensus import (
-    PREDICTION_HEADER,
-    SUMMARY_HEADER,
-    Consensus,
-    ReadFrames,
-    prediction_line,
-    summarize_read,
-    write_consensus,
-)
+from .consensus import PREDICTION_HEADER, SUMMARY_HEADER, ChunkConsensus, format_scores, write_consensus
 from .pairs import PairWriter
-from .translate import translate_records
+from .translate import FRAME_NAMES, translate_records
 
-__all__ = ["ScoredRead", "atomic", "write_result_files", "write_stage_files", "write_frame_embeddings"]
+__all__ = ["ReadBlock", "atomic", "write_result_files", "write_stage_files", "write_frame_embeddings"]
+
+_CALLS = ("empty", "no_frame", "others", "virus")
 
 
-class ScoredRead(NamedTuple):
-    read_id: str
-    n_chunks: int  # 0: empty (or skipped) read
-    frame_ids: list[str]  # kept frames, output order
-    score1: object  # [frames] array
-    score2: object
-    extra: object = None  # e.g. (window, slice) to reach the frames' embeddings
-    mate: int = 0  # 1, 2: a mate of a pair (pair_summary.tsv); 0: single-end
+@dataclass
+class ReadBlock:
+    """Consecutive reads of the output as columns.
+
+    Per read: ``ids``, ``n_chunks`` (0: an empty or skipped read), ``n_frames`` (kept frames),
+    ``mate`` (0 single-end, 1 or 2 a mate of a pair). Per kept frame, read after read: ``chunk``
+    (0-based), ``frame`` (index into ``FRAME_NAMES``), ``score1``, ``score2`` (float32).
+    ``extra``: what a caller needs to reach the frames' other values (e.g. their embeddings)."""
+
+    ids: list
+    n_chunks: np.ndarray
+    n_frames: np.ndarray
+    chunk: np.ndarray
+    frame: np.ndarray
+    score1: np.ndarray
+    score2: np.ndarray
+    mate: np.ndarray
+    extra: object = None
+
+    def chunk_ids(self) -> list[str]:
+        """Each frame's chunk id (``{read_id}_chunk_{k+1}``)."""
+        rid = np.repeat(np.asarray(self.ids, dtype=object), np.asarray(self.n_frames, dtype=np.int64)).tolist()
+        return [f"{r}_chunk_{k}" for r, k in zip(rid, (np.asarray(self.chunk, dtype=np.int64) + 1).tolist())]
+
+    def frame_ids(self, chunk_ids: list[str] | None = None) -> list[str]:
+        """Each frame's record id (chunk id and frame name, e.g. ``r1_chunk_1F2``)."""
+        names = np.asarray(FRAME_NAMES, dtype=object)[np.asarray(self.frame, dtype=np.intp)].tolist()
+        return [c + f for c, f in zip(self.chunk_ids() if chunk_ids is None else chunk_ids, names)]
 
 
 def atomic(path: Path, write: Callable[[Path], object]) -> None:
@@ -52,7 +69,60 @@ def atomic(path: Path, write: Callable[[Path], object]) -> None:
     replace_durably(tmp, path)
 
 
-def write_result_files(out: Path, reads: Callable[[], Iterator[ScoredRead]], paired: bool = False) -> dict:
+def _lines(b: ReadBlock, acc: ChunkConsensus, pairs: PairWriter | None, counts: dict) -> tuple[str, str]:
+    """The block's lines of ``prediction_results.txt`` and ``read_summary.tsv``; its chunks into ``acc``,
+    its mates into ``pairs``; ``counts`` updated."""
+    r = len(b.ids)
+    nc = np.asarray(b.n_chunks, dtype=np.int64)
+    nf = np.where(nc > 0, np.asarray(b.n_frames, dtype=np.int64), 0)  # an empty read has no frame
+    s1, s2 = np.asarray(b.score1, dtype=np.float32), np.asarray(b.score2, dtype=np.float32)
+    chunk = np.asarray(b.chunk, dtype=np.int64)
+    f = len(s1)
+    read_of = np.repeat(np.arange(r), nf)
+    cids = b.chunk_ids()
+    fids = b.frame_ids(cids)
+    label = np.where(s2 > s1, "virus", "others").tolist()  # prediction_label: a tie is others
+    pred = "".join([f"{i}\t{lab}\t{a}\t{z}\n"
+                    for i, lab, a, z in zip(fids, label, format_scores(s1), format_scores(s2))])
+    # chunks: the frames of one (read, chunk), grouped (stable: in frame order within a chunk)
+    key = read_of * (int(chunk.max()) + 1 if f else 1) + chunk
+    o = np.arange(f) if f < 2 or (np.diff(key) >= 0).all() else np.argsort(key, kind="stable")
+    ko = key[o]
+    starts = np.flatnonzero(np.concatenate([[True], ko[1:] != ko[:-1]])) if f else np.zeros(0, np.int64)
+    m1 = np.maximum.reduceat(s1[o], starts) if f else s1[:0]
+    m2 = np.maximum.reduceat(s2[o], starts) if f else s2[:0]
+    acc.add([cids[i] for i in o[starts].tolist()], m1, m2)
+    virus = np.bincount(read_of[o[starts]], weights=m2 >= m1, minlength=r) > 0
+    # reads: the best virus score over each read's frames
+    has = nf > 0
+    first = np.concatenate([[0], np.cumsum(nf)[:-1]])[has]
+    best_v, max1 = (np.maximum.reduceat(s2, first), np.maximum.reduceat(s1, first)) if f else (s2[:0], s1[:0])
+    best = np.full(r, "NA", dtype=object)
+    best[has] = format_scores(best_v)
+    call = np.where(nc == 0, 0, np.where(~has, 1, np.where(virus, 3, 2)))
+    counts["frames"] += f
+    counts["chunks"] += int(nc.sum())
+    for k, n in enumerate(np.bincount(call, minlength=4).tolist()):
+        counts[_CALLS[k]] += n
+    calls = np.asarray(_CALLS, dtype=object)[call].tolist()
+    best = best.tolist()
+    summ = "".join([f"{i}\t{c}\t{n}\t{v}\t{k}\n"
+                    for i, c, n, v, k in zip(b.ids, nc.tolist(), nf.tolist(), best, calls)])
+    if pairs is not None:
+        mates = np.flatnonzero(np.asarray(b.mate) > 0)
+        if len(mates):
+            at = np.full(r, -1, dtype=np.int64)
+            at[has] = np.arange(int(has.sum()))
+            mv, nfl, ncl, mt = max1.tolist(), nf.tolist(), nc.tolist(), np.asarray(b.mate).tolist()
+            bv = best_v.tolist()
+            for j in mates.tolist():
+                a = at[j]
+                pairs.add_read(b.ids[j], mt[j], ncl[j], nfl[j], mv[a] if a >= 0 else None,
+                               bv[a] if a >= 0 else None, best[j], calls[j])
+    return pred, summ
+
+
+def write_result_files(out: Path, blocks: Callable[[], Iterable[ReadBlock]], paired: bool = False) -> dict:
     """``prediction_results.txt``, ``prediction_results_highestscore.csv`` and ``read_summary.tsv`` in ONE
     pass over the reads (the consensus keeps one pair of maxima per chunk); with ``paired`` also
     ``pair_summary.tsv`` (:mod:`virnucdist.vnp.pairs`, from the reads' mate numbers); returns counts."""
@@ -60,7 +130,7 @@ def write_result_files(out: Path, reads: Callable[[], Iterator[ScoredRead]], pai
         (("pair_summary.tsv",) if paired else ())
     tmp = {n: out / (n + ".tmp") for n in names}
     counts = {"frames": 0, "chunks": 0, "virus": 0, "others": 0, "no_frame": 0, "empty": 0}
-    acc = Consensus()
+    acc = ChunkConsensus()
     try:
         with ExitStack() as stack:
             pred = stack.enter_context(open(tmp[names[0]], "w", newline="\n"))
@@ -68,20 +138,10 @@ def write_result_files(out: Path, reads: Callable[[], Iterator[ScoredRead]], pai
             pred.write("\t".join(PREDICTION_HEADER) + "\n")
             summ.write("\t".join(SUMMARY_HEADER) + "\n")
             pairs = PairWriter(stack.enter_context(open(tmp[names[3]], "w", newline="\n"))) if paired else None
-            for r in reads():
-                s1 = r.score1.tolist() if r.frame_ids else []
-                s2 = r.score2.tolist() if r.frame_ids else []
-                for fid, a, b in zip(r.frame_ids, s1, s2):
-                    pred.write(prediction_line(fid, a, b))
-                    acc.add(fid, a, b)
-                line = summarize_read(ReadFrames(r.read_id, r.n_chunks,
-                                                 tuple((f[:-2], a, b) for f, a, b in zip(r.frame_ids, s1, s2))))
-                summ.write(line.to_line() + "\n")
-                counts[line.call] += 1
-                counts["frames"] += len(r.frame_ids)
-                counts["chunks"] += r.n_chunks
-                if pairs is not None:
-                    pairs.add(r.read_id, r.mate, r.n_chunks, s1, s2, line.call)
+            for b in blocks():
+                p, s = _lines(b, acc, pairs, counts)
+                pred.write(p)
+                summ.write(s)
         if pairs is not None:
             counts["pairs"] = pairs.close()
         counts["chunks_scored"] = write_consensus(tmp[names[2]], acc.decisions())
@@ -107,19 +167,21 @@ def write_stage_files(out: Path, records: Callable[[], Iterable[tuple[str, str]]
     replace_durably(out / "identified_protein.faa.tmp", out / "identified_protein.faa")
 
 
-def write_frame_embeddings(path: Path, reads: Callable[[], Iterator[ScoredRead]], n_frames: int, dim: int,
-                           vectors: Callable[[ScoredRead], object], attrs: dict) -> None:
-    """One model's frame embeddings in embed's layout (``ids``, ``embeddings`` [frames, dim])."""
+def write_frame_embeddings(path: Path, blocks: Callable[[], Iterator[ReadBlock]], n_frames: int, dim: int,
+                           vectors: Callable[[ReadBlock], object], attrs: dict) -> None:
+    """One model's frame embeddings in embed's layout (``ids``, ``embeddings`` [frames, dim]);
+    ``vectors(block)``: the block's frames' vectors [frames of the block, dim]."""
     def write(tmp):
         with h5py.File(tmp, "w", locking=False) as f:
             ids = f.create_dataset("ids", (n_frames,), dtype=STR)
             emb = f.create_dataset("embeddings", (n_frames, dim), dtype="f4")
             at = 0
-            for r in reads():
-                if r.frame_ids:
-                    ids[at:at + len(r.frame_ids)] = r.frame_ids
-                    emb[at:at + len(r.frame_ids)] = vectors(r)
-                    at += len(r.frame_ids)
+            for b in blocks():
+                k = len(b.score1)
+                if k:
+                    ids[at:at + k] = b.frame_ids()
+                    emb[at:at + k] = vectors(b)
+                    at += k
             f.attrs.update(attrs)
 
     atomic(path, write)

@@ -56,21 +56,35 @@ class PairWriter:
         fh.write("\t".join(PAIR_HEADER) + "\n")
 
     def add(self, read_id: str, mate: int, chunks: int, score1, score2, call: str) -> None:
+        """A read given by its frames' scores (``score1``, ``score2``: one value per kept frame)."""
+        if mate not in (1, 2):
+            return
+        m1 = np.float32(max(map(np.float32, score1))) if len(score1) else None
+        m2 = np.float32(max(map(np.float32, score2))) if len(score2) else None
+        self.add_read(read_id, mate, chunks, len(score1), m1, m2, format_score(m2) if m2 is not None else "NA", call)
+
+    def add_read(self, read_id: str, mate: int, chunks: int, frames: int, max1, max2, best: str, call: str) -> None:
+        """A read given by what its line needs: its kept ``frames``, the highest score1 and score2 over
+        them (float32; None without frames), ``best`` = ``max2`` as written (``NA`` without frames)."""
         if mate not in (1, 2):
             return
         key = pair_id(read_id)
         other = self.pending.pop(key, None)
-        this = (mate, chunks, list(score1), list(score2), call)
+        this = (mate, chunks, frames, max1, max2, best, call)
         if other is None or other[0] == mate:  # the first mate of its pair (or a mate seen twice: kept apart)
             if other is not None:
                 self.counts["unpaired_mates"] += 1
             self.pending[key] = this
             return
-        (_, c1, a1, b1, call1), (_, c2, a2, b2, call2) = sorted((other, this), key=lambda m: m[0])
-        s1, s2 = a1 + a2, b1 + b2
-        call_pair = pair_call(c1 + c2, s1, s2)
-        best = format_score(max(map(np.float32, s2))) if s2 else "NA"
-        self.fh.write(f"{key}\t{len(s1)}\t{best}\t{call_pair}\t{call1}\t{call2}\n")
+        (_, c1, f1, a1, b1, best1, call1), (_, c2, f2, a2, b2, best2, call2) = sorted((other, this),
+                                                                                      key=lambda m: m[0])
+        if not f1 + f2:
+            best, call_pair = "NA", pair_call(c1 + c2, (), ())
+        else:  # the maxima over both mates' frames (a mate without frames has none)
+            m1 = a1 if not f2 else a2 if not f1 else max(a1, a2)
+            best, m2 = (best1, b1) if not f2 or (f1 and b1 >= b2) else (best2, b2)
+            call_pair = pair_call(c1 + c2, (m1,), (m2,))
+        self.fh.write(f"{key}\t{f1 + f2}\t{best}\t{call_pair}\t{call1}\t{call2}\n")
         self.counts["pairs"] += 1
         self.counts[call_pair] += 1
 
