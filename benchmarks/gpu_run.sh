@@ -77,7 +77,7 @@ for step in "$@"; do
     train_650m)  # issue 23: virnucdist train on 200k windows (150/50), ESM-2 650M + DNABERT-S random, + predict baseline
       W=/tmp/vnd-train; mkdir -p $W
       timeout ${TRAIN_T:-540} python3 benchmarks/train.py --windows ${TRAIN_WINDOWS:-200000} --workdir $W \
-        --json "$OUT/train_650m.json" 2>&1 | tee "$OUT/train_650m.log" | grep -v "RANDOM WEIGHTS" | tail -12
+        --json "$OUT/train_650m.json" 2>&1 | tee "$OUT/train_650m.log" | grep -v "RANDOM WEIGHTS" | tail -30
       rm -rf $W ;;
     samples_one|samples_each|samples_both)  # issue 21: 8 samples x SAMPLES_PAIRS 150-bp pairs, one --samples launch / one each
       W=/tmp/vnd-samples; mode=${step##*_}; only="--only $mode"; lim=${SAMPLES_T:-570}; [ $mode = both ] && only=""

@@ -96,7 +96,8 @@ def main() -> None:
     windows = 2 * n_each * per_genome
     device = "cpu" if args.smoke else None
     common = dict(esm_model=args.esm_model, dnabert_model=args.dnabert_model, random_init=True, dtype=args.dtype,
-                  device=device, overwrite=True, quiet=True, num_workers=0 if args.smoke else 2)
+                  device=device, overwrite=True, quiet=args.smoke,  # progress (per epoch too) on a GPU run
+                  **({"num_workers": 0} if args.smoke else {}))  # else the library's default (sized from the CPUs)
     t0 = time.perf_counter()
     res = train(TrainConfig(viral=(str(viral),), other=(str(other),), window=args.window, step=args.step,
                             output_dir=str(work / "train"), max_epochs=args.max_epochs, **common))
@@ -118,7 +119,9 @@ def main() -> None:
         print(f"  wall {ph['wall_s']:.1f} s: model load {ph['model_load_s']:.1f} s, embedding {ph['embed_s']:.1f} s "
               f"({ph['embed_tokens_per_s']:,.0f} tokens/s, both models), training {ph['finalize_s']:.1f} s "
               f"({m['epochs_run']} epochs, {figures['train']['s_per_epoch']:.2f} s/epoch)")
-        print(f"  held out: accuracy {m['accuracy']:.4f}, f1 {m['f1']:.4f}, auroc {m['auroc']}")
+        print(f"  held out: accuracy {m['accuracy']:.4f}, f1 {m['f1']:.4f}, auroc {m['auroc']}", flush=True)
+        if args.json:  # now: a time limit during the baseline keeps the training figures
+            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     if not args.no_baseline:
         reads = _write(work / f"windows_{windows}.fa", ((f"{rid}_w{k}", seq[a:b])
                                                        for path in (viral, other) for rid, seq in _read(path)
