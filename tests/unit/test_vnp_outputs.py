@@ -65,11 +65,15 @@ def _reads(rng, n: int, paired: bool):
         if paired:
             rid, mate = (f"p{i // 2}/{i % 2 + 1}", i % 2 + 1) if i < n - 6 else (f"q{(n - i) % 3}/{1 + (i > n - 4)}",
                                                                                  1 + (i > n - 4))
+            if i in (10, 11):  # a pair id given twice
+                rid = f"p0/{mate}"
         reads.append((rid, mate, nc, frames))
     # a chunk's frames apart: chunk 1 is others by its two frames together, virus by its second frame alone
     f32 = np.float32
     reads[0] = (reads[0][0], reads[0][1], 2, [(0, 0, f32(0.9), f32(0.1)), (1, 2, f32(0.7), f32(0.3)),
                                                (0, 4, f32(0.2), f32(0.8))])
+    for i, s in ((20, 0.5), (21, 0.25)):  # a tie over a pair's frames is virus (or two reads' own ties)
+        reads[i] = (reads[i][0], reads[i][1], 1, [(0, i % 6, f32(s), f32(s))])
     return reads
 
 

@@ -26,6 +26,7 @@ from .translate import FRAME_NAMES, translate_records
 __all__ = ["ReadBlock", "atomic", "write_result_files", "write_stage_files", "write_frame_embeddings"]
 
 _CALLS = ("empty", "no_frame", "others", "virus")
+_MID = np.asarray([f"{name}\t{label}\t" for name in FRAME_NAMES for label in ("others", "virus")], dtype=object)
 
 
 @dataclass
@@ -80,10 +81,10 @@ def _lines(b: ReadBlock, acc: ChunkConsensus, pairs: PairWriter | None, counts: 
     f = len(s1)
     read_of = np.repeat(np.arange(r), nf)
     cids = b.chunk_ids()
-    fids = b.frame_ids(cids)
-    label = np.where(s2 > s1, "virus", "others").tolist()  # prediction_label: a tie is others
-    pred = "".join([f"{i}\t{lab}\t{a}\t{z}\n"
-                    for i, lab, a, z in zip(fids, label, format_scores(s1), format_scores(s2))])
+    # frame name and prediction_label (virus when score2 > score1; a tie is others) in one lookup
+    mid = _MID[np.asarray(b.frame, dtype=np.intp) * 2 + (s2 > s1)].tolist()
+    text2 = format_scores(s2)
+    pred = "".join([f"{c}{m}{a}\t{z}\n" for c, m, a, z in zip(cids, mid, format_scores(s1), text2)])
     # chunks: the frames of one (read, chunk), grouped (stable: in frame order within a chunk)
     key = read_of * (int(chunk.max()) + 1 if f else 1) + chunk
     o = np.arange(f) if f < 2 or (np.diff(key) >= 0).all() else np.argsort(key, kind="stable")
@@ -98,7 +99,10 @@ def _lines(b: ReadBlock, acc: ChunkConsensus, pairs: PairWriter | None, counts: 
     first = np.concatenate([[0], np.cumsum(nf)[:-1]])[has]
     best_v, max1 = (np.maximum.reduceat(s2, first), np.maximum.reduceat(s1, first)) if f else (s2[:0], s1[:0])
     best = np.full(r, "NA", dtype=object)
-    best[has] = format_scores(best_v)
+    if f:  # each read's best as written for its first frame holding it (max() keeps the first too)
+        hit = np.flatnonzero(s2 == np.repeat(best_v, nf[has]))
+        hit = hit[np.concatenate([[True], read_of[hit][1:] != read_of[hit][:-1]])]
+        best[has] = [text2[i] for i in hit.tolist()] if len(hit) == len(best_v) else format_scores(best_v)
     call = np.where(nc == 0, 0, np.where(~has, 1, np.where(virus, 3, 2)))
     counts["frames"] += f
     counts["chunks"] += int(nc.sum())
@@ -109,16 +113,9 @@ def _lines(b: ReadBlock, acc: ChunkConsensus, pairs: PairWriter | None, counts: 
     summ = "".join([f"{i}\t{c}\t{n}\t{v}\t{k}\n"
                     for i, c, n, v, k in zip(b.ids, nc.tolist(), nf.tolist(), best, calls)])
     if pairs is not None:
-        mates = np.flatnonzero(np.asarray(b.mate) > 0)
-        if len(mates):
-            at = np.full(r, -1, dtype=np.int64)
-            at[has] = np.arange(int(has.sum()))
-            mv, nfl, ncl, mt = max1.tolist(), nf.tolist(), nc.tolist(), np.asarray(b.mate).tolist()
-            bv = best_v.tolist()
-            for j in mates.tolist():
-                a = at[j]
-                pairs.add_read(b.ids[j], mt[j], ncl[j], nfl[j], mv[a] if a >= 0 else None,
-                               bv[a] if a >= 0 else None, best[j], calls[j])
+        m1r, m2r = np.full(r, -np.inf, dtype=np.float32), np.full(r, -np.inf, dtype=np.float32)
+        m1r[has], m2r[has] = max1, best_v
+        pairs.add_reads(b.ids, b.mate, nc, nf, m1r, m2r, best, calls)
     return pred, summ
 
 

@@ -88,6 +88,51 @@ class PairWriter:
         self.counts["pairs"] += 1
         self.counts[call_pair] += 1
 
+    def add_reads(self, ids: list, mate, chunks, frames, max1, max2, best: list, calls: list) -> None:
+        """Consecutive reads (input order) as :meth:`add_read` takes them, as columns (``max1``, ``max2``:
+        float32, any value for a read without frames). Mates one right after the other (R1/R2 files,
+        interleaved, unaligned BAM) are written with array operations; any other order read by read."""
+        mate = np.asarray(mate)
+        rows = np.flatnonzero((mate == 1) | (mate == 2)).tolist()
+        at = 0
+        while at < len(rows) and self.pending:  # mates waiting from an earlier block: read by read
+            j = rows[at]
+            self.add_read(ids[j], int(mate[j]), int(chunks[j]), int(frames[j]), max1[j], max2[j], best[j], calls[j])
+            at += 1
+        rows = rows[at:]
+        tail = rows[-1:] if len(rows) % 2 else []  # a first mate whose other mate comes in the next block
+        a, b = np.asarray(rows[:len(rows) - len(tail)][0::2], np.int64), np.asarray(rows[:len(rows) - len(tail)][1::2], np.int64)
+        keys = [pair_id(ids[j]) for j in rows]
+        ka, kb = keys[0:len(a) * 2:2], keys[1:len(a) * 2:2]
+        adjacent = (mate[a] == 1).all() and (mate[b] == 2).all() and ka == kb and len(set(keys)) == len(a) + len(tail)
+        if not adjacent:
+            for j in rows:
+                self.add_read(ids[j], int(mate[j]), int(chunks[j]), int(frames[j]), max1[j], max2[j], best[j], calls[j])
+            return
+        if len(a):
+            self._add_adjacent(ka, a, b, np.asarray(chunks), np.asarray(frames), max1, max2, best, calls)
+        for j in tail:
+            self.add_read(ids[j], int(mate[j]), int(chunks[j]), int(frames[j]), max1[j], max2[j], best[j], calls[j])
+
+    def _add_adjacent(self, keys, a, b, chunks, frames, max1, max2, best, calls) -> None:
+        """The lines of pairs ``a[i]`` (mate 1), ``b[i]`` (mate 2), in order: :meth:`add_read`'s rule as arrays."""
+        fa, fb = frames[a], frames[b]
+        none = np.float32(-np.inf)  # a mate without frames has no maximum
+        m1a, m1b = (np.where(f > 0, np.asarray(max1, np.float32)[x], none) for f, x in ((fa, a), (fb, b)))
+        m2a, m2b = (np.where(f > 0, np.asarray(max2, np.float32)[x], none) for f, x in ((fa, a), (fb, b)))
+        f, c = fa + fb, chunks[a] + chunks[b]
+        first = m2a >= m2b  # the best score's text: mate 1's on a tie (the first maximum)
+        call = np.where(c == 0, 0, np.where(f == 0, 1, np.where(np.maximum(m2a, m2b) >= np.maximum(m1a, m1b), 3, 2)))
+        names = ("empty", "no_frame", "others", "virus")
+        text = np.asarray(names, dtype=object)[call].tolist()
+        bt = [best[i] if fi else best[k] for i, k, fi in zip(a.tolist(), b.tolist(), (first & (fa > 0)).tolist())]
+        bt = ["NA" if not n else t for n, t in zip(f.tolist(), bt)]
+        self.fh.write("".join([f"{k}\t{n}\t{t}\t{p}\t{calls[i]}\t{calls[j]}\n"
+                               for k, n, t, p, i, j in zip(keys, f.tolist(), bt, text, a.tolist(), b.tolist())]))
+        self.counts["pairs"] += len(a)
+        for name, n in zip(names, np.bincount(call, minlength=4).tolist()):
+            self.counts[name] += n
+
     def close(self) -> dict:
         """Count the mates still waiting (no other mate came); returns ``counts``."""
         self.counts["unpaired_mates"] += len(self.pending)
