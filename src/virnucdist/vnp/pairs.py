@@ -26,9 +26,12 @@ __all__ = ["PAIR_HEADER", "pair_call", "pair_id", "PairWriter"]
 PAIR_HEADER = ("pair_id", "kept_frames", "best_virus_score", "call", "mate1_call", "mate2_call")
 
 
+_MATE_SUFFIX = ("/1", "/2")
+
+
 def pair_id(read_id: str) -> str:
     """The pair's id: a mate's id without its ``/1`` or ``/2``."""
-    return read_id[:-2] if read_id[-2:] in ("/1", "/2") else read_id
+    return read_id[:-2] if read_id[-2:] in _MATE_SUFFIX else read_id
 
 
 def pair_call(chunks: int, score1: Sequence[float], score2: Sequence[float]) -> str:
@@ -101,8 +104,9 @@ class PairWriter:
             at += 1
         rows = rows[at:]
         tail = rows[-1:] if len(rows) % 2 else []  # a first mate whose other mate comes in the next block
-        a, b = np.asarray(rows[:len(rows) - len(tail)][0::2], np.int64), np.asarray(rows[:len(rows) - len(tail)][1::2], np.int64)
-        keys = [pair_id(ids[j]) for j in rows]
+        whole = rows[:len(rows) - len(tail)]
+        a, b = np.asarray(whole[0::2], np.int64), np.asarray(whole[1::2], np.int64)
+        keys = [i[:-2] if i[-2:] in _MATE_SUFFIX else i for i in (ids[j] for j in rows)]  # pair_id, inline
         ka, kb = keys[0:len(a) * 2:2], keys[1:len(a) * 2:2]
         adjacent = (mate[a] == 1).all() and (mate[b] == 2).all() and ka == kb and len(set(keys)) == len(a) + len(tail)
         if not adjacent:
@@ -125,10 +129,11 @@ class PairWriter:
         call = np.where(c == 0, 0, np.where(f == 0, 1, np.where(np.maximum(m2a, m2b) >= np.maximum(m1a, m1b), 3, 2)))
         names = ("empty", "no_frame", "others", "virus")
         text = np.asarray(names, dtype=object)[call].tolist()
-        bt = [best[i] if fi else best[k] for i, k, fi in zip(a.tolist(), b.tolist(), (first & (fa > 0)).tolist())]
-        bt = ["NA" if not n else t for n, t in zip(f.tolist(), bt)]
-        self.fh.write("".join([f"{k}\t{n}\t{t}\t{p}\t{calls[i]}\t{calls[j]}\n"
-                               for k, n, t, p, i, j in zip(keys, f.tolist(), bt, text, a.tolist(), b.tolist())]))
+        best, calls = np.asarray(best, dtype=object), np.asarray(calls, dtype=object)
+        bt = np.where(first & (fa > 0), best[a], best[b]).tolist()  # neither mate with frames: mate 2's NA
+        self.fh.write("".join([f"{k}\t{n}\t{t}\t{p}\t{c1}\t{c2}\n"
+                               for k, n, t, p, c1, c2 in zip(keys, f.tolist(), bt, text, calls[a].tolist(),
+                                                             calls[b].tolist())]))
         self.counts["pairs"] += len(a)
         for name, n in zip(names, np.bincount(call, minlength=4).tolist()):
             self.counts[name] += n

@@ -225,15 +225,16 @@ class Results:
             idx = np.where(is_new, k, len(new) + np.searchsorted(old_u, w_src))
             sel = _ranges(pool_start[idx], out.lengths)
             for c in rag:
-                pool = np.concatenate([got.ragged[c.name], *stash.ragged(c.name, old_u)]) if len(old_u) \
+                pool = np.concatenate([got.ragged[c.name], stash.ragged(c.name, old_u)]) if len(old_u) \
                     else got.ragged[c.name]
                 out.ragged[c.name] = pool[sel]
         return out
 
 
 class _Stash:
-    """Values of sources used again in later windows: record columns in a slot pool (vectorised),
-    ragged rows per source."""
+    """Values of sources used again in later windows: record columns in a slot pool, ragged rows in a
+    row pool (each slot's start and length), both vectorised. Rows of dropped sources are reclaimed
+    when they outnumber the live ones (the live rows copied down: amortised, each row once per drop)."""
 
     def __init__(self, n_records: int, cols, rag):
         self.slot = np.full(n_records, -1, dtype=np.int64)
@@ -241,7 +242,11 @@ class _Stash:
         self.data = {c.name: np.empty((0, *c.shape), dtype=c.dtype) for c in cols}
         self.free = np.zeros(0, dtype=np.int64)
         self.cap = 0
-        self.rag_data: dict[int, dict] = {}
+        self.rows = {c.name: np.empty((0, *c.shape), dtype=c.dtype) for c in rag}  # the ragged row pool
+        self.used = self.dead = 0  # pool rows written, of which dropped
+        self.start = np.zeros(0, dtype=np.int64)  # per slot: its ragged rows in the pool
+        self.length = np.zeros(0, dtype=np.int64)
+        self.live = np.zeros(0, dtype=bool)
 
     def add(self, recs: np.ndarray, got: Window, mask: np.ndarray) -> None:
         need = len(recs)
@@ -251,28 +256,69 @@ class _Stash:
             for c in self.cols:
                 self.data[c.name] = np.concatenate([self.data[c.name],
                                                     np.empty((grow, *c.shape), dtype=c.dtype)])
+            self.start = np.concatenate([self.start, np.zeros(grow, dtype=np.int64)])
+            self.length = np.concatenate([self.length, np.zeros(grow, dtype=np.int64)])
+            self.live = np.concatenate([self.live, np.zeros(grow, dtype=bool)])
             self.free = np.concatenate([self.free, np.arange(cap, cap + grow)])
             self.cap = cap + grow
         slots, self.free = self.free[-need:], self.free[:-need]
         self.slot[recs] = slots
+        self.live[slots] = True
         for c in self.cols:
             self.data[c.name][slots] = got.columns[c.name][mask]
         if self.rag:
-            start = np.zeros(len(got.lengths) + 1, dtype=np.int64)
-            np.cumsum(got.lengths, out=start[1:])
-            for j in np.flatnonzero(mask):  # duplicates only
-                self.rag_data[int(got.rows[j])] = {c.name: got.ragged[c.name][start[j]:start[j + 1]].copy()
-                                                   for c in self.rag}
+            first = np.zeros(len(got.lengths) + 1, dtype=np.int64)
+            np.cumsum(got.lengths, out=first[1:])
+            keep = np.flatnonzero(mask)  # duplicates only
+            lens = np.asarray(got.lengths, dtype=np.int64)[keep]
+            sel = _ranges(first[keep], lens)
+            self._reserve(len(sel))
+            at = np.zeros(len(lens), dtype=np.int64)
+            np.cumsum(lens[:-1], out=at[1:])
+            self.start[slots], self.length[slots] = self.used + at, lens
+            for c in self.rag:
+                self.rows[c.name][self.used:self.used + len(sel)] = got.ragged[c.name][sel]
+            self.used += len(sel)
+
+    def _reserve(self, k: int) -> None:
+        """Room for ``k`` more ragged rows at the end of the pool."""
+        have = len(next(iter(self.rows.values())))
+        if self.used + k <= have:
+            return
+        size = max(2 * have, self.used + k)
+        for c in self.rag:
+            grown = np.empty((size, *c.shape), dtype=c.dtype)
+            grown[:self.used] = self.rows[c.name][:self.used]
+            self.rows[c.name] = grown
+
+    def _compact(self) -> None:
+        """The live slots' rows copied to the front of the pool, in pool order."""
+        live = np.flatnonzero(self.live)
+        live = live[np.argsort(self.start[live], kind="stable")]
+        lens = self.length[live]
+        sel = _ranges(self.start[live], lens)
+        for c in self.rag:
+            self.rows[c.name][:len(sel)] = self.rows[c.name][sel]
+        at = np.zeros(len(lens), dtype=np.int64)
+        np.cumsum(lens[:-1], out=at[1:])
+        self.start[live] = at
+        self.used, self.dead = len(sel), 0
 
     def drop(self, recs: np.ndarray) -> None:
         if len(recs):
-            self.free = np.concatenate([self.free, self.slot[recs]])
+            slots = self.slot[recs]
+            self.free = np.concatenate([self.free, slots])
             self.slot[recs] = -1
-            for r in recs.tolist():
-                self.rag_data.pop(r, None)
+            self.live[slots] = False
+            if self.rag:
+                self.dead += int(self.length[slots].sum())
+                if self.dead > self.used - self.dead:
+                    self._compact()
 
     def values(self, name: str, recs: np.ndarray) -> np.ndarray:
         return self.data[name][self.slot[recs]]
 
-    def ragged(self, name: str, recs: np.ndarray) -> list[np.ndarray]:
-        return [self.rag_data[r][name] for r in recs.tolist()]
+    def ragged(self, name: str, recs: np.ndarray) -> np.ndarray:
+        """The ragged rows of ``recs``, one after the other."""
+        s = self.slot[recs]
+        return self.rows[name][_ranges(self.start[s], self.length[s])]
