@@ -101,3 +101,23 @@ def test_translate_records_order(records):
     order = [cid for cid, _ in records]
     which = [order.index(f.id[:-2]) for f in got]  # chunk order, then frame order
     assert which == sorted(which) and len(set(which)) == 2
+
+
+def test_translate_chunks_is_six_frame_of_each_chunk():
+    """The batched path (chunks of one length in ACGT as a matrix) gives six_frame's frames, in order,
+    whatever the mix: lengths 0-9 and 150, lower case, N and IUPAC letters, U, non-ASCII."""
+    import numpy as np
+
+    from virnucdist.vnp.translate import translate_chunks
+
+    rng = np.random.default_rng(3)
+    letters = np.array(list("ACGTACGTACGTacgtNRYU"))
+    chunks = []
+    for i in range(600):
+        n = int(rng.choice([0, 1, 2, 3, 4, 5, 7, 9, 150, 150, 150]))
+        seq = "".join(rng.choice(letters[:4] if i % 3 else letters, n))
+        chunks.append((f"c{i}_chunk_1", seq))
+    chunks += [("u1", "ATGéAAACCC"), ("u2", "ATGAAAß"), ("s", "TAATAATAA"), ("m", "ATGAAACCCGGG")]
+    want = [f for cid, s in chunks for f in six_frame(cid, s)]
+    assert translate_chunks(chunks) == want and len(want) > 300
+    assert list(translate_records(chunks, batch=7)) == want

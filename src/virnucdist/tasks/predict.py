@@ -264,7 +264,12 @@ class PredictTask:
 
         counts = {"reads": hi - lo, **write_result_files(out, blocks, paired=bool(mate[lo:hi].any()))}
         if self.config.keep_intermediate:
-            write_stage_files(out, lambda: ((ids[i], index.read(i)) for i in range(lo, hi)), self.config.chunk_size)
+            def records():
+                for a in range(lo, hi, FINALIZE_WINDOW):
+                    b = min(hi, a + FINALIZE_WINDOW)
+                    yield from zip(ids[a:b], (index.read(i) for i in range(a, b)))
+
+            write_stage_files(out, records, self.config.chunk_size)
             for key, model in (("nucleotide_embedding", self.dna), ("protein_embedding", self.esm)):
                 write_frame_embeddings(out / f"{key}s.h5", blocks, counts["frames"], model.dim,
                                        lambda b, key=key: b.extra[0].ragged[key][b.extra[1]],

@@ -8,6 +8,7 @@ to a temporary name, fsync'd and renamed: a reader never sees a half-written fil
 
 from __future__ import annotations
 
+import itertools
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +17,11 @@ from typing import Callable, Iterable, Iterator
 import h5py
 import numpy as np
 
-from ..data.fasta import write_fasta
 from ..writers import STR, replace_durably
 from .chunk import chunk_records
 from .consensus import PREDICTION_HEADER, SUMMARY_HEADER, ChunkConsensus, format_scores, write_consensus
 from .pairs import PairWriter
-from .translate import FRAME_NAMES, translate_records
+from .translate import FRAME_NAMES, translate_chunks
 
 __all__ = ["ReadBlock", "atomic", "write_result_files", "write_stage_files", "write_frame_embeddings"]
 
@@ -151,17 +151,28 @@ def write_result_files(out: Path, blocks: Callable[[], Iterable[ReadBlock]], pai
     return counts
 
 
-def write_stage_files(out: Path, records: Callable[[], Iterable[tuple[str, str]]], chunk_size: int) -> None:
-    """``chunked.fa``, ``identified_nucleotide.fa`` and ``identified_protein.faa``: the stage CLI's files."""
-    atomic(out / "chunked.fa", lambda p: write_fasta(p, chunk_records(records(), chunk_size)))
-    with open(out / "identified_protein.faa.tmp", "w", newline="\n") as prot:
-        def nucleotides():
-            for fr in translate_records(chunk_records(records(), chunk_size)):
-                prot.write(f">{fr.id}\n{fr.protein}\n")
-                yield fr.id, fr.nucleotide
-
-        atomic(out / "identified_nucleotide.fa", lambda p: write_fasta(p, nucleotides()))
-    replace_durably(out / "identified_protein.faa.tmp", out / "identified_protein.faa")
+def write_stage_files(out: Path, records: Callable[[], Iterable[tuple[str, str]]], chunk_size: int,
+                      batch: int = 4096) -> None:
+    """``chunked.fa``, ``identified_nucleotide.fa`` and ``identified_protein.faa``: the stage CLI's files,
+    in one pass over the reads, ``batch`` chunks at a time."""
+    names = ("chunked.fa", "identified_nucleotide.fa", "identified_protein.faa")
+    tmp = {n: out / (n + ".tmp") for n in names}
+    try:
+        with ExitStack() as stack:
+            chunked, nuc, prot = (stack.enter_context(open(tmp[n], "w", encoding="utf-8", newline="\n"))
+                                  for n in names)
+            it = chunk_records(records(), chunk_size)
+            while chunks := list(itertools.islice(it, batch)):
+                chunked.write("".join([f">{c}\n{seq}\n" for c, seq in chunks]))
+                frames = translate_chunks(chunks)
+                nuc.write("".join([f">{f.id}\n{f.nucleotide}\n" for f in frames]))
+                prot.write("".join([f">{f.id}\n{f.protein}\n" for f in frames]))
+    except BaseException:
+        for t in tmp.values():
+            t.unlink(missing_ok=True)
+        raise
+    for n in names:
+        replace_durably(tmp[n], out / n)
 
 
 def write_frame_embeddings(path: Path, blocks: Callable[[], Iterator[ReadBlock]], n_frames: int, dim: int,

@@ -16,14 +16,16 @@ The hot path is vectorised with numpy (one codon-index array per strand, a
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from virnucdist.vnp.chunk import RecordLike, id_and_seq
 
-__all__ = ["CODON_TABLE", "Frame", "FRAME_NAMES", "reverse_complement", "six_frame", "translate_records"]
+__all__ = ["CODON_TABLE", "Frame", "FRAME_NAMES", "reverse_complement", "six_frame", "translate_chunks",
+           "translate_records"]
 
 _BASES = "TCAG"
 _AA_TCAG = "FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG"
@@ -49,6 +51,10 @@ _AA_BY_INDEX = np.array(
     [ord(CODON_TABLE[a + b + c]) for a in "ACGT" for b in "ACGT" for c in "ACGT"], dtype=np.uint8
 )
 _STOP = ord("*")
+# Upper-case A<->T, C<->G on bytes (reverse_complement's swap); every other byte kept.
+_COMPLEMENT_BYTES = np.arange(256, dtype=np.uint8)
+for _a, _b in ("AT", "TA", "CG", "GC"):
+    _COMPLEMENT_BYTES[ord(_a)] = ord(_b)
 
 
 @dataclass(frozen=True)
@@ -117,8 +123,68 @@ def six_frame(chunk_id: str, seq: str) -> list[Frame]:
     return frames
 
 
-def translate_records(records: Iterable[RecordLike]) -> Iterator[Frame]:
-    """Kept frames of every chunk, in chunk order then frame order."""
-    for rec in records:
-        cid, seq = id_and_seq(rec)
-        yield from six_frame(cid, seq)
+def translate_chunks(chunks: Sequence[tuple[str, str]]) -> list[Frame]:
+    """:func:`six_frame` of every ``(chunk_id, seq)``, concatenated in order, computed in batches:
+    chunks of one length written in ACGT (either case) are translated together as a matrix (every
+    codon valid: a frame is dropped only for a stop, its protein and nucleotide record have fixed
+    widths); any other chunk (other letters, non-ASCII) by :func:`six_frame` itself."""
+    frames: list[list[Frame] | None] = [None] * len(chunks)
+    by_len: dict[int, list[int]] = {}
+    for j, (cid, seq) in enumerate(chunks):
+        if seq.isascii() and len(seq) >= 3:
+            by_len.setdefault(len(seq), []).append(j)
+        else:
+            frames[j] = six_frame(cid, seq)
+    for length, js in by_len.items():
+        raw = np.frombuffer("".join([chunks[j][1] for j in js]).upper().encode("ascii"), dtype=np.uint8)
+        raw = raw.reshape(len(js), length)
+        codes = _CODE[raw]
+        ok = (codes < 4).all(axis=1)
+        for j in np.asarray(js)[~ok].tolist():
+            frames[j] = six_frame(*chunks[j])
+        good = [j for j, k in zip(js, ok.tolist()) if k]
+        if not good:
+            continue
+        codes, raw = codes[ok], raw[ok]
+        strands = ((codes, raw), ((3 - codes)[:, ::-1], _COMPLEMENT_BYTES[raw][:, ::-1]))
+        kept = np.zeros((len(good), 6), dtype=bool)
+        prot, nuc = [], []  # per frame F1, F2, F3, R1, R2, R3: the kept rows' texts
+        for s, (c, src) in enumerate(strands):
+            for o in range(3):
+                n_cod = (length - o) // 3
+                cod = c[:, o:o + 3 * n_cod].reshape(len(good), n_cod, 3)
+                aa = _AA_BY_INDEX[(cod[..., 0] << 4) | (cod[..., 1] << 2) | cod[..., 2]]  # uint8 codon index
+                keep = kept[:, 3 * s + o] = ~(aa == _STOP).any(axis=1) & (n_cod > 0)  # an empty protein: dropped
+                width = min(length - o, 3 * n_cod + 1)  # the original's one base too many, clipped
+                prot.append(_rows_text(aa[keep]))
+                nuc.append(_rows_text(src[keep, o:o + width]))
+        rank = (np.cumsum(kept, axis=0) - 1)  # a kept frame's place among its frame's kept rows
+        at = np.flatnonzero(kept.ravel())
+        rows, fr = at // 6, at % 6
+        ids = [chunks[j][0] for j in good]
+        made = [Frame(ids[r] + FRAME_NAMES[f], nuc[f][k], prot[f][k])
+                for r, f, k in zip(rows.tolist(), fr.tolist(), rank[rows, fr].tolist())]
+        ends = np.searchsorted(rows, np.arange(1, len(good) + 1)).tolist()
+        start = 0
+        for j, end in zip(good, ends):
+            frames[j] = made[start:end]
+            start = end
+    return [fr for per_chunk in frames for fr in per_chunk]
+
+
+def _rows_text(m: np.ndarray) -> list[str]:
+    """Each row of an ASCII byte matrix as a str."""
+    width = m.shape[1]
+    text = np.ascontiguousarray(m).tobytes().decode("ascii")
+    return [text[i:i + width] for i in range(0, len(text), width)] if width else [""] * len(m)
+
+
+def translate_records(records: Iterable[RecordLike], batch: int = 4096) -> Iterator[Frame]:
+    """Kept frames of every chunk, in chunk order then frame order (:func:`translate_chunks`, ``batch``
+    chunks at a time)."""
+    it = iter(records)
+    while True:
+        chunks = [id_and_seq(rec) for rec in itertools.islice(it, batch)]
+        if not chunks:
+            return
+        yield from translate_chunks(chunks)
