@@ -8,7 +8,7 @@ workload): the reads of ``benchmarks/scaling.py`` (random 150-bp reads, ``read_N
 ``--paired`` an R1 and an R2 file), the run's index (the library's own, as a run opens it), and
 per-rank result shards written through :class:`virnucdist.writers.ShardWriter` with the predict
 task's own schema. Every read's chunks and kept frames come from VirNucPro's real rules
-(``chunk_spans``, ``six_frame``: frames with a stop are dropped); each frame's two scores are a
+(``chunk_spans``, six-frame translation: frames with a stop are dropped); each frame's two scores are a
 float32 softmax of random logits. ``--dup`` makes a fraction of the reads copies of earlier ones
 (dedup: only the first is in the shards), ``--empty`` a fraction empty reads.
 
@@ -41,7 +41,7 @@ DIMS = {"dna": 8, "esm": 12}  # embedding widths of the --keep-intermediate stan
 
 def workload(args) -> dict:
     return {"reads": args.reads, "paired": args.paired, "dup": args.dup, "empty": args.empty,
-            "ranks": args.ranks, "keep_intermediate": args.keep_intermediate, "format": 1}
+            "ranks": args.ranks, "keep_intermediate": args.keep_intermediate, "format": 2}
 
 
 def make_reads(n: int, paired: bool, dup: float, empty: float) -> list[list[tuple[str, str]]]:
@@ -64,19 +64,25 @@ def make_reads(n: int, paired: bool, dup: float, empty: float) -> list[list[tupl
             [(f"{recs[i][0]}/2", recs[half + i][1]) for i in range(half)]]
 
 
-def frames_of(seq: str) -> tuple[int, list[int], list[int]]:
-    """n_chunks, chunk and frame code of each kept frame: predict's own rules (tasks/predict.py)."""
+def frames_of(seqs: list[str]) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Per read: n_chunks and kept frames; per kept frame (read by read): chunk and frame code. Predict's
+    own rules (tasks/predict.py: chunk_spans, six_frame; here six_frame batched as translate_chunks)."""
     from virnucdist.vnp.chunk import chunk_spans
-    from virnucdist.vnp.translate import FRAME_NAMES, six_frame
+    from virnucdist.vnp.translate import FRAME_NAMES, translate_chunks
 
-    seq = seq.upper().replace("U", "T")
-    spans = chunk_spans(len(seq), CHUNK)
-    chunks, codes = [], []
-    for k, (a, b) in enumerate(spans):
-        for fr in six_frame("", seq[a:b]):
-            chunks.append(k)
-            codes.append(FRAME_NAMES.index(fr.id[-2:]))
-    return len(spans), chunks, codes
+    n_chunks, chunks = [], []
+    for j, seq in enumerate(seqs):
+        seq = seq.upper().replace("U", "T")
+        spans = chunk_spans(len(seq), CHUNK)
+        n_chunks.append(len(spans))
+        chunks += [(f"{j}:{k}:", seq[a:b]) for k, (a, b) in enumerate(spans)]
+    n_frames, chunk, code = [0] * len(seqs), [], []
+    for fr in translate_chunks(chunks):
+        j, k, name = fr.id.split(":")
+        n_frames[int(j)] += 1
+        chunk.append(int(k))
+        code.append(FRAME_NAMES.index(name))
+    return n_chunks, n_frames, chunk, code
 
 
 class _Model:
@@ -134,13 +140,7 @@ def build(work: Path, args) -> None:
         w = ShardWriter(work / "shards", rank, schema, fingerprint=index.fingerprint)
         for a in range(0, len(rows), 4096):
             win = rows[a:a + 4096]
-            n_chunks, n_frames, chunks, codes = [], [], [], []
-            for r in win.tolist():
-                nc, ck, cd = frames_of(index.read(r))
-                n_chunks.append(nc)
-                n_frames.append(len(ck))
-                chunks += ck
-                codes += cd
+            n_chunks, n_frames, chunks, codes = frames_of([index.read(r) for r in win.tolist()])
             f = len(chunks)
             logits = (rng.standard_normal((f, 2)) * 3).astype(np.float32)
             e = np.exp(logits - logits.max(1, keepdims=True))
