@@ -88,9 +88,16 @@ for step in "$@"; do
       python3 benchmarks/tokenize_dna.py --smoke | tail -3
       python3 benchmarks/fp8_policies.py --smoke --policies all,edges2 | tail -5
       python3 benchmarks/roofline.py --smoke | tail -2
+      python3 benchmarks/predict_finalize.py --smoke | tail -2
       python3 benchmarks/startup.py --smoke --runs library:cold --workdir /tmp/vnd-startup-smoke | tail -2
       torchrun --standalone --nproc_per_node=1 benchmarks/scaling.py --tasks dnabert,predict --reads 100 --dtype fp32 \
         --warmup-reads 0 --esm-model esm2_t6_8M_UR50D --dna-toks 4096 --toks-per-batch 2048 2>&1 | grep -E "^==|wall" ;;
+    predict_finalize)  # issue 24: predict's finalize of 1M reads on this host's CPU (no GPU), new vs FIN_BASE/src
+      # FIN_BASE: a checkout of the code before the change, made beside the repo before the call, e.g.
+      # `mkdir -p fin-base && git archive 8fda921 src | tar -x -C fin-base` (untracked: it travels)
+      base=""; [ -d "${FIN_BASE:-fin-base}/src" ] && base="--baseline-src ${FIN_BASE:-fin-base}/src"
+      timeout 240 python3 benchmarks/predict_finalize.py --reads ${FIN_READS:-1000000} --repeat 2 $base \
+        --workdir /tmp/vnd-pf --json "$OUT/predict_finalize.json" 2>&1 | tee "$OUT/predict_finalize.log" | tail -5 ;;
     smoke)  # CPU-sized run of the kernels task (what CI-less machines can check)
       timeout 600 python3 benchmarks/throughput.py --task kernels --smoke --fp32-n 100 --out "$OUT" 2>&1 | tail -20 ;;
     throughput)
