@@ -42,7 +42,7 @@ def _dead_pid() -> int:
 
 def test_second_launch_into_a_busy_directory_is_refused_and_the_first_completes(fasta, tmp_path):
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "VIRNUCDIST_TEST_BATCH_DELAY_S": "3"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VIRNUCDIST_TEST_BATCH_DELAY_S": "1.5"}
     cmd = [sys.executable, "-m", "virnucdist.embed", str(fasta), "--model", MODEL, "--random-init", "-o", str(out),
            "--num-workers", "0", "--device", "cpu", "--toks-per-batch", "256", "--window-records", "4", "--quiet"]
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
