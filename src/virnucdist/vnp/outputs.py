@@ -9,10 +9,10 @@ to a temporary name, fsync'd and renamed: a reader never sees a half-written fil
 from __future__ import annotations
 
 import itertools
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -59,15 +59,25 @@ class ReadBlock:
         return [c + f for c, f in zip(self.chunk_ids() if chunk_ids is None else chunk_ids, names)]
 
 
+@contextmanager
+def atomic_files(out: Path, names: Sequence[str]) -> Iterator[dict[str, Path]]:
+    """Temporary paths (``NAME.tmp``) for the files ``names`` of ``out``: each renamed durably onto its
+    name when the block ends, all removed if it raises."""
+    tmp = {n: out / (n + ".tmp") for n in names}
+    try:
+        yield tmp
+    except BaseException:
+        for t in tmp.values():
+            t.unlink(missing_ok=True)
+        raise
+    for n in names:
+        replace_durably(tmp[n], out / n)
+
+
 def atomic(path: Path, write: Callable[[Path], object]) -> None:
     """``write(tmp)`` then a durable rename onto ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    replace_durably(tmp, path)
+    with atomic_files(path.parent, (path.name,)) as tmp:
+        write(tmp[path.name])
 
 
 def _lines(b: ReadBlock, acc: ChunkConsensus, pairs: PairWriter | None, counts: dict) -> tuple[str, str]:
@@ -125,10 +135,9 @@ def write_result_files(out: Path, blocks: Callable[[], Iterable[ReadBlock]], pai
     ``pair_summary.tsv`` (:mod:`virnucdist.vnp.pairs`, from the reads' mate numbers); returns counts."""
     names = ("prediction_results.txt", "read_summary.tsv", "prediction_results_highestscore.csv") + \
         (("pair_summary.tsv",) if paired else ())
-    tmp = {n: out / (n + ".tmp") for n in names}
     counts = {"frames": 0, "chunks": 0, "virus": 0, "others": 0, "no_frame": 0, "empty": 0}
     acc = ChunkConsensus()
-    try:
+    with atomic_files(out, names) as tmp:
         with ExitStack() as stack:
             pred = stack.enter_context(open(tmp[names[0]], "w", newline="\n"))
             summ = stack.enter_context(open(tmp[names[1]], "w", newline="\n"))
@@ -142,12 +151,6 @@ def write_result_files(out: Path, blocks: Callable[[], Iterable[ReadBlock]], pai
         if pairs is not None:
             counts["pairs"] = pairs.close()
         counts["chunks_scored"] = write_consensus(tmp[names[2]], acc.decisions())
-    except BaseException:
-        for t in tmp.values():
-            t.unlink(missing_ok=True)
-        raise
-    for n in names:
-        replace_durably(tmp[n], out / n)
     return counts
 
 
@@ -156,23 +159,15 @@ def write_stage_files(out: Path, records: Callable[[], Iterable[tuple[str, str]]
     """``chunked.fa``, ``identified_nucleotide.fa`` and ``identified_protein.faa``: the stage CLI's files,
     in one pass over the reads, ``batch`` chunks at a time."""
     names = ("chunked.fa", "identified_nucleotide.fa", "identified_protein.faa")
-    tmp = {n: out / (n + ".tmp") for n in names}
-    try:
-        with ExitStack() as stack:
-            chunked, nuc, prot = (stack.enter_context(open(tmp[n], "w", encoding="utf-8", newline="\n"))
-                                  for n in names)
-            it = chunk_records(records(), chunk_size)
-            while chunks := list(itertools.islice(it, batch)):
-                chunked.write("".join([f">{c}\n{seq}\n" for c, seq in chunks]))
-                frames = translate_chunks(chunks)
-                nuc.write("".join([f">{f.id}\n{f.nucleotide}\n" for f in frames]))
-                prot.write("".join([f">{f.id}\n{f.protein}\n" for f in frames]))
-    except BaseException:
-        for t in tmp.values():
-            t.unlink(missing_ok=True)
-        raise
-    for n in names:
-        replace_durably(tmp[n], out / n)
+    with atomic_files(out, names) as tmp, ExitStack() as stack:
+        chunked, nuc, prot = (stack.enter_context(open(tmp[n], "w", encoding="utf-8", newline="\n"))
+                              for n in names)
+        it = chunk_records(records(), chunk_size)
+        while chunks := list(itertools.islice(it, batch)):
+            chunked.write("".join([f">{c}\n{seq}\n" for c, seq in chunks]))
+            frames = translate_chunks(chunks)
+            nuc.write("".join([f">{f.id}\n{f.nucleotide}\n" for f in frames]))
+            prot.write("".join([f">{f.id}\n{f.protein}\n" for f in frames]))
 
 
 def write_frame_embeddings(path: Path, blocks: Callable[[], Iterator[ReadBlock]], n_frames: int, dim: int,
