@@ -33,13 +33,28 @@ def torchrun(module: str, args: list[str], *, nproc: int = 2, timeout: float = 2
            *args]
     p = subprocess.Popen(cmd, env=clean_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
+    out, err = finish(p, timeout)
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def finish(p: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """``p.communicate(timeout)``; if ``p`` (started with ``start_new_session=True``) is still running
+    after it, whatever the reason, its whole process group is killed."""
     try:
-        out, err = p.communicate(timeout=timeout)
+        return p.communicate(timeout=timeout)
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
-    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie or a dead entry has exited, reaped or not by its adopter)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in "ZX"
 
 
 def sha256(path: Path) -> str:

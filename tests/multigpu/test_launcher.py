@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from virnucdist.data.fasta import write_fasta
-from _helpers import AA, MODEL, clean_env
+from _helpers import AA, MODEL, alive, clean_env, finish
 
 pytestmark = pytest.mark.torchrun
 
@@ -85,14 +85,6 @@ def _descendants(pid: int) -> set[int]:
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in "ZX"  # a zombie has exited (reaped or not by whoever adopted it)
-
-
 def _start_long_run(fasta: Path, out: Path) -> tuple[subprocess.Popen, set[int]]:
     """A 2-rank run slowed to ~0.3 s a window of 2 records, each rank with one DataLoader worker; waits for the batch loop."""
     p = subprocess.Popen(_cmd(str(fasta), "-o", str(out), "--toks-per-batch", "64", "--window-records", "2",
@@ -111,13 +103,7 @@ def _start_long_run(fasta: Path, out: Path) -> tuple[subprocess.Popen, set[int]]
 
 
 def _finish(p: subprocess.Popen, timeout: float = 90) -> str:
-    try:
-        _, stderr = p.communicate(timeout=timeout)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-    return stderr
+    return finish(p, timeout)[1]
 
 
 def test_ranks_and_workers_exit_when_the_launcher_is_killed(fasta, tmp_path):
@@ -127,13 +113,13 @@ def test_ranks_and_workers_exit_when_the_launcher_is_killed(fasta, tmp_path):
         os.kill(p.pid, signal.SIGKILL)  # the launcher dies without a word (OOM killer, lost Slurm step)
         p.wait()
         end = time.monotonic() + 20  # PDEATHSIG at once; torch's worker watchdog polls every 5 s
-        while time.monotonic() < end and any(map(_alive, tree)):
+        while time.monotonic() < end and any(map(alive, tree)):
             time.sleep(0.2)
-        left = sorted(pid for pid in tree if _alive(pid))
+        left = sorted(pid for pid in tree if alive(pid))
         took = 20 - (end - time.monotonic())
     finally:
         for pid in tree:  # never leave orphans behind, whatever happened
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
     stderr = _finish(p, timeout=30)
     assert not left, f"still running {took:.0f} s after the launcher died: {left}"

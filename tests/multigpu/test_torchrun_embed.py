@@ -23,7 +23,7 @@ import pytest
 
 from virnucdist.data.fasta import write_fasta
 from virnucdist.writers import read_embeddings
-from _helpers import AA, MODEL, clean_env
+from _helpers import AA, MODEL, alive, clean_env
 
 pytestmark = pytest.mark.torchrun
 
@@ -197,10 +197,10 @@ def test_kill_9_mid_inference_then_resume(data, ref1):
             p.wait()
     assert p.returncode == -signal.SIGKILL
     for _ in range(200):  # workers are not our children: wait until they are gone
-        if not any(_alive(v) for v in victims):
+        if not any(alive(v) for v in victims):
             break
         time.sleep(0.05)
-    assert not any(_alive(v) for v in victims), "a worker survived the kill"
+    assert not any(alive(v) for v in victims), "a worker survived the kill"
     assert not (out / "embeddings.h5").exists()
     partial = sum(_committed(out / "shards").values())
     assert 0 < partial < len(ids), partial
@@ -211,14 +211,6 @@ def test_kill_9_mid_inference_then_resume(data, ref1):
     rep = _report(out)
     assert rep["summary"]["resumed_records"] > 0
     assert rep["summary"]["resumed_records"] + rep["summary"]["sequences"] == len(ids)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _free_port() -> int:

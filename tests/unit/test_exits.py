@@ -28,7 +28,7 @@ from virnucdist.launch import entry
 from virnucdist.errors import Interrupted
 from virnucdist.launch.entry import run_entrypoint
 from virnucdist.models.loading import ModelLoadError
-from _helpers import AA, MODEL, clean_env
+from _helpers import AA, MODEL, alive, clean_env
 
 INTERRUPTED = re.compile(r"^virnucdist: interrupted( \(SIGTERM\))?; rerun the same command to resume; "
                          r"(?:([\d,]+) records are safe|records already written are safe)$")
@@ -189,17 +189,15 @@ def test_watchdog_ends_a_rank_that_does_not_stop(tmp_path):
         launcher.kill()
         launcher.wait()
         end = time.monotonic() + 10
-        while time.monotonic() < end and Path(f"/proc/{rank}").exists() and \
-                Path(f"/proc/{rank}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX":
+        while time.monotonic() < end and alive(rank):
             time.sleep(0.05)
-        alive = Path(f"/proc/{rank}").exists() and \
-            Path(f"/proc/{rank}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+        running = alive(rank)
     finally:
         if launcher.poll() is None:
             launcher.kill()
-    if alive:
+    if running:
         os.kill(rank, signal.SIGKILL)
-    assert not alive, "the orphaned rank kept running"
+    assert not running, "the orphaned rank kept running"
     err = launcher.stderr.read()
     assert "the torchrun launcher (pid" in err and "did not stop within 0.5 s; ending it" in err, err
 
