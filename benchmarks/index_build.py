@@ -118,22 +118,24 @@ def _planned_rank(index_dir: str, plan_dir: str, rank: int, ranks: int, q) -> No
     q.put((rank, (planned - base) / 1024, (whole - base) / 1024, len(share.rows)))
 
 
-def _plan_step(fmt: str, out: str, tmp: str, ranks: int, ctx) -> None:
-    plan_dir = os.path.join(tmp, f"run-{fmt}")
+def _in_processes(ctx, target, arg_lists: list[tuple]) -> list:
+    """``target(*args, q)`` in one fresh process per ``args``, all at once; what each puts on ``q``, sorted."""
     q = ctx.Queue()
-    p = ctx.Process(target=_planner, args=(out, plan_dir, ranks, q))
-    p.start()
-    wall, maxrss_kb, base_kb = q.get()
-    p.join()
-    print(f"[{fmt}] plan on rank 0 (load, costs, dedup, partition over {ranks}, runs written) {wall:6.2f} s   "
-          f"peak RSS {maxrss_kb / 1024:8,.0f} MB ({(maxrss_kb - base_kb) / 1024:,.0f} MB above the interpreter)")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_planned_rank, args=(out, plan_dir, r, ranks, q)) for r in range(1, ranks)]
+    procs = [ctx.Process(target=target, args=(*a, q)) for a in arg_lists]
     for pr in procs:
         pr.start()
     rows = sorted(q.get() for _ in procs)
     for pr in procs:
         pr.join()
+    return rows
+
+
+def _plan_step(fmt: str, out: str, tmp: str, ranks: int, ctx) -> None:
+    plan_dir = os.path.join(tmp, f"run-{fmt}")
+    [(wall, maxrss_kb, base_kb)] = _in_processes(ctx, _planner, [(out, plan_dir, ranks)])
+    print(f"[{fmt}] plan on rank 0 (load, costs, dedup, partition over {ranks}, runs written) {wall:6.2f} s   "
+          f"peak RSS {maxrss_kb / 1024:8,.0f} MB ({(maxrss_kb - base_kb) / 1024:,.0f} MB above the interpreter)")
+    rows = _in_processes(ctx, _planned_rank, [(out, plan_dir, r, ranks) for r in range(1, ranks)])
     planned = [r[1] for r in rows]
     whole = [r[2] for r in rows]
     print(f"[{fmt}] per-rank RSS after planning, ranks 1..{ranks - 1} (MB above the interpreter): own run read "
@@ -251,11 +253,8 @@ def main() -> None:
             walls = []
             for w in args.workers:
                 shutil.rmtree(out, ignore_errors=True)
-                q = ctx.Queue()
-                p = ctx.Process(target=_build, args=(inputs[fmt], out, w, q))
-                p.start()
-                wall, maxrss_kb, base_kb, n, child_kb, child0_kb = q.get()
-                p.join()
+                [(wall, maxrss_kb, base_kb, n, child_kb, child0_kb)] = _in_processes(ctx, _build,
+                                                                                     [(inputs[fmt], out, w)])
                 walls.append(wall)
                 above = (maxrss_kb - base_kb) * 1024
                 print(f"[{fmt}] build+save, workers {w or 'default'}: {wall:7.2f} s   {n / wall:11,.0f} reads/s   "
@@ -268,14 +267,7 @@ def main() -> None:
             size = _dir_size(out)
             print(f"[{fmt}] index on disk {size / 1e6:9,.1f} MB   {size / n:6.1f} B/read "
                   f"(beside the input; no decompressed copy)")
-            q = ctx.Queue()
-            procs = [ctx.Process(target=_rank, args=(out, r, args.ranks, args.read_records, q))
-                     for r in range(args.ranks)]
-            for pr in procs:
-                pr.start()
-            rows = sorted(q.get() for _ in procs)
-            for pr in procs:
-                pr.join()
+            rows = _in_processes(ctx, _rank, [(out, r, args.ranks, args.read_records) for r in range(args.ranks)])
             load = [r[1] for r in rows]
             share = [r[2] for r in rows]
             whole = [r[3] for r in rows]
