@@ -146,12 +146,12 @@ def _second_words(path: str) -> np.ndarray:
     return out
 
 
-def representatives(h0: list, content_hash_path: str) -> np.ndarray:
+def representatives(h0: list, second: np.ndarray | str) -> np.ndarray:
     """int64 per row: the first row with the same content hash (see ``SequenceIndex.representatives``).
 
     ``h0``: a one-element list holding the first words of the hashes (taken from it: freed here). Sorted
-    by that word (stable: rows in order); where neighbours share it, their second words (read from
-    ``content_hash_path``) are compared, and a run of equal first words holding other second words is
+    by that word (stable: rows in order); where neighbours share it, their second words (``second``, or
+    read from the ``content_hash.npy`` at that path) are compared, and a run of equal first words holding other second words is
     sorted by them: the groups of equal 128-bit hashes, each represented by its lowest row. About 25
     bytes per row at the peak, whatever the share of repeated sequences."""
     words = h0.pop()
@@ -160,7 +160,8 @@ def representatives(h0: list, content_hash_path: str) -> np.ndarray:
     words = words[order]
     same = words[1:] == words[:-1]            # sorted position k + 1 is in k's group
     del words
-    second = _second_words(content_hash_path)
+    if isinstance(second, str):
+        second = _second_words(second)
     split = []
     for lo in range(0, n - 1, STEP * 4):
         cand = np.flatnonzero(same[lo:lo + STEP * 4]) + lo

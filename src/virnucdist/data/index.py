@@ -261,18 +261,13 @@ class SequenceIndex:
     def representatives(self) -> np.ndarray:
         """int64 ``[N]``: for each record, the first record (lowest row) with the same
         normalised sequence; ``rep[i] == i`` for a first occurrence. Vectorised (a stable
-        sort of the hashes); cached."""
+        sort of the hashes, :func:`virnucdist.data.build.representatives`, as the build
+        computes them); cached."""
         if self._reps is None:
-            h = self.content_hash
-            n = len(h)
-            order = np.lexsort((h[:, 1], h[:, 0]))      # stable: equal hashes keep row order
-            hs = h[order]
-            new = np.ones(n, dtype=bool)
-            new[1:] = (hs[1:] != hs[:-1]).any(axis=1)
-            firsts = order[new]
-            reps = np.empty(n, dtype=np.int64)
-            reps[order] = firsts[np.cumsum(new) - 1]
-            self._reps = reps
+            from .build import representatives
+
+            h = np.asarray(self.content_hash)
+            self._reps = representatives([np.ascontiguousarray(h[:, 0])], np.ascontiguousarray(h[:, 1]))
         return self._reps
 
     @property
