@@ -88,7 +88,9 @@ def _processes_with(marker: str) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
 def test_predict_workers_do_not_outlive_a_killed_rank(tmp_path):
     """kill -9 of one rank of a 2-rank predict with 2 DataLoader workers per rank: within 10 s of torchrun's
-    exit no process of the run is left (the workers die with their rank: PR_SET_PDEATHSIG)."""
+    exit no process of the run is left (the workers die with their rank: PR_SET_PDEATHSIG). These small
+    windows do not fill the workers' result pipe, so torch's watchdog would end them too; the hang the
+    signal prevents is reproduced in tests/unit/test_exits.py::test_loader_workers_die_with_a_killed_rank."""
     import time
 
     reads = make_reads(seed=3, n=24)

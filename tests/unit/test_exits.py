@@ -202,6 +202,58 @@ def test_watchdog_ends_a_rank_that_does_not_stop(tmp_path):
     assert "the torchrun launcher (pid" in err and "did not stop within 0.5 s; ending it" in err, err
 
 
+_RANK_WITH_WORKERS = r"""
+import functools, os, sys, time
+from torch.utils.data import DataLoader, Dataset
+from virnucdist.launch.dist import worker_dies_with_rank
+
+class Windows(Dataset):  # items larger than a pipe buffer, as a predict window is
+    def __len__(self):
+        return 64
+    def __getitem__(self, i):
+        return b"x" * (1 << 20)
+
+init = functools.partial(worker_dies_with_rank, rank_pid=os.getpid()) if sys.argv[1] == "library" else None
+it = iter(DataLoader(Windows(), batch_size=None, num_workers=2, prefetch_factor=2, worker_init_fn=init))
+next(it)
+print(" ".join(str(w.pid) for w in it._workers), flush=True)
+time.sleep(120)
+"""
+
+
+def _workers_left_after_kill_9(init: str, wait_s: float) -> list[int]:
+    """A rank reads one item of a 2-worker DataLoader, then gets kill -9: its workers still alive
+    ``wait_s`` later (or once all have gone, if sooner). Every worker is killed before returning."""
+    rank = subprocess.Popen([sys.executable, "-c", _RANK_WITH_WORKERS, init], stdout=subprocess.PIPE, text=True,
+                            env=clean_env())
+    try:
+        workers = [int(pid) for pid in rank.stdout.readline().split()]
+    finally:
+        rank.kill()
+        rank.wait()
+    end = time.monotonic() + wait_s
+    while time.monotonic() < end and any(alive(pid) for pid in workers):
+        time.sleep(0.05)
+    left = [pid for pid in workers if alive(pid)]
+    for pid in workers:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    assert len(workers) == 2
+    return left
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_loader_workers_die_with_a_killed_rank():
+    """kill -9 of a rank whose DataLoader workers have results waiting in a full pipe: with the
+    library's ``worker_init_fn`` the workers are gone at once. Without it they stay, reparented to
+    init: torch's watchdog ends their loop within 5 s, then each waits forever in its result queue's
+    finalizer for a feeder thread blocked on the pipe (the hang users saw after a predict rank was
+    killed; the control below shows this setup reproduces it)."""
+    assert _workers_left_after_kill_9("library", wait_s=10) == []
+    assert len(_workers_left_after_kill_9("none", wait_s=7)) == 2, \
+        "control: without the parent-death signal the workers were expected to hang (torch changed?)"
+
+
 def test_inspect_into_a_closed_pipe_is_quiet(fasta, tmp_path):
     """``virnucdist inspect --json | head``: the reader left; no BrokenPipeError traceback, status 141."""
     out = tmp_path / "run"
