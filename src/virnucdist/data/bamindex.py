@@ -4,7 +4,8 @@ A BAM input (told by its content) is scanned with :func:`~virnucdist.data.bam.sc
 row per primary record, ``offset`` its BGZF virtual offset (read back with
 :func:`~virnucdist.data.bam.read_bam`), ``nbytes == length`` its letters, ``header_line`` its
 record number (messages say "record"), the id the read name with ``/1`` or ``/2`` for the first
-or second read of a pair (flags 0x40/0x80) and the mate number kept. The fingerprint digest is
+or second read of a pair (flags 0x40/0x80; a name that already ends so is kept as it is) and the
+mate number kept. The fingerprint digest is
 a sha256 over the names and sequences in file order.
 """
 
@@ -31,7 +32,7 @@ def scan_bam_file(path: str, progress: Callable[[int], None] | None, spool) -> t
     b2 = hashlib.blake2b
     for name, seq, voffset, mate in scan_bam(path):
         s = seq.encode("ascii")
-        ids.append(f"{name}/{mate}" if mate else name)
+        ids.append(f"{name}/{mate}" if mate and not name.endswith(f"/{mate}") else name)  # x/1 kept as it is
         off.append(voffset)
         length.append(len(s))
         mates.append(mate)

@@ -37,12 +37,14 @@ def check_input_files(inputs) -> None:
     specs = as_inputs(inputs) if inputs else []
     if not specs:
         raise UserError("no input files given")
+    seen: dict = {}
     for f in specs:
         p = f.path
         try:
-            mode = os.stat(p).st_mode
+            st = os.stat(p)
         except OSError:
             raise UserError(f"input {p} does not exist or is not a file") from None
+        mode = st.st_mode
         if stat.S_ISDIR(mode):
             raise UserError(f"input {p} is a directory, not a FASTA/FASTQ file")
         if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode):
@@ -51,6 +53,11 @@ def check_input_files(inputs) -> None:
                             "or save the stream to a file first")
         if not stat.S_ISREG(mode):
             raise UserError(f"input {p} does not exist or is not a file")
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            raise UserError(f"input {p} is given twice (also as {seen[key]}); give each file once (the two files "
+                            f"of a read pair are R1 then R2)")
+        seen[key] = p
 
 
 class RunIndex:

@@ -3,11 +3,11 @@
 A sheet is tab-separated, one sample a line: the sample's name, then one file (single-end reads,
 or interleaved pairs with ``--interleaved``) or the two files of a pair (R1, R2). Blank lines and
 lines starting with ``#`` are skipped; a first line whose file columns name no existing file
-(and none ending like a reads file: .fq, .fastq, .fa, .gz, .bam, ...) is a header. Relative paths are taken from the sheet's own folder.
+(none ending like a reads file: .fq, .fastq, .fa, .gz, .bam, ..., nor holding a ``.`` or ``/``) is a header. Relative paths are taken from the sheet's own folder.
 
 Names become output folders (``OUTDIR/<sample>/``): letters, digits, ``.``, ``_`` and ``-``,
 starting with a letter or digit, at most 100 characters, unique (ignoring case, for
-case-insensitive file systems), and none of the run directory's own names. A file may belong to
+case-insensitive file systems), and none of the run directory's own names (``plan``, ``index``, ``index.tmp*``, ...). A file may belong to
 one sample only.
 """
 
@@ -25,7 +25,9 @@ _SEQ_FILE = re.compile(r"\.(fa|fasta|fna|fq|fastq|bam|gz|bgz|txt)$", re.IGNORECA
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 #: names of the run directory's own files and folders (a sample folder must not shadow them)
 RESERVED_NAMES = frozenset({"shards", "logs", "inputs", "index", "index.npz", "run.json", "run_report.json",
-                            "report.html", "samples.tsv"})
+                            "report.html", "samples.tsv", "plan"})
+#: names the run removes as its own temporary files (``index.tmp*``, ``index.old*``, ``index.npz.tmp*``)
+_RESERVED_PREFIX = re.compile(r"index\.(tmp|old|npz\.tmp)", re.IGNORECASE)
 
 
 class SampleSheetError(UserError):
@@ -75,16 +77,20 @@ def read_sheet(path: str | Path) -> list[Sample]:
         files = [f if Path(f).is_absolute() else str(base / f) for f in fields[1:]]
         if first:
             first = False
-            if not any(Path(f).exists() or _SEQ_FILE.search(f) for f in fields[1:]):  # a header line
+            if not any(Path(f).exists() or _SEQ_FILE.search(f) or "." in f or "/" in f for f in fields[1:]):  # a header
                 continue
         name = fields[0]
-        if not _NAME.fullmatch(name) or name.lower() in RESERVED_NAMES:
+        reserved = name.lower() in RESERVED_NAMES or bool(_RESERVED_PREFIX.match(name))
+        if not _NAME.fullmatch(name) or reserved:
             raise SampleSheetError(f"{where}: sample name {name!r} cannot be a folder name; use letters, digits, "
                                    f"'.', '_' and '-' (starting with a letter or digit, at most 100 characters"
-                                   f"{', not ' + name if name.lower() in RESERVED_NAMES else ''})")
+                                   f"{', not ' + name if reserved else ''})")
         if name.lower() in seen:
             raise SampleSheetError(f"{where}: sample name {name!r} is already used on line "
                                    f"{seen[name.lower()].line}; sample names must be unique (ignoring case)")
+        if len(files) == 2 and Path(files[0]).resolve() == Path(files[1]).resolve():
+            raise SampleSheetError(f"{where}: sample {name!r}: {fields[1]} is given as both R1 and R2; a pair's "
+                                   f"two files are different files (a single-end sample: give one file)")
         for f in files:
             if not Path(f).is_file():
                 raise SampleSheetError(f"{where}: sample {name!r}: file {f} does not exist or is not a file")

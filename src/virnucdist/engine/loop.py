@@ -133,8 +133,11 @@ def _open_run(task: Task, out: Path, progress: bool) -> dict:
                             f"; use another output directory, or --overwrite to discard it")
         if not changed and old.get("complete") and all((out / n).exists() for n in task.outputs[:1]):
             return {"complete": True, "fingerprint": ref.fingerprint}
-        if changed:
-            _remove(outputs + [path])
+        if changed:  # also an earlier sample sheet's folders and samples.tsv (names checked when it ran)
+            sheet = old.get("samples") or []
+            earlier = [out / n for n in (str(s[0]) for s in sheet if isinstance(s, list) and s)
+                       if "/" not in n and n not in ("", ".", "..")] + ([out / "samples.tsv"] if sheet else [])
+            _remove(outputs + earlier + [path])
             run_index.discard()  # saved again below
     if not (np.asarray(ref.length) > 0).any():
         raise UserError(f"{', '.join(map(str, cfg.inputs))}: no sequences to {task.name}: {len(ref)} record(s), all "
