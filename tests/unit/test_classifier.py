@@ -180,3 +180,17 @@ def test_wrapped_state_dicts(tmp_path):
 )
 def test_chunk_size_hint(name, size):
     assert classifier_chunk_size_hint(Path(name)) == size
+
+
+def test_a_classifier_trained_with_another_hidden_width_loads(tmp_path):
+    """``virnucdist train --hidden-dim 64`` writes a 64-unit MLP: predict's loader takes the width from the weights."""
+    from virnucdist.vnp.training import save_virnucpro_classifier
+
+    torch.manual_seed(0)
+    trained = MLPClassifier(448, 64).eval()
+    path = save_virnucpro_classifier(trained, tmp_path / "classifier.pth")
+    model = load_classifier(path, expected_input_dim=(128, 320))
+    assert model.hidden_layer.out_features == 64 and model.bn1.num_features == 64
+    x = torch.randn(5, 448)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), trained(x), rtol=0, atol=0)

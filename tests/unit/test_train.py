@@ -248,3 +248,47 @@ def test_time_limit_stops_training_keeping_the_best_epoch():
     assert len(log) == 1 and m["stopped_by"] == "time_limit" and m["best_epoch"] == 1
     _, log, m = train_classifier(x, y, held, Recipe(max_epochs=3, patience=50))
     assert len(log) == 3 and m["stopped_by"] == "max_epochs"
+
+
+def test_settings_and_models_refused_before_any_work(demo, tmp_path):
+    """One line before any indexing: a recipe value torch would crash on after the embedding, a file given
+    to both classes under two spellings, a DNABERT-S directory as --esm-model (not a width problem)."""
+    d, _, _ = demo
+    from virnucdist.tasks.predict import PredictTask
+    from virnucdist.tasks.train import TrainTask
+
+    with pytest.raises(UserError, match=r"--momentum -1.0 \(>= 0\)"):
+        TrainTask(_cfg(d, tmp_path / "m", momentum=-1.0))
+    with pytest.raises(UserError, match=r"--gamma 0.0 \(> 0\)"):
+        TrainTask(_cfg(d, tmp_path / "g", gamma=0.0))
+    with pytest.raises(UserError, match=r"--max-train-minutes -1.0"):
+        TrainTask(_cfg(d, tmp_path / "t", max_train_minutes=-1.0))
+    other = d / "sub" / ".." / "viral.fa"
+    (d / "sub").mkdir(exist_ok=True)
+    with pytest.raises(UserError, match="given as both --viral and --other"):
+        TrainTask(_cfg(d, tmp_path / "b", other=(str(other),)))
+    with pytest.raises(UserError, match="--esm-model .*dnabert_tiny is DNABERT-S"):
+        TrainTask(_cfg(d, tmp_path / "s", esm_model=str(d / "dnabert_tiny")))
+    clf = d / "ref" / "classifier.pth"  # 192 wide: DNABERT-S-tiny 128 + the tiny ESM-2's 64
+    with pytest.raises(UserError, match="--esm-model .*dnabert_tiny is DNABERT-S") as e:
+        PredictTask(PredictConfig(inputs=(str(d / "viral.fa"),), chunk_size=90, esm_model=str(d / "dnabert_tiny"),
+                                  dnabert_model=str(d / "dnabert_tiny"), classifier=str(clf),
+                                  output_dir=str(tmp_path / "p")))
+    assert "values per frame" not in str(e.value)  # not reported as a classifier width mismatch
+    assert not (tmp_path / "p").exists() and not (tmp_path / "s").exists()
+
+
+def test_classes_whose_ids_coincide_are_neither_paired_nor_duplicates(demo, tmp_path):
+    """Viral and other files named alike (seq0, seq1 ... in both, e.g. simulated reads) are two classes:
+    never taken for the R1/R2 files of a pair (refused as a 'cut short' pair before), ids may repeat."""
+    d, ref, _ = demo
+    viral = [(f"seq{i}", s) for i, (_, s) in enumerate(genomes(6, 300, 0.6, "v", 5))]
+    other = [(f"seq{i}", s) for i, (_, s) in enumerate(genomes(4, 300, -0.6, "o", 6))]
+    write_fasta(tmp_path / "v.fa", viral)
+    write_fasta(tmp_path / "o.fa", other)
+    train(_cfg(d, tmp_path / "run", viral=(str(tmp_path / "v.fa"),), other=(str(tmp_path / "o.fa"),), max_epochs=1))
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    write_fasta(tmp_path / "o2.fa", [(f"oth{i}", s) for i, (_, s) in enumerate(other)])
+    train(_cfg(d, tmp_path / "ref2", viral=(str(tmp_path / "v.fa"),), other=(str(tmp_path / "o2.fa"),), max_epochs=1))
+    m2 = json.loads((tmp_path / "ref2" / "metrics.json").read_text())
+    assert (m["viral_frames"], m["other_frames"]) == (m2["viral_frames"], m2["other_frames"]) and m["other_frames"] > 0

@@ -140,7 +140,7 @@ def _open_run(task: Task, out: Path, progress: bool) -> dict:
             _remove(outputs + earlier + [path])
             run_index.discard()  # saved again below
     if not (np.asarray(ref.length) > 0).any():
-        raise UserError(f"{', '.join(map(str, cfg.inputs))}: no sequences to {task.name}: {len(ref)} record(s), all "
+        raise UserError(f"{', '.join(str(getattr(p, 'path', p)) for p in cfg.inputs)}: no sequences to {task.name}: {len(ref)} record(s), all "
                         f"empty (header lines only); check the input file")
     task.check(ref)
     run_index.commit()

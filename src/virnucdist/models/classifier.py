@@ -141,16 +141,19 @@ def _load_torch_file(path: Path) -> object:
         ) from None
 
 
-def _input_dim(state: Mapping[str, torch.Tensor]) -> int:
+def _dims(state: Mapping[str, torch.Tensor]) -> tuple[int, int]:
+    """``(input, hidden)`` widths of the weights (``train --hidden-dim`` makes other hidden widths)."""
     w = state.get("hidden_layer.weight")
-    return int(w.shape[1]) if isinstance(w, torch.Tensor) and w.ndim == 2 else INPUT_DIM
+    if isinstance(w, torch.Tensor) and w.ndim == 2:
+        return int(w.shape[1]), int(w.shape[0])
+    return INPUT_DIM, HIDDEN_DIM
 
 
 def load_classifier(path: str | os.PathLike, expected_input_dim: int | tuple[int, int] | None = None) -> MLPClassifier:
     """Load a classifier from a pickled original module, a state dict or a .safetensors file.
 
     Returns a fresh :class:`MLPClassifier` in eval mode on the CPU, as wide as its weights
-    (``hidden_layer``'s input). With ``expected_input_dim`` (the models' ``(DNABERT-S dim,
+    (``hidden_layer``'s input and output). With ``expected_input_dim`` (the models' ``(DNABERT-S dim,
     ESM-2 dim)``, or their sum), a classifier of another width is refused in one line naming both.
     Raises a :class:`~virnucdist.models.errors.ModelNotFoundError` (a ``FileNotFoundError``)
     for a missing file and a :class:`ClassifierError` (a ``ValueError``), naming the file
@@ -173,8 +176,7 @@ def load_classifier(path: str | os.PathLike, expected_input_dim: int | tuple[int
                                   ) from None
     else:
         state = _state_dict_from_object(_load_torch_file(path), path)
-    input_dim = _input_dim(state)
-    model = MLPClassifier(input_dim)
+    model = MLPClassifier(*_dims(state))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -7,9 +7,9 @@ from pathlib import Path
 from ..models.errors import ModelLoadError
 from ..models.esm2 import ESM2_ARCHS
 from ..models.hf_cache import local_model_dir, read_config
-from ..models.loading import is_dnabert_spec
+from ..models.loading import DNABERT_S_HUB_ID, DNABERT_S_NAMES, is_dnabert_spec, model_family
 
-__all__ = ["model_identity", "molecule_of_spec", "width_of_spec", "check_model_spec"]
+__all__ = ["model_identity", "molecule_of_spec", "width_of_spec", "check_model_spec", "check_model_roles"]
 
 
 def model_identity(spec: str, random_init: bool, seed: int) -> dict:
@@ -57,3 +57,19 @@ def width_of_spec(spec: str, random_init: bool) -> int | None:
         return 768
     name = Path(spec).stem if spec.endswith(".pt") else spec.rsplit("/", 1)[-1]
     return ESM2_ARCHS[name][1] if name in ESM2_ARCHS else None
+
+
+def check_model_roles(esm_spec: str, dnabert_spec: str) -> None:
+    """Before any width check or indexing: one line when a model known here without loading it (a model
+    directory or cached hub id, a DNABERT-S or ESM-2 name) is of the other family than its flag asks for."""
+    def family(spec: str) -> str | None:
+        if local_model_dir(spec) is not None or spec.lower() in DNABERT_S_NAMES or spec == DNABERT_S_HUB_ID:
+            return model_family(spec)
+        return "esm2" if spec in ESM2_ARCHS else None  # a path that is not there: its loader says so
+
+    names = {"esm2": "ESM-2", "dnabert_s": "DNABERT-S"}
+    for flag, spec, want in (("--esm-model", esm_spec, "esm2"), ("--dnabert-model", dnabert_spec, "dnabert_s")):
+        got = family(str(spec))
+        if got is not None and got != want:
+            raise ModelLoadError(f"{flag} {spec} is {names[got]}, but {flag} takes {names[want]}: --esm-model must "
+                                 f"be ESM-2 and --dnabert-model DNABERT-S")

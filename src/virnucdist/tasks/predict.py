@@ -41,7 +41,7 @@ from ..vnp.translate import FRAME_NAMES, six_frame
 from ..writers import Column, Part, ShardSchema
 from ..engine.task import Block, RunPlan
 from .tiles import tile_for, tiled_embed, tiled_rows
-from .identity import check_model_spec, model_identity, width_of_spec
+from .identity import check_model_roles, check_model_spec, model_identity, width_of_spec
 
 __all__ = ["PredictConfig", "PredictTask", "SamplesPredictTask", "make_task", "predict", "build_parser", "main"]
 
@@ -143,6 +143,7 @@ class PredictTask:
         if c.interleaved and not c.samples:
             c = replace(c, inputs=tuple(as_inputs(c.inputs, interleaved=True)))
         self.config, self.runners = c, []
+        check_model_roles(c.esm_model, c.dnabert_model)  # before the widths: a swapped model is not a width problem
         widths = (width_of_spec(c.dnabert_model, c.random_init), width_of_spec(c.esm_model, c.random_init))
         if c.classifier is not None and None not in widths:  # before any indexing: the models' widths are known
             load_classifier(c.classifier, expected_input_dim=widths)

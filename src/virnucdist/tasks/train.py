@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import torch
 from ..engine import RunConfig, RunResult, add_run_arguments, run, run_main
 from ..engine.config import torch_dtype
 from ..engine.runner import BatchRunner, to_host_async
+from ..data.inputs import InputFile
 from ..engine.task import RunPlan
 from ..errors import UserError
 from ..launch.dist import DistContext
@@ -36,7 +38,7 @@ from ..models.loading import load_model
 from ..vnp.training import (EpochLog, Recipe, balance_mask, chunk_metrics, save_virnucpro_classifier,
                             split_groups, train_classifier)
 from ..writers import Column, Part, ShardSchema
-from .identity import model_identity
+from .identity import check_model_roles, model_identity
 from .predict import MIN_CHUNK, PredictTask, _MakePredictBlock
 
 __all__ = ["TrainConfig", "TrainTask", "train", "build_parser", "main"]
@@ -78,7 +80,10 @@ class TrainConfig(RunConfig):
     train_seed: int = Recipe.seed
 
     def __post_init__(self):
-        object.__setattr__(self, "inputs", (*self.viral, *self.other))
+        # one sample per class: a viral and an other file are never taken for the two files of a read pair
+        # (their ids may coincide, e.g. simulated reads), and ids need to be unique within a class only
+        object.__setattr__(self, "inputs", (*(InputFile(os.path.abspath(p), sample="viral") for p in self.viral),
+                                            *(InputFile(os.path.abspath(p), sample="other") for p in self.other)))
 
     @property
     def piece(self) -> int:
@@ -115,9 +120,13 @@ class TrainTask(PredictTask):
         if c.split_by not in ("chunk", "record"):
             raise UserError(f"--split-by must be 'chunk' or 'record', got {c.split_by!r}")
         c.recipe().check()
-        overlap = set(map(str, c.viral)) & set(map(str, c.other))
+        if c.max_train_minutes is not None and not c.max_train_minutes > 0:
+            raise UserError(f"training settings out of range: --max-train-minutes {c.max_train_minutes} (> 0)")
+        viral = {os.path.realpath(p): p for p in map(str, c.viral)}  # ./x.fa, /abs/x.fa, a link: one file
+        overlap = [p for p in map(str, c.other) if os.path.realpath(p) in viral]
         if overlap:
-            raise UserError(f"{sorted(overlap)[0]} is given as both --viral and --other")
+            raise UserError(f"{overlap[0]} is given as both --viral and --other")
+        check_model_roles(c.esm_model, c.dnabert_model)
         self.config, self.runners = c, []
 
     @property

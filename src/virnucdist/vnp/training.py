@@ -62,6 +62,10 @@ class Recipe:
             bad.append(f"--val-fraction {self.val_fraction} (between 0 and 1)")
         if not 0 <= self.dropout < 1:
             bad.append(f"--dropout {self.dropout} (0 <= p < 1)")
+        if not self.momentum >= 0:
+            bad.append(f"--momentum {self.momentum} (>= 0)")
+        if not self.gamma > 0:
+            bad.append(f"--gamma {self.gamma} (> 0)")
         if self.patience < 1:
             bad.append(f"--patience {self.patience}")
         if bad:
