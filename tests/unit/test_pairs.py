@@ -71,6 +71,10 @@ def test_slash_suffix_ids_pair_and_explicit_mates(tmp_path):
     assert same.ids == idx.ids and same.fingerprint != idx.fingerprint    # said explicitly: another run identity
     with pytest.raises(FastaError, match="mate 1 of a pair"):
         SequenceIndex.build([InputFile(a, mate=1)])
+    with pytest.raises(FastaError, match=r"b.fq: holds second reads of pairs \('x/2'\) and the next input, .*a.fq, "
+                                         r"their first reads \('x/1'\): give the two files of a pair in order, R1 then R2"):
+        SequenceIndex.build([b, a])   # was read as single-end reads, no pairs, without a word
+    assert SequenceIndex.build([b]).ids == ["x/2", "y/2"]    # second reads alone stay single-end reads
 
 
 def test_mismatch_and_short_file_are_one_line_naming_both(pairs, tmp_path):

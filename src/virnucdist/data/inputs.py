@@ -208,6 +208,11 @@ def pair_layout(specs: Sequence[InputFile], ids_per_file: Sequence, lines_per_fi
             segments.append(("pair", f, sample_no))
             f += 2
         else:
+            if nxt is not None and f + 1 not in preset and _is_pair(nxt, s, ids_per_file[f + 1], fid, kinds[f + 1],
+                                                                    kinds[f]) and _split(fid[0])[1] == 2:
+                raise FastaError(s.path, None, f"holds second reads of pairs ({fid[0]!r}) and the next input, "
+                                 f"{nxt.path}, their first reads ({ids_per_file[f + 1][0]!r}): give the two files "
+                                 "of a pair in order, R1 then R2")
             if s.mate is not None:
                 raise FastaError(s.path, None, f"given as mate {s.mate} of a pair, but the "
                                  f"{'next' if s.mate == 1 else 'previous'} input is not its mate file; give "
