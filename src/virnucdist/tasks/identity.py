@@ -61,7 +61,8 @@ def width_of_spec(spec: str, random_init: bool) -> int | None:
 
 def check_model_roles(esm_spec: str, dnabert_spec: str) -> None:
     """Before any width check or indexing: one line when a model known here without loading it (a model
-    directory or cached hub id, a DNABERT-S or ESM-2 name) is of the other family than its flag asks for."""
+    directory or cached hub id, a DNABERT-S or ESM-2 name) is of the other family than its flag asks for, or
+    when ``--dnabert-model`` names nothing there (a missing path or an uncached hub id)."""
     def family(spec: str) -> str | None:
         if local_model_dir(spec) is not None or spec.lower() in DNABERT_S_NAMES or spec == DNABERT_S_HUB_ID:
             return model_family(spec)
@@ -70,6 +71,10 @@ def check_model_roles(esm_spec: str, dnabert_spec: str) -> None:
     names = {"esm2": "ESM-2", "dnabert_s": "DNABERT-S"}
     for flag, spec, want in (("--esm-model", esm_spec, "esm2"), ("--dnabert-model", dnabert_spec, "dnabert_s")):
         got = family(str(spec))
+        if got is None and want == "dnabert_s":  # else the ESM-2 loader, the fallback, would answer about ESM-2
+            raise ModelLoadError(f"--dnabert-model {spec}: no DNABERT-S model there; give the DNABERT-S directory "
+                                 f"(config.json and weights), its hub id {DNABERT_S_HUB_ID} from the local Hugging "
+                                 f"Face cache, or dnabert-s with --random-init")
         if got is not None and got != want:
             raise ModelLoadError(f"{flag} {spec} is {names[got]}, but {flag} takes {names[want]}: --esm-model must "
                                  f"be ESM-2 and --dnabert-model DNABERT-S")
