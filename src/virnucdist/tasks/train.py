@@ -209,6 +209,12 @@ class TrainTask(PredictTask):
             x, y, groups, chunk = x[keep], y[keep], groups[keep], chunk[keep]
             n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
         held = split_groups(groups, recipe.val_fraction, recipe.split_seed)
+        held_pos = int(y[held].sum())
+        held_neg = int(held.sum()) - held_pos
+        if not held_pos or not held_neg:  # a random split of chunks (VirNucPro's) can leave out a small class
+            log.warning("the held-out set (%d frames) holds no %s frames: its precision, recall and AUROC are not "
+                        "defined; give more %s sequences or a larger --val-fraction", int(held.sum()),
+                        *(["viral"] * 2 if not held_pos else ["other"] * 2))
         quiet = self.config.quiet
         log.info("training VirNucPro's MLP on %d frames (%d viral, %d other; %d held out), %d features per frame",
                  len(y), n_pos, n_neg, int(held.sum()), x.shape[1])
@@ -240,6 +246,7 @@ class TrainTask(PredictTask):
         c = self.config
         metrics.update({
             "frames": int(len(y)), "viral_frames": n_pos, "other_frames": n_neg, "input_dim": int(x.shape[1]),
+            "held_out_viral_frames": held_pos, "held_out_other_frames": held_neg,
             "dnabert_dim": self.dna.dim, "esm_dim": self.esm.dim, "esm_model": self.esm.name,
             "dnabert_model": self.dna.name, "random_weights": bool(c.random_init),
             "pieces": {"chunk_size": c.chunk_size, "window": c.window, "step": self.step},
