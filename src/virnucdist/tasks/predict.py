@@ -264,6 +264,11 @@ class PredictTask:
                 yield _read_block(ids, mate, a, min(hi, a + 4 * FINALIZE_WINDOW))
 
         counts = {"reads": hi - lo, **write_result_files(out, blocks, paired=bool(mate[lo:hi].any()))}
+        unpaired = counts.get("pairs", {}).get("unpaired_mates", 0)
+        if unpaired:  # e.g. a BAM or a filtered file that lost one read of some pairs
+            logging.getLogger("virnucdist").warning(
+                "%s: %d mate(s) without their other mate in the input: each has its line in read_summary.tsv but "
+                "none in pair_summary.tsv (run_report.json: counts.pairs.unpaired_mates)", out, unpaired)
         if self.config.keep_intermediate:
             def records():
                 for a in range(lo, hi, FINALIZE_WINDOW):
