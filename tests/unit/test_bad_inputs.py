@@ -146,7 +146,7 @@ def dnabert_dir(tmp_path_factory):
 def test_empty_file(tmp_path):
     f = tmp_path / "empty.fa"
     f.write_bytes(b"")
-    _one_error_line(_cli(tmp_path, str(f)), str(f), "line 1", "no FASTA records", "file is empty")
+    _one_error_line(_cli(tmp_path, str(f)), str(f), "line 1", "no FASTA or FASTQ records", "file is empty")
 
 
 def test_duplicate_ids_in_one_file(tmp_path):

@@ -52,14 +52,14 @@ def test_empty_file(tmp_path):
     p.write_bytes(b"")
     err = _error(p)
     assert "empty.fa" in str(err) and "line 1" in str(err)
-    assert "no FASTA records" in str(err)
+    assert "no FASTA or FASTQ records" in str(err)
 
 
 def test_blank_only_file(tmp_path):
     p = tmp_path / "blank.fa"
     p.write_bytes(b"\n  \n\n")
     err = _error(p)
-    assert "blank.fa, line 3" in str(err) and "no FASTA records" in str(err)
+    assert "blank.fa, line 3" in str(err) and "no FASTA or FASTQ records" in str(err)
 
 
 def test_not_fasta(tmp_path):

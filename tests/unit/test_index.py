@@ -139,8 +139,8 @@ def test_duplicate_ids_name_both(tmp_path):
 
 
 @pytest.mark.parametrize("content,line,needle", [
-    (b"", 1, "no FASTA records"),
-    (b"\n\n", 2, "no FASTA records"),
+    (b"", 1, "no FASTA or FASTQ records"),
+    (b"\n\n", 2, "no FASTA or FASTQ records"),
     (b"\nhello\n>r\nA\n", 2, "'>'"),
     (b">r\nAC\x00GT\n", 2, "binary"),
     (b">r\nACGT\n>\nAC\n", 3, "empty header"),

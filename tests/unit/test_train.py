@@ -67,6 +67,7 @@ def test_demo_beats_chance_clearly(demo):
     assert set(m) >= {"accuracy", "precision", "recall", "f1", "auroc", "confusion_matrix"}
     (tn, fp), (fn, tp) = m["confusion_matrix"]
     assert tn + fp + fn + tp == m["held_out_rows"] > 20
+    assert (m["held_out_viral_frames"], m["held_out_other_frames"]) == (fn + tp, tn + fp)
     assert m["accuracy"] == pytest.approx((tp + tn) / m["held_out_rows"])
     assert m["input_dim"] == 128 + 64 and m["viral_frames"] > 0 and m["other_frames"] > 0
     assert 0 < m["per_chunk"]["chunks"] <= m["held_out_rows"] and m["per_chunk"]["auroc"] >= 0.9, m["per_chunk"]
@@ -276,6 +277,11 @@ def test_settings_and_models_refused_before_any_work(demo, tmp_path):
                                   output_dir=str(tmp_path / "p")))
     assert "values per frame" not in str(e.value)  # not reported as a classifier width mismatch
     assert not (tmp_path / "p").exists() and not (tmp_path / "s").exists()
+    for missing in (str(tmp_path / "nope" / "DNABERT-S"), "someone/not-cached-here"):  # was an 'ESM-2 checkpoint' line
+        with pytest.raises(UserError, match=r"--dnabert-model .*: no DNABERT-S model there") as e:
+            PredictTask(PredictConfig(inputs=(str(d / "viral.fa"),), chunk_size=90, esm_model="esm2_t6_8M_UR50D",
+                                      dnabert_model=missing, classifier=str(clf), output_dir=str(tmp_path / "p")))
+        assert "ESM-2" not in str(e.value)
 
 
 def test_classes_whose_ids_coincide_are_neither_paired_nor_duplicates(demo, tmp_path):
@@ -292,3 +298,16 @@ def test_classes_whose_ids_coincide_are_neither_paired_nor_duplicates(demo, tmp_
     train(_cfg(d, tmp_path / "ref2", viral=(str(tmp_path / "v.fa"),), other=(str(tmp_path / "o2.fa"),), max_epochs=1))
     m2 = json.loads((tmp_path / "ref2" / "metrics.json").read_text())
     assert (m["viral_frames"], m["other_frames"]) == (m2["viral_frames"], m2["other_frames"]) and m["other_frames"] > 0
+
+
+def test_a_held_out_set_without_one_class_is_said(demo, tmp_path, capsys):
+    """One held-out chunk (a tiny --val-fraction): one class only, so precision/recall/AUROC mean nothing;
+    a warning says so and metrics.json counts the held-out frames per class."""
+    d, _, _ = demo
+    capsys.readouterr()
+    train(_cfg(d, tmp_path / "v", val_fraction=0.001, max_epochs=1))
+    err = capsys.readouterr().err
+    m = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    assert 0 in (m["held_out_viral_frames"], m["held_out_other_frames"]) and m["auroc"] is None
+    missing = "viral" if m["held_out_viral_frames"] == 0 else "other"
+    assert f"holds no {missing} frames" in err and "--val-fraction" in err

@@ -419,7 +419,8 @@ def _scan_fasta_file(fh: "Blocks", shown: str, block_size: int, spool: Spool) ->
         what = "the file is empty" if size == 0 else "the file contains only blank lines"
         raise FastaError(
             shown, max(lines_before, 1),
-            f"no FASTA records ({what}); expected '>id' header lines each followed by sequence lines",
+            f"no FASTA or FASTQ records ({what}); expected '>id' header lines each followed by sequence lines, "
+            f"or FASTQ's four-line '@id' records",
         )
     spool.add("nbytes", np.array([size - p_off], np.int64))
     spool.add("length", np.array([size - p_off - (ws_before - p_ws)], np.int64))
