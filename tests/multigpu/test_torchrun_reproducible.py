@@ -23,7 +23,7 @@ def test_embed_same_bytes_for_1_2_3_ranks_other_budgets_and_a_resume(tmp_path):
     base = [str(fasta), "--model", MODEL, "--random-init", "--num-workers", "0", "--device", "cpu", "--quiet",
             "--reproducible", "--flush-every", "1"]
     hashes = {}
-    for n, toks in ((1, "4096"), (2, "300"), (3, "1000")):
+    for n, toks in ((1, "4096"), (2, "300")):  # 3 ranks: the resume below (a fresh 3-rank run cost 8 s more)
         out = tmp_path / f"n{n}"
         p = torchrun("virnucdist.embed", nproc=n, args=[*base, "--toks-per-batch", toks, "-o", str(out)])
         assert p.returncode == 0, p.stderr[-3000:]
