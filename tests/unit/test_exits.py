@@ -215,14 +215,16 @@ class Windows(Dataset):  # items larger than a pipe buffer, as a predict window 
 
 init = functools.partial(worker_dies_with_rank, rank_pid=os.getpid()) if sys.argv[1] == "library" else None
 it = iter(DataLoader(Windows(), batch_size=None, num_workers=2, prefetch_factor=2, worker_init_fn=init))
-next(it)
+next(it), next(it)  # one item from each worker; then time for each to make its next items, which wait in
+time.sleep(1.0)     # the pipe (under load a worker may still reach its loop's check only after the rank
+                    # died, with nothing to write, and end cleanly: the control asks for one hung worker)
 print(" ".join(str(w.pid) for w in it._workers), flush=True)
 time.sleep(120)
 """
 
 
 def _workers_left_after_kill_9(init: str, wait_s: float) -> list[int]:
-    """A rank reads one item of a 2-worker DataLoader, then gets kill -9: its workers still alive
+    """A rank reads an item from each worker of a 2-worker DataLoader, then gets kill -9: its workers still alive
     ``wait_s`` later (or once all have gone, if sooner). Every worker is killed before returning."""
     rank = subprocess.Popen([sys.executable, "-c", _RANK_WITH_WORKERS, init], stdout=subprocess.PIPE, text=True,
                             env=clean_env())
@@ -248,9 +250,9 @@ def test_loader_workers_die_with_a_killed_rank():
     library's ``worker_init_fn`` the workers are gone at once. Without it they stay, reparented to
     init: torch's watchdog ends their loop within 5 s, then each waits forever in its result queue's
     finalizer for a feeder thread blocked on the pipe (the hang users saw after a predict rank was
-    killed; the control below shows this setup reproduces it)."""
+    killed; the control below shows this setup reproduces it for at least one worker)."""
     assert _workers_left_after_kill_9("library", wait_s=10) == []
-    assert len(_workers_left_after_kill_9("none", wait_s=6)) == 2, \
+    assert _workers_left_after_kill_9("none", wait_s=6), \
         "control: without the parent-death signal the workers were expected to hang (torch changed?)"
 
 
