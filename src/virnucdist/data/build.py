@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import errno
 import functools
-import gzip
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -214,9 +214,9 @@ def _scan_file(path: str, shown: str, block_size: int, progress: Callable[[int],
                                                                              Spool(spool_dir)), None
     gz = GzipScan(path)
     try:
-        fmt = detect_format(path, gzip.open)
-        with gzip.open(path, "rb") as head:
-            fh = Blocks(gz, progress, cr_only(head.read(1 << 16)))
+        head = gz.peek(1 << 20)  # a corrupt start is the scan's error, at its line
+        fmt = detect_format(path, lambda _path, _mode: io.BytesIO(head))
+        fh = Blocks(gz, progress, cr_only(head[:1 << 16]))
         scan = (_scan_fastq_file if fmt == "fastq" else _scan_fasta_file)(fh, shown, block_size, Spool(spool_dir))
         return scan, gz.points()
     except (GzipCorrupt, OSError, EOFError, zlib.error) as err:

@@ -206,13 +206,26 @@ class GzipScan:
         out, self.pending = buf[:n], buf[n:]
         return out
 
+    def peek(self, n: int) -> bytes:
+        """Up to ``n`` bytes from the current position, left to be read again."""
+        data = self.read(n)
+        self.pending = data + self.pending
+        return data
+
     def _step(self) -> bytes:
         """Inflate up to ``_OUT_CHUNK`` bytes; returns them."""
+        got = bytearray()
+        try:
+            return self._inflate(got)
+        except GzipCorrupt:
+            self.lines += got.count(b"\n")  # the error's line: after the last line that could be read
+            raise
+
+    def _inflate(self, got: bytearray) -> bytes:
         s, z = self.inf.s, self.inf.z
         base = ctypes.addressof(self.out)
         s.next_out = base
         s.avail_out = _OUT_CHUNK
-        got = bytearray()
         while s.avail_out:
             if not s.avail_in and not self.inf.fill():
                 if self.member_start:            # clean end: after the last member
