@@ -144,3 +144,15 @@ def test_overwrite_with_single_end_reads_removes_the_pair_summary(sheet_data, tm
     assert (tmp_path / "pair_summary.tsv").exists()
     run(tmp_path, [f3], overwrite=True)  # the same reads' file without --interleaved: single-end
     assert not (tmp_path / "pair_summary.tsv").exists() and (tmp_path / "read_summary.tsv").exists()
+
+
+def test_an_empty_read_is_named_with_its_sample(tmp_path, capsys):
+    """Ids repeat across samples: the empty-record warning and run_report.json say which sample."""
+    one = write_fasta_wrapped(tmp_path / "one.fa", [("r0", "ACGT" * 40), ("gone", "")])
+    two = write_fasta_wrapped(tmp_path / "two.fa", [("gone", "ACGT" * 40)])
+    sheet = write_sheet(tmp_path / "sheet.tsv", [("S1", one), ("S2", two)])
+    capsys.readouterr()
+    run(tmp_path / "out", samples=str(sheet))
+    assert "skipping 1 empty record(s), e.g. 'gone' (sample S1)" in capsys.readouterr().err
+    rep = json.loads((tmp_path / "out" / "run_report.json").read_text())
+    assert rep["skipped"]["empty"] == ["gone"] and rep["skipped"]["empty_samples"] == ["S1"]

@@ -343,6 +343,8 @@ def _compute(task: Task, ctx: DistContext, out: Path, index, scan: dict, fingerp
             "records": n, "counts": counts, "counters": merged.counts, "examples": merged.examples,
             "dedup": {"enabled": use_dedup, "distinct": distinct, "served_from_duplicate": served},
             "skipped": {"empty": [index.ids[i] for i in np.flatnonzero(empty)[:1000]],
+                        **({"empty_samples": [index.samples[int(index.sample[i])] for i in np.flatnonzero(empty)[:1000]]}
+                           if len(index.samples) > 1 else {}),
                         "empty_count": summary["empty"],
                         **{reason: ids for reason, ids in counts.get("bad", {}).items()}},
             "test_hooks": active_test_hooks(),
@@ -370,6 +372,12 @@ def _scan(out: Path, n: int, fingerprint: str) -> dict:
     return {"done": scan.done, "bad": dict(zip(scan.bad_rows.tolist(), scan.bad_reasons)), "corrupt": len(scan.corrupt)}
 
 
+def _shown(index, row: int) -> str:
+    """A record for a message: its id, and its sample when the index holds several (ids repeat across them)."""
+    rid = repr(index.ids[row])
+    return rid if len(index.samples) <= 1 else f"{rid} (sample {index.samples[int(index.sample[row])]})"
+
+
 def _plan(task: Task, ctx: DistContext, out: Path, index, scan: dict, use_dedup: bool, planned: list) -> dict:
     """Rank 0: costs, dedup and the partition of the whole index; each other rank's run to OUTDIR/plan.
     Returns the counts every rank may log (a small dict)."""
@@ -387,7 +395,7 @@ def _plan(task: Task, ctx: DistContext, out: Path, index, scan: dict, use_dedup:
              summary["empty"], summary["done_first"], summary["work"], ctx.world_size)
     if summary["empty"]:
         log.warning("skipping %d empty record(s), e.g. %s (listed in run_report.json)", summary["empty"],
-                    ", ".join(repr(index.ids[i]) for i in np.flatnonzero(empty)[:3]))
+                    ", ".join(_shown(index, int(i)) for i in np.flatnonzero(empty)[:3]))
     if scan["corrupt"]:
         log.warning("set aside %d unreadable shard(s) (killed mid-write); their records are redone", scan["corrupt"])
     return summary
