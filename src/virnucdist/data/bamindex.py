@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from .scan import HASH_BYTES, _FileScan
+from .store import encode_ids
 
 __all__ = ["scan_bam_file"]
 
@@ -56,8 +57,8 @@ def scan_bam_file(path: str, progress: Callable[[int], None] | None, spool) -> t
     spool.add("length", length_a)
     spool.add("header_line", np.arange(1, n + 1, dtype=np.int64))
     spool.add("content_hash", hashes)
-    enc = [x.encode("utf-8") for x in ids]
-    spool.add_ids(b"".join(enc), np.fromiter(map(len, enc), dtype=np.int64, count=n))
+    blob, id_off = encode_ids(ids)
+    spool.add_ids(blob, np.diff(id_off))
     spool.close()
     scan = _FileScan("bam", [(spool, 0, 0)], counts, sha.hexdigest(), int(length_a.sum()))
     return scan, np.asarray(mates, dtype=np.int8).reshape(n)

@@ -37,7 +37,7 @@ from .inputs import PairLayout, pair_layout, renamed
 from .parallel import scan_files
 from .scan import BLOCK_SIZE, Blocks, _FileScan, _scan_fasta_file, _warned_descriptions, cr_only, detect_format
 from .spool import PROBE, NpyWriter, Spool, id_hashes
-from .store import move_dir, write_extra, write_meta
+from .store import decode_ids, encode_ids, move_dir, write_extra, write_meta
 from .unique import mix_sample
 
 __all__ = ["build_index", "write_columns", "representatives", "meta_of", "STEP", "IndexSpaceError"]
@@ -54,18 +54,6 @@ def _interleave(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = np.empty((2 * len(a), *a.shape[1:]), dtype=a.dtype)
     out[0::2], out[1::2] = a, b
     return out
-
-
-def _encode(ids: list[str]) -> tuple[bytes, np.ndarray]:
-    enc = [s.encode("utf-8") for s in ids]
-    off = np.zeros(len(enc) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, enc), dtype=np.int64, count=len(enc)), out=off[1:])
-    return b"".join(enc), off
-
-
-def _decode(blob: bytes, off: np.ndarray) -> list[str]:
-    o = off.tolist()
-    return [blob[a:b].decode("utf-8") for a, b in zip(o[:-1], o[1:])]
 
 
 _NUMERIC = (("offset", np.int64), ("nbytes", np.int64), ("length", np.int64), ("header_line", np.int64))
@@ -108,7 +96,7 @@ def write_columns(path: str, scans: list, layout: PairLayout) -> tuple[int, np.n
                         fidx = _interleave(fidx, np.full(hi - lo, f + 1, np.int32))
                     blob, off = scan.read_ids(lo, hi)
                     if kind != "rows":
-                        blob, off = _encode(renamed(kind, _decode(blob, off), lo & 1))
+                        blob, off = encode_ids(renamed(kind, decode_ids(blob, off), lo & 1))
                     if kind == "rows" and all(sp.probe == same_hash for sp, _, _ in scan.parts):
                         kh = scan.read("idhash", lo, hi)          # hashed by the scanners (forked: same hash)
                     else:

@@ -20,6 +20,7 @@ import numpy as np
 
 from .fasta import WHITESPACE, FastaError
 from .spool import Spool
+from .store import decode_ids
 
 log = logging.getLogger("virnucdist")
 
@@ -98,11 +99,7 @@ class ScanIds(Sequence):
             lo, hi, step = i.indices(len(self))
             if step != 1:
                 return self[lo:hi][::step]
-            blob, off = self.scan.read_ids(lo, hi)
-            text, o = blob.decode("utf-8"), off.tolist()
-            if len(text) != len(blob):
-                return [blob[a:b].decode("utf-8") for a, b in zip(o[:-1], o[1:])]
-            return [text[a:b] for a, b in zip(o[:-1], o[1:])]
+            return decode_ids(*self.scan.read_ids(lo, hi))
         n = len(self)
         if i < 0:
             i += n

@@ -32,7 +32,8 @@ import numpy as np
 
 from .._testhooks import test_hook
 
-__all__ = ["FORMAT_VERSION", "IdColumn", "save_dir", "load_dir", "read_meta", "COLUMNS", "write_meta", "move_dir"]
+__all__ = ["FORMAT_VERSION", "IdColumn", "save_dir", "load_dir", "read_meta", "COLUMNS", "write_meta", "move_dir",
+           "encode_ids", "decode_ids"]
 
 #: 3: a directory of memory-mapped columns (2: one ``index.npz``, read whole).
 FORMAT_VERSION = 3
@@ -69,12 +70,7 @@ class IdColumn(Sequence):
     def _range(self, lo: int, hi: int) -> list[str]:
         """The ids ``lo:hi`` (``lo < hi``), one read of the blob."""
         off = np.asarray(self._off[lo:hi + 1])
-        data = bytes(self._blob[int(off[0]):int(off[-1])])
-        rel = (off - off[0]).tolist()
-        if data.isascii():  # byte offsets are character offsets: one decode, then slices
-            text = data.decode("ascii")
-            return [text[a:b] for a, b in zip(rel[:-1], rel[1:])]
-        return [data[a:b].decode("utf-8") for a, b in zip(rel[:-1], rel[1:])]
+        return decode_ids(bytes(self._blob[int(off[0]):int(off[-1])]), off - off[0])
 
     def __eq__(self, other) -> bool:
         if isinstance(other, (list, tuple, IdColumn)):
@@ -99,6 +95,15 @@ class IdColumn(Sequence):
     @classmethod
     def concat(cls, cols) -> "IdColumn":
         return cls.from_chunks((bytes(c._blob), np.diff(np.asarray(c._off))) for c in cols)
+
+
+def decode_ids(blob: bytes, off) -> list[str]:
+    """The ids in ``blob`` (UTF-8, back to back) at offsets ``off`` (``len(ids) + 1`` of them, ``off[0] == 0``)."""
+    rel = np.asarray(off).tolist()
+    if blob.isascii():  # byte offsets are character offsets: one decode, then slices
+        text = blob.decode("ascii")
+        return [text[a:b] for a, b in zip(rel[:-1], rel[1:])]
+    return [blob[a:b].decode("utf-8") for a, b in zip(rel[:-1], rel[1:])]
 
 
 def encode_ids(ids) -> tuple[bytes, np.ndarray]:
