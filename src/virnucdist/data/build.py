@@ -38,7 +38,7 @@ from .parallel import scan_files
 from .scan import BLOCK_SIZE, Blocks, _FileScan, _scan_fasta_file, _warned_descriptions, cr_only, detect_format
 from .spool import PROBE, NpyWriter, Spool, id_hashes
 from .store import decode_ids, encode_ids, move_dir, write_extra, write_meta
-from .unique import mix_sample
+from .unique import check_unique, mix_sample
 
 __all__ = ["build_index", "write_columns", "representatives", "meta_of", "STEP", "IndexSpaceError"]
 
@@ -298,7 +298,7 @@ def build_index(cls, specs, identity: list, *, block_size: int, progress, worker
         write_meta(out, meta, n)
         index = cls.load(out)
         index._owner = Owner(index, root)
-        index._check_unique(keys)
+        check_unique(index, keys)
         del keys
         box = [h0]
         del h0

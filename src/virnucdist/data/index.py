@@ -57,7 +57,6 @@ from .fasta import WHITESPACE, FastaError, FastaRecord
 from .gzseek import GzipPoints, GzipReader
 from .parallel import default_workers
 from .inputs import as_inputs
-from .unique import check_unique
 from .store import COLUMNS, FORMAT_VERSION, IdColumn, load_dir, save_dir  # noqa: F401
 from .scan import _BOM, BLOCK_SIZE, HASH_BYTES, PathLike, detect_format
 
@@ -181,9 +180,6 @@ class SequenceIndex:
 
     def _multi_sample(self) -> bool:
         return len(self.samples) > 1
-
-    def _check_unique(self, h: np.ndarray | None = None) -> None:
-        check_unique(self, h)
 
     # ------------------------------------------------------------------ access
 
@@ -410,13 +406,11 @@ class SequenceIndex:
             self._store = path
             return
         meta = meta_of(self)
-        del meta["gzip"]
         cols = {name: getattr(self, name) for name in COLUMNS}
         cols["content_hash"] = self.content_hash
         cols["representatives"] = self.representatives()
         if self.file_letter_counts is not None:
             cols["letter_counts"] = self.file_letter_counts
-        meta["gzip"] = sorted(self.gz)
         ids = self._ids if self._ids is not None else self.ids
         save_dir(os.fspath(path), meta, cols, ids, {f"gzip-{f}.npz": p.to_bytes() for f, p in self.gz.items()})
 

@@ -1,9 +1,9 @@
 """Duplicate read ids in an index: unique per sample when the index holds several samples (two
 samples of a sequencing run may hold the same read ids), across all inputs otherwise.
 
-64-bit hashes of the keys (the id, or ``(sample, id)``), computed in slices (a build gets them from
-its scanners) and sorted: 16 bytes per record, no dict of all ids; equal hashes are compared as
-strings, and the first duplicate in row order is named with both places.
+64-bit hashes of the keys (the id, or ``(sample, id)``), from the build's scanners, sorted: 16 bytes
+per record, no dict of all ids; equal hashes are compared as strings, and the first duplicate in row
+order is named with both places.
 """
 
 from __future__ import annotations
@@ -12,19 +12,7 @@ import numpy as np
 
 from .fasta import FastaError
 
-__all__ = ["check_unique", "key_hashes", "mix_sample"]
-
-
-def key_hashes(index) -> np.ndarray:
-    """int64 hash per row of its id, or of ``(sample, id)`` when ``index`` holds several samples."""
-    ids, n, step = index.ids, len(index), 1 << 18
-    multi = len(index.samples) > 1
-    h = np.empty(n, dtype=np.int64)
-    for lo in range(0, n, step):
-        part = ids[lo:lo + step]
-        keys = zip(np.asarray(index.sample[lo:lo + step]).tolist(), part) if multi else part
-        h[lo:lo + len(part)] = np.fromiter(map(hash, keys), dtype=np.int64, count=len(part))
-    return h
+__all__ = ["check_unique", "mix_sample"]
 
 
 def mix_sample(h: np.ndarray, sample: np.ndarray) -> np.ndarray:
@@ -36,15 +24,13 @@ def mix_sample(h: np.ndarray, sample: np.ndarray) -> np.ndarray:
     return h
 
 
-def check_unique(index, h: np.ndarray | None = None) -> None:
+def check_unique(index, h: np.ndarray) -> None:
     """Raise :class:`FastaError` for the first repeated id (within its sample when there are several).
 
-    ``h``: the key hashes if known (int64 per row, equal for equal keys: e.g. of the ids' UTF-8 bytes,
-    mixed with the sample by :func:`mix_sample` when there are several); else :func:`key_hashes`.
-    Memory: ``h`` and a sorted copy (16 bytes per row); candidates (equal hashes) are compared as ids."""
+    ``h``: the key hashes (int64 per row, equal for equal keys: the build's hashes of the ids' UTF-8
+    bytes, mixed with the sample by :func:`mix_sample` when there are several). Memory: ``h`` and a
+    sorted copy (16 bytes per row); candidates (equal hashes) are compared as ids."""
     ids = index.ids
-    if h is None:
-        h = key_hashes(index)
     hs = np.sort(h)
     dup = hs[1:][hs[1:] == hs[:-1]]
     del hs
