@@ -25,13 +25,12 @@ from _formats import save_fair_esm_checkpoint
 from virnucdist.vnp.chunk import chunk_records
 from virnucdist.vnp.consensus import (
     PREDICTION_HEADER,
-    ReadFrames,
     chunk_of,
     consensus,
     read_consensus,
     read_predictions,
-    summarize_read,
 )
+from _vnp_reference import ReadFrames, summarize_read
 from virnucdist.vnp.translate import translate_records
 from virnucdist.writers import scan_shards
 

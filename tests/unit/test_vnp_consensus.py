@@ -5,19 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from _vnp_reference import ReadFrames, read_of_chunk, summarize_read, write_read_summary
+
 from virnucdist.vnp.consensus import (
     PredictionRow,
-    ReadFrames,
     chunk_of,
     consensus,
     format_score,
     read_consensus,
     read_predictions,
-    read_of_chunk,
-    summarize_read,
     write_consensus,
     write_predictions,
-    write_read_summary,
 )
 
 

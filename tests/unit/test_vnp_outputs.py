@@ -1,5 +1,5 @@
 """vnp/outputs.py: the result files written from columnar read blocks are, byte for byte, what the
-per-frame rules of vnp/consensus.py and vnp/pairs.py write one frame and one read at a time."""
+per-frame rules (vnp/consensus.py, tests/_vnp_reference.py) write one frame and one read at a time."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ import io
 
 import numpy as np
 
+from _vnp_reference import ReadFrames, add_scored, summarize_read
+
 from virnucdist.data.store import IdColumn, encode_ids
 from virnucdist.vnp.consensus import (
     PREDICTION_HEADER,
     SUMMARY_HEADER,
     ChunkConsensus,
     Consensus,
-    ReadFrames,
     format_score,
     format_scores,
     prediction_line,
-    summarize_read,
 )
 from virnucdist.vnp.outputs import ReadBlock, write_result_files
 from virnucdist.vnp.pairs import PairWriter
@@ -92,7 +92,7 @@ def _reference(reads, paired: bool) -> dict:
             acc.add(fid, a, b)
         line = summarize_read(ReadFrames(rid, nc, tuple((f[:-2], a, b) for f, a, b in zip(fids, s1, s2))))
         summ.write(line.to_line() + "\n")
-        pairs.add(rid, mate, nc, s1, s2, line.call)
+        add_scored(pairs, rid, mate, nc, s1, s2, line.call)
     out = {"prediction_results.txt": pred.getvalue(), "read_summary.tsv": summ.getvalue()}
     cons = io.StringIO()
     cons.write("Modified_ID\tIs_Virus\n" + "".join(f"{k}\t{v}\n" for k, v in acc.decisions()))

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 
-from virnucdist.vnp.consensus import chunk_is_virus
+from _vnp_reference import add_scored, chunk_is_virus
 from virnucdist.vnp.pairs import PAIR_HEADER, PairWriter, pair_call, pair_id
 
 
@@ -30,20 +30,20 @@ def test_pair_call_pools_both_mates_frames():
 def test_pair_writer_lines_and_counts():
     buf = io.StringIO()
     w = PairWriter(buf)
-    w.add("a/1", 1, 1, [0.2], [0.8], "virus")
-    w.add("a/2", 2, 1, [], [], "no_frame")
-    w.add("single", 0, 1, [0.9], [0.1], "others")  # not part of a pair: no line
-    w.add("b/1", 1, 0, [], [], "empty")
-    w.add("b/2", 2, 0, [], [], "empty")
-    w.add("c/1", 1, 1, [0.7, 0.3], [0.3, 0.7], "virus")
-    w.add("c/2", 2, 1, [0.95], [0.05], "others")
+    add_scored(w, "a/1", 1, 1, [0.2], [0.8], "virus")
+    add_scored(w, "a/2", 2, 1, [], [], "no_frame")
+    add_scored(w, "single", 0, 1, [0.9], [0.1], "others")  # not part of a pair: no line
+    add_scored(w, "b/1", 1, 0, [], [], "empty")
+    add_scored(w, "b/2", 2, 0, [], [], "empty")
+    add_scored(w, "c/1", 1, 1, [0.7, 0.3], [0.3, 0.7], "virus")
+    add_scored(w, "c/2", 2, 1, [0.95], [0.05], "others")
     lines = [ln.split("\t") for ln in buf.getvalue().splitlines()]
     assert lines == [list(PAIR_HEADER), ["a", "1", "0.8", "virus", "virus", "no_frame"],
                      ["b", "0", "NA", "empty", "empty", "empty"], ["c", "3", "0.7", "others", "virus", "others"]]
     # mates apart (a coordinate-sorted BAM): the line comes with the later mate, mate 1's call first
-    w.add("e/2", 2, 1, [0.9], [0.1], "others")
-    w.add("f/1", 1, 1, [], [], "no_frame")
-    w.add("e/1", 1, 1, [0.1], [0.9], "virus")
+    add_scored(w, "e/2", 2, 1, [0.9], [0.1], "others")
+    add_scored(w, "f/1", 1, 1, [], [], "no_frame")
+    add_scored(w, "e/1", 1, 1, [0.1], [0.9], "virus")
     assert buf.getvalue().splitlines()[-1].split("\t") == ["e", "2", "0.9", "virus", "virus", "others"]
     assert w.close() == {"pairs": 4, "virus": 2, "others": 1, "no_frame": 0, "empty": 1, "unpaired_mates": 1}
     assert pair_id("x/1") == pair_id("x/2") == pair_id("x") == "x"

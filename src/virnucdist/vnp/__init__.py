@@ -2,7 +2,8 @@
 
 - :mod:`~virnucdist.vnp.chunk`: reads -> overlapping 300/500-bp chunks;
 - :mod:`~virnucdist.vnp.translate`: chunks -> stop-free six-frame translations;
-- :mod:`~virnucdist.vnp.consensus`: scores -> prediction table, per-chunk calls, per-read summary.
+- :mod:`~virnucdist.vnp.consensus`: scores -> prediction table, per-chunk calls (the result files,
+  per-read and per-pair summaries included, are written by :mod:`~virnucdist.vnp.outputs`).
 """
 
 from virnucdist.vnp.chunk import ChunkStats, chunk_records, chunk_spans

@@ -1,4 +1,5 @@
-"""Stage 6 of VirNucPro: prediction table, per-chunk consensus and a per-read summary.
+"""Stage 6 of VirNucPro: prediction table and per-chunk consensus (the per-read and per-pair
+summaries are written by :mod:`virnucdist.vnp.outputs` and :mod:`virnucdist.vnp.pairs`).
 
 Formats (``shared/spec/virnucpro-stages.md`` section 6):
 
@@ -19,9 +20,8 @@ from __future__ import annotations
 
 import itertools
 import operator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -34,20 +34,14 @@ __all__ = [
     "CONSENSUS_HEADER",
     "SUMMARY_HEADER",
     "PredictionRow",
-    "ReadFrames",
-    "ReadSummary",
     "format_score",
     "prediction_label",
     "write_predictions",
     "read_predictions",
     "chunk_of",
-    "read_of_chunk",
-    "chunk_is_virus",
     "consensus",
     "write_consensus",
     "read_consensus",
-    "summarize_read",
-    "write_read_summary",
 ]
 
 PREDICTION_HEADER = ("Sequence_ID", "Prediction", "score1", "score2")
@@ -128,18 +122,6 @@ def read_predictions(path: str | Path) -> Iterator[PredictionRow]:
 def chunk_of(seq_id: str) -> str:
     """Modified_ID of a frame record: its ID minus the last two characters (the frame suffix)."""
     return seq_id[:-2]
-
-
-def read_of_chunk(chunk_id: str) -> str:
-    """Read ID of ``{read_id}_chunk_{k}`` (split at the last ``_chunk_``)."""
-    head, sep, _ = chunk_id.rpartition("_chunk_")
-    return head if sep else chunk_id
-
-
-def chunk_is_virus(scores: Iterable[tuple[float, float]]) -> bool:
-    """The consensus rule over one chunk's frames: max(score2) >= max(score1) (tie: True)."""
-    s1s, s2s = zip(*((np.float32(a), np.float32(b)) for a, b in scores))
-    return bool(max(s2s) >= max(s1s))
 
 
 def consensus(rows: Iterable[tuple[str, float, float]]) -> list[tuple[str, bool]]:
@@ -240,62 +222,3 @@ def read_consensus(path: str | Path) -> list[tuple[str, bool]]:
                 raise ValueError(f"{path}, line {lineno}: Is_Virus must be True or False, got {flag!r}")
             out.append((key, flag == "True"))
     return out
-
-
-# ---------------------------------------------------------------------------------
-# Per-read summary (an extra output; the per-chunk consensus file stays as it is).
-
-
-@dataclass(frozen=True)
-class ReadFrames:
-    """What the summary needs to know about one read.
-
-    ``frames`` holds ``(chunk_id, score1, score2)`` for each kept, scored frame of the
-    read (``chunk_id`` WITHOUT the frame suffix). ``chunks == 0`` marks an empty read.
-    """
-
-    read_id: str
-    chunks: int
-    frames: Sequence[tuple[str, float, float]] = ()
-
-
-@dataclass(frozen=True)
-class ReadSummary:
-    """One row of ``read_summary.tsv``."""
-
-    read_id: str
-    chunks: int
-    kept_frames: int
-    best_virus_score: np.float32 | None
-    call: str  # "virus" | "others" | "no_frame" | "empty"
-
-    def to_line(self) -> str:
-        best = "NA" if self.best_virus_score is None else format_score(self.best_virus_score)
-        return f"{self.read_id}\t{self.chunks}\t{self.kept_frames}\t{best}\t{self.call}"
-
-
-def summarize_read(read: ReadFrames) -> ReadSummary:
-    """Call a read: ``virus`` if any of its chunks is virus by the consensus rule,
-    ``others`` otherwise, ``no_frame`` when no frame was kept, ``empty`` for an empty read."""
-    if read.chunks == 0:
-        return ReadSummary(read.read_id, 0, 0, None, "empty")
-    if not read.frames:
-        return ReadSummary(read.read_id, read.chunks, 0, None, "no_frame")
-    by_chunk: dict[str, list[tuple[float, float]]] = {}
-    for cid, s1, s2 in read.frames:
-        by_chunk.setdefault(cid, []).append((s1, s2))
-    virus = any(chunk_is_virus(scores) for scores in by_chunk.values())
-    best = max(np.float32(s2) for _, _, s2 in read.frames)
-    return ReadSummary(read.read_id, read.chunks, len(read.frames), best, "virus" if virus else "others")
-
-
-def write_read_summary(path: str | Path, reads: Iterable[ReadFrames]) -> dict[str, int]:
-    """Write ``read_summary.tsv``; returns how many reads got each call."""
-    counts = {"virus": 0, "others": 0, "no_frame": 0, "empty": 0}
-    with open(path, "w", newline="\n") as fh:
-        fh.write("\t".join(SUMMARY_HEADER) + "\n")
-        for read in reads:
-            s = summarize_read(read)
-            counts[s.call] += 1
-            fh.write(s.to_line() + "\n")
-    return counts

@@ -19,8 +19,6 @@ from typing import Sequence, TextIO
 
 import numpy as np
 
-from .consensus import format_score
-
 __all__ = ["PAIR_HEADER", "pair_call", "pair_id", "PairWriter"]
 
 PAIR_HEADER = ("pair_id", "kept_frames", "best_virus_score", "call", "mate1_call", "mate2_call")
@@ -47,8 +45,8 @@ def pair_call(chunks: int, score1: Sequence[float], score2: Sequence[float]) -> 
 class PairWriter:
     """Lines of ``pair_summary.tsv`` from the reads in input order.
 
-    ``add`` is fed every read with its mate number (0: single-end, not part of a pair) and its own
-    call. A pair's line is written when its second mate (in input order) arrives: right after the
+    ``add_read`` (or ``add_reads``, a block's reads as columns) is fed every read with its mate number
+    (0: single-end, not part of a pair) and its own call. A pair's line is written when its second mate (in input order) arrives: right after the
     first for R1/R2 files, interleaved files and unaligned BAM; later for mates apart (a
     coordinate-sorted BAM), which wait in memory until then. ``counts`` holds the pairs per call
     and ``unpaired_mates``: mates whose other mate never came (left out of the file)."""
@@ -57,14 +55,6 @@ class PairWriter:
         self.fh, self.pending = fh, {}
         self.counts = {"pairs": 0, "virus": 0, "others": 0, "no_frame": 0, "empty": 0, "unpaired_mates": 0}
         fh.write("\t".join(PAIR_HEADER) + "\n")
-
-    def add(self, read_id: str, mate: int, chunks: int, score1, score2, call: str) -> None:
-        """A read given by its frames' scores (``score1``, ``score2``: one value per kept frame)."""
-        if mate not in (1, 2):
-            return
-        m1 = np.float32(max(map(np.float32, score1))) if len(score1) else None
-        m2 = np.float32(max(map(np.float32, score2))) if len(score2) else None
-        self.add_read(read_id, mate, chunks, len(score1), m1, m2, format_score(m2) if m2 is not None else "NA", call)
 
     def add_read(self, read_id: str, mate: int, chunks: int, frames: int, max1, max2, best: str, call: str) -> None:
         """A read given by what its line needs: its kept ``frames``, the highest score1 and score2 over
